@@ -1,0 +1,1 @@
+"""distil: DistilmBERT in JAX/Flax NNX."""

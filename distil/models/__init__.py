@@ -1,0 +1,56 @@
+"""BERT (teacher) and DistilBERT (student) encoders in Flax NNX."""
+
+from __future__ import annotations
+
+import jax
+from flax import nnx
+
+from distil.models.bert import Bert
+from distil.models.config import ModelConfig, distilmbert_base, mbert_base, student_config_for
+from distil.models.distilbert import DistilBert
+from distil.models.layers import EncoderOutput
+
+Model = Bert | DistilBert
+
+
+def model_class(config: ModelConfig) -> type[Bert] | type[DistilBert]:
+    return Bert if config.family == "bert" else DistilBert
+
+
+def create_model(config: ModelConfig, *, seed: int = 0) -> Model:
+    """Builds a randomly initialised model.
+
+    Parameters carry logical-axis metadata; they are placed on devices eagerly only when a mesh is set
+    (`jax.set_mesh`), so the same call builds an unsharded model on one CPU.
+    """
+    on_mesh = not jax.sharding.get_abstract_mesh().empty
+    with nnx.use_eager_sharding(on_mesh):
+        return model_class(config)(config, rngs=nnx.Rngs(params=seed))
+
+
+def abstract_model(config: ModelConfig) -> Model:
+    """The model's structure with `jax.ShapeDtypeStruct` leaves: no memory is allocated."""
+    with nnx.use_eager_sharding(False):
+        return nnx.eval_shape(lambda: model_class(config)(config, rngs=nnx.Rngs(params=0)))
+
+
+def parameter_count(model_or_config) -> int:
+    """Number of parameters, computed from shapes (a config is never materialised)."""
+    model = abstract_model(model_or_config) if isinstance(model_or_config, ModelConfig) else model_or_config
+    return sum(leaf.size for leaf in jax.tree.leaves(nnx.state(model, nnx.Param)))
+
+
+__all__ = [
+    "Bert",
+    "DistilBert",
+    "EncoderOutput",
+    "Model",
+    "ModelConfig",
+    "abstract_model",
+    "create_model",
+    "distilmbert_base",
+    "mbert_base",
+    "model_class",
+    "parameter_count",
+    "student_config_for",
+]

@@ -1,0 +1,143 @@
+"""The one description of an encoder's shape, shared by the BERT teacher and the DistilBERT student.
+
+Field names follow BERT's `config.json` (hidden_size, num_hidden_layers, ...); `distil.hf` translates DistilBERT's
+(dim, n_layers, ...) into these. Sizes are plain ints so a config can be hashed and used as a static jit argument.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+import jax.numpy as jnp
+
+Family = Literal["bert", "distilbert"]
+Head = Literal[None, "mlm", "classification"]
+
+_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+def dtype_from_name(name: str, *, field: str = "dtype"):
+    """`'bfloat16'` -> `jnp.bfloat16`, with an error naming the field for anything else."""
+    if name not in _DTYPES:
+        raise ValueError(f"{field} must be one of {sorted(_DTYPES)}, got {name!r}")
+    return _DTYPES[name]
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Shape, regularisation and precision of a BERT or DistilBERT encoder and its optional head.
+
+    `dtype` is the compute dtype of activations and matmuls; `param_dtype` the storage dtype of parameters. Softmax
+    and LayerNorm statistics are always computed in float32.
+    """
+
+    family: Family = "bert"
+    vocab_size: int = 119_547
+    hidden_size: int = 768
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 12
+    intermediate_size: int = 3072
+    max_position_embeddings: int = 512
+    # 0 means no token-type embedding (DistilBERT).
+    type_vocab_size: int = 2
+    # BERT reads it from config.json; DistilBERT hard-codes 1e-12 in its modules.
+    layer_norm_eps: float = 1e-12
+    hidden_dropout: float = 0.1
+    attention_dropout: float = 0.1
+    # BERT: config.classifier_dropout (None -> hidden_dropout); DistilBERT: config.seq_classif_dropout.
+    classifier_dropout: float | None = None
+    hidden_act: str = "gelu"
+    initializer_range: float = 0.02
+    pad_token_id: int = 0
+    # BERT's pooler (dense + tanh on [CLS]); DistilBERT has none.
+    add_pooler: bool = True
+    sinusoidal_pos_embds: bool = False
+    head: Head = None
+    num_labels: int = 3
+    dtype: str = "float32"
+    param_dtype: str = "float32"
+
+    def __post_init__(self):
+        if self.family not in ("bert", "distilbert"):
+            raise ValueError(f"family must be 'bert' or 'distilbert', got {self.family!r}")
+        if self.head not in (None, "mlm", "classification"):
+            raise ValueError(f"head must be None, 'mlm' or 'classification', got {self.head!r}")
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(
+                f"hidden_size ({self.hidden_size}) must be divisible by num_attention_heads "
+                f"({self.num_attention_heads})"
+            )
+        if self.hidden_act not in ("gelu",):
+            raise ValueError(f"hidden_act {self.hidden_act!r} is not supported (only exact-erf 'gelu')")
+        if self.family == "distilbert" and (self.type_vocab_size or self.add_pooler):
+            raise ValueError("a distilbert config has no token types and no pooler")
+        dtype_from_name(self.dtype, field="dtype")
+        dtype_from_name(self.param_dtype, field="param_dtype")
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+    @property
+    def compute_dtype(self):
+        return dtype_from_name(self.dtype)
+
+    @property
+    def storage_dtype(self):
+        return dtype_from_name(self.param_dtype, field="param_dtype")
+
+    @property
+    def classifier_dropout_rate(self) -> float:
+        return self.hidden_dropout if self.classifier_dropout is None else self.classifier_dropout
+
+    def replace(self, **changes) -> "ModelConfig":
+        return dataclasses.replace(self, **changes)
+
+
+def mbert_base(**overrides) -> ModelConfig:
+    """bert-base-multilingual-cased: 12 layers, 768 wide, 12 heads, 119,547 WordPiece tokens."""
+    return ModelConfig(family="bert", **overrides)
+
+
+def distilmbert_base(**overrides) -> ModelConfig:
+    """distilbert-base-multilingual-cased: mBERT's width with 6 layers, no token types and no pooler.
+
+    Its classification dropout is DistilBERT's `seq_classif_dropout` (0.2).
+    """
+    fields = dict(
+        family="distilbert",
+        num_hidden_layers=6,
+        type_vocab_size=0,
+        add_pooler=False,
+        classifier_dropout=0.2,
+    )
+    fields.update(overrides)
+    return ModelConfig(**fields)
+
+
+def student_config_for(teacher: ModelConfig, num_layers: int, **overrides) -> ModelConfig:
+    """A DistilBERT config as wide as `teacher`, with `num_layers` layers (the layer-map initialisation needs it)."""
+    fields = dict(
+        family="distilbert",
+        vocab_size=teacher.vocab_size,
+        hidden_size=teacher.hidden_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=teacher.num_attention_heads,
+        intermediate_size=teacher.intermediate_size,
+        max_position_embeddings=teacher.max_position_embeddings,
+        type_vocab_size=0,
+        layer_norm_eps=1e-12,
+        hidden_dropout=teacher.hidden_dropout,
+        attention_dropout=teacher.attention_dropout,
+        classifier_dropout=0.2,
+        initializer_range=teacher.initializer_range,
+        pad_token_id=teacher.pad_token_id,
+        add_pooler=False,
+        head=teacher.head,
+        num_labels=teacher.num_labels,
+        dtype=teacher.dtype,
+        param_dtype=teacher.param_dtype,
+    )
+    fields.update(overrides)
+    return ModelConfig(**fields)

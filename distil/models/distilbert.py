@@ -1,0 +1,42 @@
+"""DistilBERT encoder (the student) with the heads of transformers' DistilBertModel / DistilBertForMaskedLM /
+DistilBertForSequenceClassification, chosen by `config.head`."""
+
+from __future__ import annotations
+
+import jax
+from flax import nnx
+
+from distil.models.config import ModelConfig
+from distil.models.layers import Encoder, EncoderOutput, MlmHead, dense
+
+
+class DistilBert(nnx.Module):
+    """BERT without token types and pooler; classification is pre_classifier -> ReLU -> dropout -> classifier on
+    the [CLS] hidden state, with DistilBERT's `seq_classif_dropout` (config.classifier_dropout)."""
+
+    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+        if config.family != "distilbert":
+            raise ValueError(f"DistilBert needs a config of family 'distilbert', got {config.family!r}")
+        self.config = config
+        self.encoder = Encoder(config, rngs=rngs)
+        self.mlm_head = MlmHead(config, rngs=rngs) if config.head == "mlm" else None
+        if config.head == "classification":
+            self.pre_classifier = dense(config, config.hidden_size, config.hidden_size, ("embed", "hidden"), rngs=rngs)
+            self.classifier_dropout = nnx.Dropout(config.classifier_dropout_rate)
+            self.classifier = dense(config, config.hidden_size, config.num_labels, ("hidden", "classes"), rngs=rngs)
+        else:
+            self.pre_classifier = self.classifier = None
+
+    def __call__(self, input_ids, attention_mask=None, token_type_ids=None, *, dropout_rngs=None) -> EncoderOutput:
+        """`token_type_ids` is accepted for a uniform call signature and must be None (DistilBERT has none)."""
+        if token_type_ids is not None:
+            raise ValueError("DistilBERT has no token type embeddings; pass token_type_ids=None")
+        last_hidden, hidden_states = self.encoder(input_ids, attention_mask, dropout_rngs=dropout_rngs)
+        logits = None
+        if self.mlm_head is not None:
+            logits = self.mlm_head(last_hidden, self.encoder.embeddings.word_embeddings)
+        elif self.classifier is not None:
+            pooled = jax.nn.relu(self.pre_classifier(last_hidden[:, 0]))  # [batch, hidden]
+            pooled = self.classifier_dropout(pooled, deterministic=dropout_rngs is None, rngs=dropout_rngs)
+            logits = self.classifier(pooled)  # [batch, num_labels]
+        return EncoderOutput(last_hidden_state=last_hidden, hidden_states=hidden_states, logits=logits)

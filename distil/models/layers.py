@@ -1,0 +1,284 @@
+"""Building blocks shared by the BERT teacher and the DistilBERT student.
+
+Both are post-LayerNorm transformer encoders with the same layer structure (self-attention -> add & norm ->
+feed-forward -> add & norm), so one `TransformerLayer` serves both; they differ only in the embeddings (token types)
+and the heads, which live in `bert.py` and `distilbert.py`.
+
+Every parameter is created with logical axis names (`vocab`, `embed`, `heads`, `kv`, `mlp`, ...) and activations
+are constrained with logical names (`batch`, `length`, `act_*`); which mesh axes these mean is decided by one rules
+table (`distil.sharding.STANDARD_LOGICAL_AXIS_RULES` or the config's), never here. Without rules in scope the
+constraints are no-ops, so the same modules run unsharded on one CPU.
+
+Dropout is active only when the caller passes `dropout_rngs` (an `nnx.Rngs` with a `dropout` stream), which keeps
+the training step pure: its dropout key is an input (`fold_in(rng, step)`), not hidden module state.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import flax.linen as nn
+import flax.struct
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from distil.models.config import ModelConfig
+
+
+@flax.struct.dataclass
+class EncoderOutput:
+    """What every encoder returns, mirroring transformers' output objects.
+
+    last_hidden_state: [batch, length, hidden]
+    hidden_states: the embedding output and every layer's output, each [batch, length, hidden]
+    logits: MLM logits [batch, length, vocab], class logits [batch, num_labels], or None without a head
+    """
+
+    last_hidden_state: jax.Array
+    hidden_states: tuple[jax.Array, ...]
+    logits: jax.Array | None = None
+
+
+def constrain(x: jax.Array, logical_axes: Sequence[str | None]) -> jax.Array:
+    """Sharding constraint by logical names; a no-op unless `nnx.logical_axis_rules` is in scope."""
+    return nn.with_logical_constraint(x, tuple(logical_axes))
+
+
+def normal_init(config: ModelConfig, logical_axes: tuple[str | None, ...]):
+    """BERT's N(0, initializer_range) weight init, with logical axis names attached."""
+    return nnx.with_partitioning(nnx.initializers.normal(config.initializer_range), logical_axes)
+
+
+def zeros_init(logical_axes: tuple[str | None, ...]):
+    return nnx.with_partitioning(nnx.initializers.zeros_init(), logical_axes)
+
+
+def ones_init(logical_axes: tuple[str | None, ...]):
+    return nnx.with_partitioning(nnx.initializers.ones_init(), logical_axes)
+
+
+def gelu(x: jax.Array) -> jax.Array:
+    """Exact (erf) GELU, as transformers' "gelu"; the tanh approximation differs by up to ~1e-3."""
+    return jax.nn.gelu(x, approximate=False)
+
+
+def layer_norm(config: ModelConfig, *, rngs: nnx.Rngs) -> nnx.LayerNorm:
+    return nnx.LayerNorm(
+        config.hidden_size,
+        epsilon=config.layer_norm_eps,
+        dtype=config.compute_dtype,
+        param_dtype=config.storage_dtype,
+        scale_init=ones_init(("norm",)),
+        bias_init=zeros_init(("norm",)),
+        rngs=rngs,
+    )
+
+
+def dense(config: ModelConfig, in_features: int, out_features: int, axes: tuple[str, str], *, rngs: nnx.Rngs):
+    return nnx.Linear(
+        in_features,
+        out_features,
+        dtype=config.compute_dtype,
+        param_dtype=config.storage_dtype,
+        kernel_init=normal_init(config, axes),
+        bias_init=zeros_init((axes[1],)),
+        rngs=rngs,
+    )
+
+
+def _embedding_init(config: ModelConfig, logical_axes: tuple[str, str], zero_row: int | None):
+    """N(0, initializer_range), with the padding row zeroed as torch's `nn.Embedding(padding_idx=...)` does."""
+    base = nnx.initializers.normal(config.initializer_range)
+
+    def init(key, shape, dtype=jnp.float32):
+        table = base(key, shape, dtype)
+        return table if zero_row is None else table.at[zero_row].set(0)
+
+    return nnx.with_partitioning(init, logical_axes)
+
+
+def _sinusoidal_init(logical_axes: tuple[str, str]):
+    """DistilBERT's `create_sinusoidal_embeddings` table (sin on even, cos on odd features)."""
+
+    def init(key, shape, dtype=jnp.float32):
+        del key
+        positions, dim = shape
+        angles = jnp.arange(positions)[:, None] / jnp.power(10000.0, 2 * (jnp.arange(dim) // 2) / dim)[None, :]
+        table = jnp.where(jnp.arange(dim) % 2 == 0, jnp.sin(angles), jnp.cos(angles))
+        return table.astype(dtype)
+
+    return nnx.with_partitioning(init, logical_axes)
+
+
+class Embeddings(nnx.Module):
+    """word + position (+ token type) embeddings, LayerNorm, dropout."""
+
+    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+        self.config = config
+        self.word_embeddings = nnx.Embed(
+            config.vocab_size,
+            config.hidden_size,
+            dtype=config.compute_dtype,
+            param_dtype=config.storage_dtype,
+            embedding_init=_embedding_init(config, ("vocab", "embed"), config.pad_token_id),
+            rngs=rngs,
+        )
+        position_init = (
+            _sinusoidal_init(("position", "embed"))
+            if config.sinusoidal_pos_embds
+            else _embedding_init(config, ("position", "embed"), None)
+        )
+        self.position_embeddings = nnx.Embed(
+            config.max_position_embeddings,
+            config.hidden_size,
+            dtype=config.compute_dtype,
+            param_dtype=config.storage_dtype,
+            embedding_init=position_init,
+            rngs=rngs,
+        )
+        self.token_type_embeddings = (
+            nnx.Embed(
+                config.type_vocab_size,
+                config.hidden_size,
+                dtype=config.compute_dtype,
+                param_dtype=config.storage_dtype,
+                embedding_init=_embedding_init(config, ("token_type", "embed"), None),
+                rngs=rngs,
+            )
+            if config.type_vocab_size
+            else None
+        )
+        self.layer_norm = layer_norm(config, rngs=rngs)
+        self.dropout = nnx.Dropout(config.hidden_dropout)
+
+    def __call__(self, input_ids, token_type_ids=None, *, dropout_rngs: nnx.Rngs | None = None):
+        length = input_ids.shape[1]
+        if length > self.config.max_position_embeddings:
+            raise ValueError(
+                f"input length {length} exceeds max_position_embeddings={self.config.max_position_embeddings}"
+            )
+        embedded = self.word_embeddings(input_ids) + self.position_embeddings(jnp.arange(length))[None]
+        if self.token_type_embeddings is not None:
+            if token_type_ids is None:
+                token_type_ids = jnp.zeros_like(input_ids)
+            embedded = embedded + self.token_type_embeddings(token_type_ids)
+        embedded = self.layer_norm(embedded)
+        embedded = self.dropout(embedded, deterministic=dropout_rngs is None, rngs=dropout_rngs)
+        return constrain(embedded, ("batch", "length", "act_embed"))
+
+
+class SelfAttention(nnx.Module):
+    """Multi-head self-attention with per-head [embed, heads, kv] projections.
+
+    Softmax runs in float32. Masked keys get float32's most negative value, as transformers' eager attention does, so
+    padded query rows still attend to the real tokens and match the reference everywhere, padding included.
+    Attention-probability dropout (as in BERT/DistilBERT) is why this is written out instead of using
+    `jax.nn.dot_product_attention`, which has no dropout.
+    """
+
+    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+        self.config = config
+        heads, head_dim, hidden = config.num_attention_heads, config.head_dim, config.hidden_size
+
+        def projection():
+            return nnx.LinearGeneral(
+                hidden,
+                (heads, head_dim),
+                dtype=config.compute_dtype,
+                param_dtype=config.storage_dtype,
+                kernel_init=normal_init(config, ("embed", "heads", "kv")),
+                bias_init=zeros_init(("heads", "kv")),
+                rngs=rngs,
+            )
+
+        self.query, self.key, self.value = projection(), projection(), projection()
+        self.output = nnx.LinearGeneral(
+            (heads, head_dim),
+            hidden,
+            axis=(-2, -1),
+            dtype=config.compute_dtype,
+            param_dtype=config.storage_dtype,
+            kernel_init=normal_init(config, ("heads", "kv", "embed")),
+            bias_init=zeros_init(("embed",)),
+            rngs=rngs,
+        )
+        self.dropout = nnx.Dropout(config.attention_dropout)
+
+    def __call__(self, hidden, attention_mask, *, dropout_rngs: nnx.Rngs | None = None):
+        head_axes = ("batch", "length", "act_heads", "act_kv")
+        query = constrain(self.query(hidden), head_axes)  # [batch, length, heads, head_dim]
+        key = constrain(self.key(hidden), head_axes)
+        value = constrain(self.value(hidden), head_axes)
+        scores = jnp.einsum("bqhd,bkhd->bhqk", query, key).astype(jnp.float32) / math.sqrt(self.config.head_dim)
+        scores = jnp.where(attention_mask[:, None, None, :].astype(bool), scores, jnp.finfo(jnp.float32).min)
+        probs = jax.nn.softmax(scores, axis=-1).astype(value.dtype)  # [batch, heads, query, key]
+        probs = self.dropout(probs, deterministic=dropout_rngs is None, rngs=dropout_rngs)
+        context = constrain(jnp.einsum("bhqk,bkhd->bqhd", probs, value), head_axes)
+        return self.output(context)
+
+
+class FeedForward(nnx.Module):
+    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+        self.intermediate = dense(config, config.hidden_size, config.intermediate_size, ("embed", "mlp"), rngs=rngs)
+        self.output = dense(config, config.intermediate_size, config.hidden_size, ("mlp", "embed"), rngs=rngs)
+
+    def __call__(self, hidden):
+        activated = constrain(gelu(self.intermediate(hidden)), ("batch", "length", "act_mlp"))
+        return self.output(activated)
+
+
+class TransformerLayer(nnx.Module):
+    """Post-LN block: x = LN(x + drop(attn(x))); x = LN(x + drop(ffn(x))) — BERT's and DistilBERT's alike."""
+
+    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+        self.attention = SelfAttention(config, rngs=rngs)
+        self.attention_norm = layer_norm(config, rngs=rngs)
+        self.ffn = FeedForward(config, rngs=rngs)
+        self.output_norm = layer_norm(config, rngs=rngs)
+        self.dropout = nnx.Dropout(config.hidden_dropout)
+
+    def __call__(self, hidden, attention_mask, *, dropout_rngs: nnx.Rngs | None = None):
+        deterministic = dropout_rngs is None
+        attended = self.attention(hidden, attention_mask, dropout_rngs=dropout_rngs)
+        hidden = self.attention_norm(hidden + self.dropout(attended, deterministic=deterministic, rngs=dropout_rngs))
+        transformed = self.ffn(hidden)
+        hidden = self.output_norm(hidden + self.dropout(transformed, deterministic=deterministic, rngs=dropout_rngs))
+        return constrain(hidden, ("batch", "length", "act_embed"))
+
+
+class Encoder(nnx.Module):
+    """Embeddings and a stack of `TransformerLayer`s; returns every hidden state (distillation needs them)."""
+
+    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+        self.embeddings = Embeddings(config, rngs=rngs)
+        self.layers = nnx.List([TransformerLayer(config, rngs=rngs) for _ in range(config.num_hidden_layers)])
+
+    def __call__(self, input_ids, attention_mask=None, token_type_ids=None, *, dropout_rngs=None):
+        if attention_mask is None:
+            attention_mask = jnp.ones_like(input_ids)
+        hidden = self.embeddings(input_ids, token_type_ids, dropout_rngs=dropout_rngs)
+        hidden_states = [hidden]
+        for layer in self.layers:
+            hidden = layer(hidden, attention_mask, dropout_rngs=dropout_rngs)
+            hidden_states.append(hidden)
+        return hidden, tuple(hidden_states)
+
+
+class MlmHead(nnx.Module):
+    """dense -> GELU -> LayerNorm -> decoder tied to the word embeddings, plus a vocab bias.
+
+    BERT calls these `cls.predictions.{transform.dense, transform.LayerNorm, bias}`, DistilBERT
+    `vocab_transform`, `vocab_layer_norm`, `vocab_projector.bias`; the computation is the same.
+    """
+
+    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+        self.transform = dense(config, config.hidden_size, config.hidden_size, ("embed", "hidden"), rngs=rngs)
+        self.layer_norm = layer_norm(config, rngs=rngs)
+        self.bias = nnx.Param(zeros_init(("vocab",))(rngs.params(), (config.vocab_size,), config.storage_dtype))
+
+    def __call__(self, hidden, word_embeddings: nnx.Embed):
+        transformed = self.layer_norm(gelu(self.transform(hidden)))
+        logits = word_embeddings.attend(transformed) + self.bias[...].astype(transformed.dtype)
+        return constrain(logits, ("batch", "length", "act_vocab"))  # [batch, length, vocab]

@@ -1,0 +1,28 @@
+"""Shared test helpers: tiny transformers reference models and the path to ../shared/data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"{SHARED_DATA} is absent (CI lays shared/ beside the clone)")
+    return SHARED_DATA
+
+
+def padded_batch(vocab_size: int, lengths: list[int], length: int, seed: int = 0):
+    """Random token ids with [CLS]-like first token and padding after each row's length, as numpy int32."""
+    rng = np.random.default_rng(seed)
+    input_ids = rng.integers(5, vocab_size, size=(len(lengths), length)).astype(np.int32)
+    attention_mask = (np.arange(length)[None, :] < np.asarray(lengths)[:, None]).astype(np.int32)
+    input_ids = np.where(attention_mask == 1, input_ids, 0).astype(np.int32)
+    token_type_ids = (np.arange(length)[None, :] >= np.asarray(lengths)[:, None] // 2).astype(np.int32) * attention_mask
+    return input_ids, attention_mask, token_type_ids
