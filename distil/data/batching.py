@@ -1,0 +1,344 @@
+"""Length-grouped, per-host, resumable batches of token sequences.
+
+The distillation recipe of HF's DistilBERT (`examples/research_projects/distillation`) draws batches whose
+sequences share a length bin (`create_lengths_groups` + `GroupedBatchSampler`), so that little of each batch
+is padding. This module keeps those batches but makes them a pure function of the step:
+
+    step -> (epoch, position) -> the epoch's batch plan (from seed, epoch) -> one global batch
+         -> this process's rows, padded to the global batch's padded length L.
+
+Because a batch depends on nothing but the step, resuming is exact (the iterator state is the step), and every
+process computes the same plan and the same L without talking to the others, so the per-process rows assemble
+into one global array of a single shape (`make_global_batch`). The plan does not depend on the number of
+processes either: a run resumed on a different number of hosts sees the same global batches.
+
+`grain` supplies the iterator: a `MapDataset` over steps, read by a thread pool with prefetching, whose
+`get_state()` / `set_state()` is `{"next_index": step}` and which `grain.checkpoint.CheckpointSave/Restore`
+stores beside an orbax checkpoint.
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+from typing import Iterable, Mapping, Protocol
+
+import grain
+import jax
+import numpy as np
+
+PAD_ID = 0
+"""[PAD] is id 0 in the mBERT vocabulary (vocab.txt line 0)."""
+
+BIN_WIDTH = 4
+"""HF `create_lengths_groups(lengths, k)` quantises lengths with bin edges 3, 7, 11, ... < k."""
+
+_UNBOUNDED_STEPS = 2**62
+"""Length given to grain for `num_epochs=None`: far more steps than any run takes, still a valid `len()`."""
+
+
+class TokenSequences(Protocol):
+    """What `distil.data.binarize.open_binarized` returns: token ids of one sequence per index."""
+
+    lengths: np.ndarray  # int32 [num_sequences]
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, index: int) -> np.ndarray: ...
+
+
+# ---------------------------------------------------------------------------------------------------- plan
+
+
+def length_bin_edges(max_length: int) -> np.ndarray:
+    """The bin edges of HF `create_lengths_groups(lengths, k=max_length)`: [3, 7, 11, ...] below k, or [10]."""
+    if max_length > 0:
+        return np.arange(3, max_length, BIN_WIDTH)
+    return np.array([10])
+
+
+def length_groups(lengths: np.ndarray, max_length: int) -> np.ndarray:
+    """Group id of each length: the number of bin edges <= length (HF uses `bisect.bisect_right`)."""
+    edges = length_bin_edges(max_length)
+    return np.searchsorted(edges, np.asarray(lengths), side="right").astype(np.int32)
+
+
+def _epoch_rngs(seed: int, epoch: int) -> tuple[np.random.Generator, np.random.Generator]:
+    """Two independent streams per (seed, epoch): one orders the sequences, one orders the batches."""
+    if seed < 0 or epoch < 0:
+        raise ValueError(f"seed and epoch must be >= 0, got seed={seed}, epoch={epoch}")
+    order_seed, batch_seed = np.random.SeedSequence([seed, epoch]).spawn(2)
+    return np.random.default_rng(order_seed), np.random.default_rng(batch_seed)
+
+
+def epoch_permutation(num_sequences: int, seed: int, epoch: int) -> np.ndarray:
+    """The shuffled order in which an epoch visits the sequences (HF: `RandomSampler`)."""
+    order_rng, _ = _epoch_rngs(seed, epoch)
+    return order_rng.permutation(num_sequences)
+
+
+def batches_per_epoch(num_sequences: int, global_batch: int, drop_remainder: bool) -> int:
+    """Every batch of an epoch is full but possibly the last, so the count depends on the sizes only."""
+    if drop_remainder:
+        return num_sequences // global_batch
+    return -(-num_sequences // global_batch)
+
+
+def epoch_batches(
+    lengths: np.ndarray,
+    *,
+    global_batch: int,
+    seed: int,
+    epoch: int,
+    max_length: int,
+    group_by_length: bool = True,
+    drop_remainder: bool = True,
+) -> np.ndarray:
+    """The batch plan of one epoch: int64 [batches_per_epoch, global_batch] sequence indices, -1 = fill row.
+
+    With `group_by_length` this yields the same batches as HF's `GroupedBatchSampler` walking
+    `epoch_permutation(...)`: per length group, consecutive runs of `global_batch` sequences in visiting order;
+    the leftovers of all groups, concatenated in ascending group order, are cut into further (mixed-group)
+    batches. HF yields the last partial batch as is; here it is either completed with fill rows (-1, padded
+    to all-[PAD] rows with attention_mask 0) so that every sequence appears exactly once, or, with
+    `drop_remainder` (one array shape for the whole run), its `num_sequences % global_batch` sequences are
+    dropped, drawn at random from all leftovers: dropping the tail would always drop the longest leftovers.
+    Unlike HF, the batch order is then shuffled, so long and short batches alternate instead of the mixed
+    leftovers all coming at the end of the epoch.
+    """
+    lengths = np.asarray(lengths)
+    num_sequences = len(lengths)
+    order_rng, batch_rng = _epoch_rngs(seed, epoch)
+    order = order_rng.permutation(num_sequences)
+    if group_by_length:
+        visit_groups = length_groups(lengths, max_length)[order]
+        by_group = np.argsort(visit_groups, kind="stable")  # stable: visiting order kept inside a group
+        grouped_order, grouped_ids = order[by_group], visit_groups[by_group]
+        _, starts, counts = np.unique(grouped_ids, return_index=True, return_counts=True)
+        full_runs, leftovers = [], []
+        for start, count in zip(starts, counts):
+            num_full = (count // global_batch) * global_batch
+            full_runs.append(grouped_order[start : start + num_full])
+            leftovers.append(grouped_order[start + num_full : start + count])
+        leftover = np.concatenate(leftovers) if leftovers else order
+        num_dropped = num_sequences % global_batch if drop_remainder else 0
+        if num_dropped:  # len(leftover) is num_sequences mod global_batch plus whole batches
+            kept = np.sort(batch_rng.choice(len(leftover), len(leftover) - num_dropped, replace=False))
+            leftover = leftover[kept]
+        order = np.concatenate(full_runs + [leftover])
+
+    num_batches = batches_per_epoch(num_sequences, global_batch, drop_remainder)
+    rows = np.full(num_batches * global_batch, -1, dtype=np.int64)
+    num_kept = min(len(order), len(rows))
+    rows[:num_kept] = order[:num_kept]
+    plan = rows.reshape(num_batches, global_batch)
+    return plan[batch_rng.permutation(num_batches)]
+
+
+# ---------------------------------------------------------------------------------------------------- padding
+
+
+def padded_length(longest: int, *, pad_to_multiple: int, max_length: int, fixed_length: bool) -> int:
+    """L of a batch: its longest sequence rounded up to `pad_to_multiple`, never above `max_length`.
+
+    Rounding up bounds the number of distinct shapes (and so of XLA recompiles) to max_length / multiple;
+    `fixed_length` pads everything to `max_length` to compile once.
+    """
+    if fixed_length:
+        return max_length
+    rounded = -(-max(int(longest), 1) // pad_to_multiple) * pad_to_multiple
+    return min(rounded, max_length)
+
+
+def pad_batch(sequences: list[np.ndarray], length: int) -> dict[str, np.ndarray]:
+    """Right-pad token id arrays to `length` with [PAD]; the attention mask marks the real tokens."""
+    input_ids = np.full((len(sequences), length), PAD_ID, dtype=np.int32)
+    lengths = np.zeros(len(sequences), dtype=np.int32)
+    for row, token_ids in enumerate(sequences):
+        input_ids[row, : len(token_ids)] = token_ids
+        lengths[row] = len(token_ids)
+    attention_mask = (np.arange(length)[None, :] < lengths[:, None]).astype(np.int32)
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "lengths": lengths}
+
+
+def padding_fraction(batches: Iterable[Mapping[str, np.ndarray]]) -> float:
+    """Share of all token positions in `batches` that are padding (attention_mask == 0)."""
+    real, total = 0, 0
+    for batch in batches:
+        mask = np.asarray(batch["attention_mask"])
+        real += int(mask.sum())
+        total += mask.size
+    return 1.0 - real / total if total else 0.0
+
+
+# ---------------------------------------------------------------------------------------------------- source
+
+
+class GroupedBatchSource:
+    """Random access from step to this process's rows of that step's global batch (a grain data source).
+
+    Args:
+      sequences: token ids per index with `.lengths` (e.g. `open_binarized(dir)`).
+      global_batch: sequences per step summed over all processes.
+      max_length: the longest sequence allowed; also HF's `k` of the length bins.
+      seed: with the epoch, fixes every epoch's order.
+      pad_to_multiple, fixed_length: see `padded_length`.
+      group_by_length: False gives plain shuffled batches (the baseline for `padding_fraction`).
+      drop_remainder: see `epoch_batches`.
+      num_epochs: steps run out after this many epochs; None never runs out.
+      process_index, process_count: this process's share; default `jax.process_index()/process_count()`.
+      batch_flag: the config field that set `global_batch`, named in errors.
+    """
+
+    def __init__(
+        self,
+        sequences: TokenSequences,
+        *,
+        global_batch: int,
+        max_length: int,
+        seed: int,
+        pad_to_multiple: int = 8,
+        fixed_length: bool = False,
+        group_by_length: bool = True,
+        drop_remainder: bool = True,
+        num_epochs: int | None = None,
+        process_index: int | None = None,
+        process_count: int | None = None,
+        batch_flag: str = "global_batch",
+    ):
+        self.sequences = sequences
+        self.lengths = np.asarray(sequences.lengths)
+        self.global_batch = global_batch
+        self.max_length = max_length
+        self.seed = seed
+        self.pad_to_multiple = pad_to_multiple
+        self.fixed_length = fixed_length
+        self.group_by_length = group_by_length
+        self.drop_remainder = drop_remainder
+        self.num_epochs = num_epochs
+        self.process_index = jax.process_index() if process_index is None else process_index
+        self.process_count = jax.process_count() if process_count is None else process_count
+
+        if global_batch <= 0 or global_batch % self.process_count:
+            raise ValueError(
+                f"{batch_flag}={global_batch} must be a positive multiple of the number of processes "
+                f"({self.process_count}): each process yields {batch_flag} // process_count rows"
+            )
+        if not 0 <= self.process_index < self.process_count:
+            raise ValueError(f"process_index={self.process_index} is outside [0, {self.process_count})")
+        if pad_to_multiple <= 0:
+            raise ValueError(f"pad_to_multiple must be > 0, got {pad_to_multiple}")
+        if len(self.lengths) != len(sequences):
+            raise ValueError(f"sequences.lengths has {len(self.lengths)} entries for {len(sequences)} sequences")
+        if len(self.lengths) and self.lengths.max() > max_length:
+            index = int(self.lengths.argmax())
+            raise ValueError(
+                f"sequence {index} has {self.lengths[index]} tokens, more than max_length={max_length}; "
+                "split or truncate sequences when binarizing"
+            )
+        self.batches_per_epoch = batches_per_epoch(len(self.lengths), global_batch, drop_remainder)
+        if self.batches_per_epoch == 0:
+            raise ValueError(f"{len(self.lengths)} sequences do not fill one batch of {batch_flag}={global_batch}")
+        self.local_batch = global_batch // self.process_count
+        self._local_rows = slice(self.process_index * self.local_batch, (self.process_index + 1) * self.local_batch)
+        self._plans: collections.OrderedDict[int, np.ndarray] = collections.OrderedDict()
+        self._plans_lock = threading.Lock()  # grain reads steps from several threads
+
+    def __len__(self) -> int:
+        if self.num_epochs is None:
+            return _UNBOUNDED_STEPS
+        return self.num_epochs * self.batches_per_epoch
+
+    def epoch_plan(self, epoch: int) -> np.ndarray:
+        """`epoch_batches` of this source, kept for the two most recent epochs (prefetch crosses epochs)."""
+        with self._plans_lock:
+            if epoch not in self._plans:
+                self._plans[epoch] = epoch_batches(
+                    self.lengths,
+                    global_batch=self.global_batch,
+                    seed=self.seed,
+                    epoch=epoch,
+                    max_length=self.max_length,
+                    group_by_length=self.group_by_length,
+                    drop_remainder=self.drop_remainder,
+                )
+                while len(self._plans) > 2:
+                    self._plans.popitem(last=False)
+            return self._plans[epoch]
+
+    def global_rows(self, step: int) -> np.ndarray:
+        """int64 [global_batch] sequence indices of the step's global batch (-1 = fill row)."""
+        if not 0 <= step < len(self):
+            raise IndexError(f"step {step} is outside [0, {len(self)}) ({self.num_epochs} epochs)")
+        epoch, position = divmod(step, self.batches_per_epoch)
+        return self.epoch_plan(epoch)[position]
+
+    def __getitem__(self, step: int) -> dict[str, np.ndarray]:
+        """`{'input_ids', 'attention_mask': int32 [local_batch, L], 'lengths': int32 [local_batch]}`."""
+        rows = self.global_rows(step)
+        # L comes from the lengths of the whole global batch, known to every process without reading tokens.
+        longest = self.lengths[rows[rows >= 0]].max(initial=0)
+        length = padded_length(
+            longest, pad_to_multiple=self.pad_to_multiple, max_length=self.max_length, fixed_length=self.fixed_length
+        )
+        sequences = []
+        for index in rows[self._local_rows]:
+            token_ids = self.sequences[int(index)] if index >= 0 else np.zeros(0, np.int32)
+            if index >= 0 and len(token_ids) != self.lengths[index]:
+                raise ValueError(
+                    f"sequence {index} has {len(token_ids)} tokens but sequences.lengths[{index}] = "
+                    f"{self.lengths[index]}"
+                )
+            sequences.append(token_ids)
+        return pad_batch(sequences, length)
+
+
+# ---------------------------------------------------------------------------------------------------- iteration
+
+
+def batch_dataset(
+    source: GroupedBatchSource, *, num_threads: int = 2, prefetch_buffer_size: int = 8
+) -> grain.IterDataset:
+    """The steps of `source` as a grain dataset read by `num_threads` threads, `prefetch_buffer_size` ahead."""
+    read_options = grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch_buffer_size)
+    return grain.MapDataset.source(source).to_iter_dataset(read_options)
+
+
+def iter_from_step(
+    source: GroupedBatchSource, step: int = 0, *, num_threads: int = 2, prefetch_buffer_size: int = 8
+) -> grain.DatasetIterator:
+    """An iterator whose next batch is that of `step`; its state (`get_state`) is `{'next_index': step}`.
+
+    Restoring a saved state with `iterator.set_state(state)` (or `grain.checkpoint.CheckpointRestore`) is the
+    same as `iter_from_step(source, state['next_index'])`.
+    """
+    iterator = iter(batch_dataset(source, num_threads=num_threads, prefetch_buffer_size=prefetch_buffer_size))
+    if step:
+        iterator.set_state({"next_index": step})
+    return iterator
+
+
+def make_global_batch(
+    local_batch: Mapping[str, np.ndarray],
+    mesh: jax.sharding.Mesh | None,
+    pspec: jax.sharding.PartitionSpec | jax.sharding.NamedSharding,
+) -> dict[str, jax.Array]:
+    """Each process's rows -> global arrays of shape [global_batch, ...] sharded by `pspec` over `mesh`.
+
+    `pspec` describes the rank-2 arrays (e.g. `P('data', None)` or `P(('data', 'fsdp'))`); the 1-D `lengths`
+    uses its first entry. Process p's rows are rows [p * local_batch, (p + 1) * local_batch) of the global
+    batch when the mesh orders processes along the batch axis, as `jax.make_mesh` does.
+    """
+    if isinstance(pspec, jax.sharding.NamedSharding):
+        if mesh is not None and pspec.mesh != mesh:
+            raise ValueError("make_global_batch: the NamedSharding's mesh differs from the mesh argument")
+        mesh, pspec = pspec.mesh, pspec.spec
+    if mesh is None:
+        raise ValueError("make_global_batch needs a mesh, or a NamedSharding as pspec")
+    global_batch = {}
+    for name, local_array in local_batch.items():
+        local_array = np.asarray(local_array)
+        spec = jax.sharding.PartitionSpec(*tuple(pspec)[: local_array.ndim])
+        sharding = jax.sharding.NamedSharding(mesh, spec)
+        global_batch[name] = jax.make_array_from_process_local_data(sharding, local_array)
+    return global_batch

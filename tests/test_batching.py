@@ -1,0 +1,288 @@
+"""Tests of distil/data/batching.py against an independent re-implementation of HF's grouped batching.
+
+Token ids are real: lines of shared/data/corpus tokenized with the mBERT cased vocabulary by `tokenizers`.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections import defaultdict
+from pathlib import Path
+
+import grain
+import jax
+import numpy as np
+import pytest
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from distil.data import batching
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+LANGUAGES = ("en", "de", "fr", "es", "ru", "ar", "zh", "hi", "sw", "th", "tr", "ur", "bg", "el", "vi")
+
+
+class InMemorySequences:
+    """The interface of `open_binarized(...)`, held in a Python list."""
+
+    def __init__(self, sequences: list[np.ndarray]):
+        self._sequences = sequences
+        self.lengths = np.array([len(s) for s in sequences], dtype=np.int32)
+
+    def __len__(self) -> int:
+        return len(self._sequences)
+
+    def __getitem__(self, index: int) -> np.ndarray:
+        return self._sequences[index]
+
+
+def _tokenize_corpus(lines_per_language: int, max_length: int) -> InMemorySequences:
+    if not (DATA / "corpus").is_dir() or not (DATA / "mbert-cased" / "vocab.txt").is_file():
+        pytest.skip(f"shared data not found at {DATA} (corpus/ and mbert-cased/vocab.txt are needed)")
+    from tokenizers import BertWordPieceTokenizer
+
+    tokenizer = BertWordPieceTokenizer(
+        str(DATA / "mbert-cased" / "vocab.txt"), lowercase=False, strip_accents=False, handle_chinese_chars=True
+    )
+    tokenizer.enable_truncation(max_length)
+    lines = []
+    for language in LANGUAGES:
+        text = (DATA / "corpus" / f"{language}.txt").read_text(encoding="utf-8")
+        lines += text.split("\n")[:lines_per_language]
+    encodings = tokenizer.encode_batch([line for line in lines if line.strip()])
+    return InMemorySequences([np.array(e.ids, dtype=np.int32) for e in encodings])
+
+
+@pytest.fixture(scope="module")
+def corpus() -> InMemorySequences:
+    """~1500 real sequences of 15 languages, at most 128 tokens."""
+    return _tokenize_corpus(lines_per_language=100, max_length=128)
+
+
+def reference_groups(lengths, k):
+    """HF create_lengths_groups, written out: bins 3, 7, ... < k (or [10]), group = bisect_right."""
+    bins = list(range(3, k, 4)) if k > 0 else [10]
+    return [bisect.bisect_right(bins, int(length)) for length in lengths]
+
+
+def reference_grouped_batches(visit_order, groups, batch_size):
+    """HF GroupedBatchSampler, written out: buffers per group, then leftovers in ascending group order."""
+    buffers = defaultdict(list)
+    full, mixed = [], []
+    for index in visit_order:
+        buffers[groups[index]].append(int(index))
+        if len(buffers[groups[index]]) == batch_size:
+            full.append(buffers.pop(groups[index]))
+    rest = [index for _, members in sorted(buffers.items()) for index in members]
+    for start in range(0, len(rest), batch_size):
+        mixed.append(rest[start : start + batch_size])
+    return full, mixed
+
+
+# ---------------------------------------------------------------------------------------------------- grouping
+
+
+@pytest.mark.parametrize("k", [0, 9, 128, 512])
+def test_length_groups_match_reference_bins(k):
+    lengths = np.arange(0, 700)
+    assert batching.length_groups(lengths, k).tolist() == reference_groups(lengths, k)
+    # Hand-worked: with k=128 the edges are 3, 7, 11, ...: 2 -> 0, 3..6 -> 1, 7 -> 2, 127 -> 32, 600 -> 32.
+    assert batching.length_groups(np.array([2, 3, 6, 7, 127, 600]), 128).tolist() == [0, 1, 1, 2, 32, 32]
+
+
+def test_epoch_plan_equals_hf_grouped_batch_sampler(corpus):
+    lengths, batch_size = corpus.lengths, 16
+    plan = batching.epoch_batches(
+        lengths, global_batch=batch_size, seed=3, epoch=1, max_length=128, drop_remainder=False
+    )
+    visit_order = batching.epoch_permutation(len(lengths), seed=3, epoch=1)
+    full, mixed = reference_grouped_batches(visit_order, reference_groups(lengths, 128), batch_size)
+    expected = full + mixed[:-1] + [mixed[-1] + [-1] * (batch_size - len(mixed[-1]))]
+    assert sorted(map(tuple, plan.tolist())) == sorted(map(tuple, expected))
+    # every sequence exactly once, the only fill rows complete the last partial batch
+    members = plan[plan >= 0]
+    assert sorted(members.tolist()) == list(range(len(lengths)))
+    assert (plan < 0).sum() == (-len(lengths)) % batch_size
+    # all but the few leftover batches hold a single length bin
+    groups = np.array(reference_groups(lengths, 128))
+    single_bin = [len(set(groups[row[row >= 0]])) == 1 for row in plan]
+    assert sum(single_bin) >= len(full) and len(full) > 0.8 * len(plan)
+
+
+def test_drop_remainder_drops_only_leftovers(corpus):
+    lengths, batch_size = corpus.lengths, 32
+    plan = batching.epoch_batches(lengths, global_batch=batch_size, seed=0, epoch=0, max_length=128)
+    assert plan.shape == (len(lengths) // batch_size, batch_size) and (plan >= 0).all()
+    assert len(set(plan.ravel().tolist())) == plan.size
+    visit_order = batching.epoch_permutation(len(lengths), seed=0, epoch=0)
+    full, mixed = reference_grouped_batches(visit_order, reference_groups(lengths, 128), batch_size)
+    plan_batches = set(map(tuple, plan.tolist()))
+    assert all(tuple(batch) in plan_batches for batch in full)
+    dropped = set(range(len(lengths))) - set(plan.ravel().tolist())
+    assert len(dropped) == len(lengths) % batch_size
+    assert dropped <= {index for batch in mixed for index in batch}
+    # drawn at random from the leftovers, not the tail of the length-sorted leftovers (the longest ones)
+    dropped_lengths = []
+    for epoch in range(10):
+        kept = batching.epoch_batches(lengths, global_batch=batch_size, seed=0, epoch=epoch, max_length=128)
+        dropped_lengths += [lengths[i] for i in set(range(len(lengths))) - set(kept.ravel().tolist())]
+    assert min(dropped_lengths) < np.median(lengths)
+
+
+def test_batches_pad_and_mask_every_element(corpus):
+    source = batching.GroupedBatchSource(
+        corpus, global_batch=24, max_length=128, seed=5, drop_remainder=False, num_epochs=1
+    )
+    seen = []
+    for step, batch in enumerate(batching.iter_from_step(source)):
+        rows = source.global_rows(step)
+        input_ids, mask = batch["input_ids"], batch["attention_mask"]
+        assert input_ids.dtype == mask.dtype == batch["lengths"].dtype == np.int32
+        longest = max(len(corpus[i]) for i in rows if i >= 0)
+        assert input_ids.shape[1] % 8 == 0 and longest <= input_ids.shape[1] < longest + 8
+        for row, index in enumerate(rows):
+            tokens = corpus[index] if index >= 0 else np.zeros(0, np.int32)
+            for position in range(input_ids.shape[1]):
+                real = position < len(tokens)
+                assert input_ids[row, position] == (tokens[position] if real else 0)
+                assert mask[row, position] == int(real)
+            assert batch["lengths"][row] == len(tokens)
+            if index >= 0:
+                assert tokens[0] == 101 and tokens[-1] == 102
+                seen.append(int(index))
+    assert step + 1 == source.batches_per_epoch
+    assert sorted(seen) == list(range(len(corpus)))
+
+
+def test_fixed_length_pads_to_max_length(corpus):
+    source = batching.GroupedBatchSource(corpus, global_batch=8, max_length=128, seed=0, fixed_length=True)
+    batch = source[0]
+    assert batch["input_ids"].shape == (8, 128)
+    assert batch["attention_mask"].sum() == batch["lengths"].sum() == corpus.lengths[source.global_rows(0)].sum()
+
+
+def test_rejects_sequences_longer_than_max_length(corpus):
+    with pytest.raises(ValueError, match="more than max_length=64"):
+        batching.GroupedBatchSource(corpus, global_batch=8, max_length=64, seed=0)
+
+
+# ---------------------------------------------------------------------------------------------------- per host
+
+
+def test_host_batches_assemble_the_global_batch(corpus):
+    options = dict(global_batch=32, max_length=128, seed=11)
+    whole = batching.GroupedBatchSource(corpus, process_index=0, process_count=1, **options)
+    hosts = [batching.GroupedBatchSource(corpus, process_index=p, process_count=4, **options) for p in range(4)]
+    for step in (0, 1, whole.batches_per_epoch - 1, whole.batches_per_epoch + 2):
+        expected = whole[step]
+        parts = [host[step] for host in hosts]
+        assert {part["input_ids"].shape for part in parts} == {(8, expected["input_ids"].shape[1])}
+        for name in ("input_ids", "attention_mask", "lengths"):
+            np.testing.assert_array_equal(np.concatenate([part[name] for part in parts]), expected[name])
+
+
+def test_global_batch_must_divide_by_process_count(corpus):
+    with pytest.raises(ValueError, match=r"config\.distill\.batch_size=30 .* processes \(4\)"):
+        batching.GroupedBatchSource(
+            corpus, global_batch=30, max_length=128, seed=0, process_index=0, process_count=4,
+            batch_flag="config.distill.batch_size",
+        )
+
+
+@pytest.mark.parametrize("axes", [P("data", None), P(("data", "fsdp"))])
+def test_make_global_batch_on_eight_devices(corpus, axes):
+    if jax.device_count() < 8:
+        pytest.skip("needs XLA_FLAGS=--xla_force_host_platform_device_count=8")
+    mesh = Mesh(np.array(jax.devices()[:8]).reshape(4, 2), ("data", "fsdp"))
+    source = batching.GroupedBatchSource(corpus, global_batch=16, max_length=128, seed=2)
+    local = source[3]
+    placed = batching.make_global_batch(local, mesh, axes)
+    for name, array in placed.items():
+        np.testing.assert_array_equal(np.asarray(array), local[name])
+        expected_spec = P(*tuple(axes)[: local[name].ndim])
+        assert array.sharding == NamedSharding(mesh, expected_spec)
+        rows_per_shard = 16 // (4 if axes == P("data", None) else 8)
+        for shard in array.addressable_shards:
+            assert shard.data.shape[0] == rows_per_shard
+            np.testing.assert_array_equal(np.asarray(shard.data), local[name][shard.index])
+    same = batching.make_global_batch(local, None, NamedSharding(mesh, axes))
+    assert same["input_ids"].sharding == placed["input_ids"].sharding
+
+
+# ---------------------------------------------------------------------------------------------------- resume
+
+
+def _take(iterator, count):
+    return [next(iterator) for _ in range(count)]
+
+
+def _assert_same_batches(actual, expected):
+    assert len(actual) == len(expected)
+    for got, want in zip(actual, expected):
+        for name in want:
+            np.testing.assert_array_equal(got[name], want[name])
+
+
+def test_resume_from_saved_state_yields_the_uninterrupted_batches(corpus, tmp_path):
+    options = dict(global_batch=64, max_length=128, seed=7)
+    source = batching.GroupedBatchSource(corpus, **options)
+    k = source.batches_per_epoch - 2  # resume just before an epoch boundary
+    uninterrupted = _take(batching.iter_from_step(source), k + 5)
+
+    interrupted = batching.iter_from_step(batching.GroupedBatchSource(corpus, **options))
+    _take(interrupted, k)
+    state = interrupted.get_state()
+    assert state == {"next_index": k}
+
+    restored = batching.iter_from_step(batching.GroupedBatchSource(corpus, **options))
+    restored.set_state(state)
+    _assert_same_batches(_take(restored, 5), uninterrupted[k:])
+    _assert_same_batches(_take(batching.iter_from_step(source, k), 5), uninterrupted[k:])
+
+    # the same through grain's orbax checkpoint handler (what train/checkpoints saves)
+    handler = grain.checkpoint.CheckpointHandler()
+    handler.save(tmp_path, args=grain.checkpoint.CheckpointSave(interrupted))
+    fresh = batching.iter_from_step(batching.GroupedBatchSource(corpus, **options))
+    fresh = handler.restore(tmp_path, args=grain.checkpoint.CheckpointRestore(fresh))
+    _assert_same_batches(_take(fresh, 5), uninterrupted[k:])
+
+
+def test_epochs_differ_and_seeds_repeat(corpus):
+    lengths = corpus.lengths
+
+    def plan(seed, epoch):
+        return batching.epoch_batches(lengths, global_batch=16, seed=seed, epoch=epoch, max_length=128)
+
+    np.testing.assert_array_equal(plan(1, 0), plan(1, 0))
+    assert not np.array_equal(plan(1, 0), plan(1, 1))
+    assert not np.array_equal(plan(1, 0), plan(2, 0))
+    # an epoch of the source is the plan of that epoch
+    source = batching.GroupedBatchSource(corpus, global_batch=16, max_length=128, seed=1)
+    np.testing.assert_array_equal(source.global_rows(source.batches_per_epoch + 4), plan(1, 1)[4])
+
+
+def test_num_epochs_bounds_the_iterator(corpus):
+    source = batching.GroupedBatchSource(corpus, global_batch=256, max_length=128, seed=0, num_epochs=2)
+    assert len(list(batching.iter_from_step(source))) == 2 * (len(corpus) // 256)
+
+
+# ---------------------------------------------------------------------------------------------------- padding
+
+
+def test_padding_fraction_hand_worked():
+    batches = [{"attention_mask": np.array([[1, 1, 0, 0], [1, 0, 0, 0]])}, {"attention_mask": np.ones((1, 8))}]
+    assert batching.padding_fraction(batches) == pytest.approx(5 / 16)
+
+
+def test_grouping_pads_less_on_corpus_lengths(corpus):
+    def fraction(group_by_length):
+        source = batching.GroupedBatchSource(
+            corpus, global_batch=32, max_length=128, seed=0, num_epochs=1, group_by_length=group_by_length
+        )
+        batches = [source[step] for step in range(len(source))]
+        # independent count: padded positions = L * rows - real tokens
+        padded = sum(b["input_ids"].size - int(b["lengths"].sum()) for b in batches)
+        assert batching.padding_fraction(batches) == pytest.approx(padded / sum(b["input_ids"].size for b in batches))
+        return batching.padding_fraction(batches)
+
+    grouped, ungrouped = fraction(True), fraction(False)
+    assert grouped < 0.5 * ungrouped, (grouped, ungrouped)
