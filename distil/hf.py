@@ -260,7 +260,13 @@ def config_from_hf(hf: dict, path: Path) -> ModelConfig:
         )
     if activation != "gelu":
         raise CheckpointFormatError(f"{path}: activation {activation!r} is not supported (only 'gelu')")
+    stored_dtype = hf.get("dtype") or hf.get("torch_dtype") or "float32"  # transformers 5 / 4 names
+    if stored_dtype not in ("float32", "bfloat16", "float16"):
+        raise CheckpointFormatError(
+            f"{path}: field 'dtype' is {stored_dtype!r}; expected 'float32', 'bfloat16' or 'float16'"
+        )
     fields.update(
+        param_dtype=stored_dtype,
         initializer_range=hf.get("initializer_range", 0.02),
         pad_token_id=hf.get("pad_token_id") if hf.get("pad_token_id") is not None else 0,
         head=head,
@@ -391,8 +397,9 @@ def load_pretrained(folder: str | os.PathLike, *, dtype: str | None = None, para
     """Reads a transformers BERT/DistilBERT folder into a distil model (`distil.models.Bert` or `DistilBert`).
 
     The result is callable as `model(input_ids, attention_mask=..., token_type_ids=None)` and returns an
-    `EncoderOutput` with `.last_hidden_state`, `.hidden_states` and `.logits` (None without a head). `dtype` /
-    `param_dtype` override the compute and storage dtypes ('float32', 'bfloat16').
+    `EncoderOutput` with `.last_hidden_state`, `.hidden_states` and `.logits` (None without a head). Parameters
+    are stored in the checkpoint's `dtype` and computed in float32 unless `dtype` / `param_dtype` override the
+    compute and storage dtypes ('float32', 'bfloat16', 'float16').
     """
     folder = Path(folder)
     config_path = folder / CONFIG_FILE

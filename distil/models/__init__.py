@@ -40,6 +40,19 @@ def parameter_count(model_or_config) -> int:
     return sum(leaf.size for leaf in jax.tree.leaves(nnx.state(model, nnx.Param)))
 
 
+def parameter_counts_by_module(model_or_config) -> dict[str, int]:
+    """Parameters per module: `embeddings`, `layers.<i>`, and each head module (`pooler`, `mlm_head`, ...)."""
+    model = abstract_model(model_or_config) if isinstance(model_or_config, ModelConfig) else model_or_config
+    counts: dict[str, int] = {}
+    for path, leaf in nnx.to_flat_state(nnx.state(model, nnx.Param)):
+        if path[0] == "encoder":
+            name = "embeddings" if path[1] == "embeddings" else f"layers.{path[2]}"
+        else:
+            name = str(path[0])
+        counts[name] = counts.get(name, 0) + leaf.size
+    return counts
+
+
 __all__ = [
     "Bert",
     "DistilBert",
@@ -52,5 +65,6 @@ __all__ = [
     "mbert_base",
     "model_class",
     "parameter_count",
+    "parameter_counts_by_module",
     "student_config_for",
 ]

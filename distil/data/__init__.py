@@ -1,0 +1,1 @@
+"""Data: raw text sources, token shards, MLM masking, batching and the NLI readers."""
