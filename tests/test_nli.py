@@ -9,11 +9,8 @@ from __future__ import annotations
 
 import collections
 import csv
-import importlib.resources
-import importlib.resources.abc  # noqa: F401 (tfds' code_path reads importlib_resources.abc.Traversable)
 import json
 import shutil
-import sys
 import types
 from pathlib import Path
 
@@ -346,16 +343,13 @@ def test_encode_nli_matches_transformers_bert_tokenizer(shared):
 def _prepare_offline(monkeypatch, name: str, data_dir: Path, extracted: Path) -> None:
     """Run the real tfds builder with download_and_extract pointed at local files, as array_record.
 
-    Two shims, test-only: tfds 4.9.10's `DatasetBuilder.code_path` imports the `importlib_resources`
-    backport that it declares only for Python < 3.9 (aliased here to the stdlib module), and the
-    `multi_nli` builder reads its files with `tf.io.gfile` though TensorFlow is not installed
-    (given `open`). Reading a prepared dataset needs neither.
+    One shim, test-only: the `multi_nli` builder reads its files with `tf.io.gfile` though TensorFlow is
+    not installed (given `open`). Reading a prepared dataset does not need it.
     """
     import tensorflow_datasets as tfds
     from tensorflow_datasets.core.download import download_manager
     from tensorflow_datasets.text import multi_nli
 
-    monkeypatch.setitem(sys.modules, "importlib_resources", importlib.resources)
     fake_tf = types.SimpleNamespace(
         io=types.SimpleNamespace(gfile=types.SimpleNamespace(GFile=open)),
         compat=types.SimpleNamespace(as_text=lambda b: b.decode("utf-8")),
