@@ -16,12 +16,6 @@ from collections import Counter
 from pathlib import Path
 from typing import Sequence
 
-import jax.numpy as jnp
-from flax import nnx
-
-DEMO_NOTE = "The demo runs what exists today; it grows into distil -> XNLI as the trainers land."
-
-
 def _layer_list(text: str) -> list[int]:
     try:
         return [int(part) for part in text.split(",") if part.strip()]
@@ -142,77 +136,18 @@ def cmd_prepare(args) -> int:
 
 # ------------------------------------------------------------------------------------------------------- demo
 
-
-def run_demo(workdir: Path, *, hidden_size: int = 64, layers: int = 4, student_layers: Sequence[int] = (0, 3)) -> dict:
-    """Builds a small mBERT-vocabulary teacher, extracts a student, exports both, and checks the exported student
-    against distil's own logits on the embedded multilingual sentences. Returns the summary it writes."""
-    import numpy as np
-
-    from distil import hf
-    from distil.data.embedded import EMBEDDED_LANGUAGES, embedded_corpus_file
-    from distil.models import ModelConfig, create_model, parameter_count
-    from distil.models.init import init_student_from_teacher
-    from distil.tokenization import default_vocab_path, load_tokenizer
-
-    workdir.mkdir(parents=True, exist_ok=True)
-    tokenizer = load_tokenizer(default_vocab_path())
-    teacher_config = ModelConfig(
-        vocab_size=tokenizer.get_vocab_size(),
-        hidden_size=hidden_size,
-        num_hidden_layers=layers,
-        num_attention_heads=4,
-        intermediate_size=4 * hidden_size,
-        max_position_embeddings=128,
-        head="mlm",
-        add_pooler=False,
-    )
-    teacher = create_model(teacher_config, seed=0)
-    hf.save_pretrained(teacher, workdir / "teacher", tokenizer=tokenizer)
-    student = init_student_from_teacher(teacher, teacher_layers=student_layers)
-    hf.save_pretrained(student, workdir / "student", tokenizer=tokenizer)
-    reloaded = hf.load_pretrained(workdir / "student")
-
-    rows = []
-    mask_id = tokenizer.token_to_id("[MASK]")
-    for language in EMBEDDED_LANGUAGES:
-        with open(embedded_corpus_file(language), encoding="utf-8") as lines:
-            sentence = next(line.strip() for line in lines if line.strip())
-        ids = tokenizer.encode(sentence).ids[:64]
-        position = len(ids) // 2
-        ids[position] = mask_id
-        input_ids = jnp.asarray([ids], jnp.int32)
-        student_logits = np.asarray(student(input_ids).logits[0, position])
-        reloaded_logits = np.asarray(reloaded(input_ids).logits[0, position])
-        teacher_top = int(np.argmax(np.asarray(teacher(input_ids).logits[0, position])))
-        rows.append({
-            "language": language,
-            "tokens": len(ids),
-            "teacher_top1": tokenizer.id_to_token(teacher_top),
-            "student_top1": tokenizer.id_to_token(int(np.argmax(student_logits))),
-            "export_max_abs_diff": float(np.max(np.abs(student_logits - reloaded_logits))),
-        })
-    summary = {
-        "note": DEMO_NOTE,
-        "teacher": {"folder": str(workdir / "teacher"), "parameters": parameter_count(teacher_config)},
-        "student": {"folder": str(workdir / "student"), "parameters": parameter_count(student.config),
-                    "teacher_layers": list(student_layers)},
-        "sentences": rows,
-    }
-    (workdir / "demo.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    return summary
+DEFAULT_DEMO_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.py"
 
 
 def cmd_demo(args) -> int:
-    summary = run_demo(Path(args.workdir))
-    print(DEMO_NOTE)
-    print(f"teacher: {summary['teacher']['parameters']:,} parameters -> {summary['teacher']['folder']}")
-    print(f"student: {summary['student']['parameters']:,} parameters (teacher layers "
-          f"{summary['student']['teacher_layers']}) -> {summary['student']['folder']}")
-    print(f"{'lang':<5} {'tokens':>6}  {'teacher top-1':<16} {'student top-1':<16} {'export diff':>11}")
-    for row in summary["sentences"]:
-        print(f"{row['language']:<5} {row['tokens']:>6}  {row['teacher_top1']:<16} {row['student_top1']:<16} "
-              f"{row['export_max_abs_diff']:>11.2e}")
-    print(f"summary: {Path(args.workdir) / 'demo.json'}")
+    from distil.config import load_config
+    from distil.demo import run_demo
+
+    config = load_config(args.config, args.overrides)
+    summary = run_demo(config, args.workdir)
+    print((Path(args.workdir) / "demo.md").read_text(encoding="utf-8"))
+    print(f"wrote {Path(args.workdir) / 'demo.json'}, {Path(args.workdir) / 'demo.md'}, "
+          f"{summary['workdir']}/{{teacher,student}}/ (Hugging Face folders)")
     return 0
 
 
@@ -258,14 +193,20 @@ def build_parser() -> argparse.ArgumentParser:
     prepare.add_argument("--num-workers", type=int, default=2)
     prepare.set_defaults(run=cmd_prepare)
 
-    demo = commands.add_parser("demo", help="run the demo on the embedded default data")
+    demo = commands.add_parser("demo", help="run the demo on the embedded default data",
+                               epilog="Any --config.KEY=VALUE overrides a field of the config.")
+    demo.add_argument("--config", default=str(DEFAULT_DEMO_CONFIG), help="config file[:arg] (default: %(default)s)")
     demo.add_argument("--workdir", default="runs/demo", help="where the demo writes its outputs")
     demo.set_defaults(run=cmd_demo)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    from distil.config import split_overrides
+
+    overrides, rest = split_overrides(sys.argv[1:] if argv is None else list(argv))
+    args = build_parser().parse_args(rest)
+    args.overrides = overrides
     try:
         return args.run(args)
     except (ValueError, FileNotFoundError) as err:  # our errors name the file/field; no traceback needed

@@ -1,0 +1,116 @@
+"""Reading experiment configs: `file.py[:arg]` plus `--config.KEY=VALUE` overrides, in one place.
+
+A config file defines `get_config(arg=None) -> ml_collections.ConfigDict` (big_vision style: `arg` selects a
+variant, e.g. `configs/distilmbert.py:runlocal`). Overrides address nested fields with dots and are parsed as
+Python literals, then checked against the type already in the config, so a typo or a wrong type is an error that
+names the key and the file instead of a silently ignored flag.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+from pathlib import Path
+from typing import Sequence
+
+import ml_collections
+
+OVERRIDE_PREFIX = "--config."
+
+
+class ConfigError(ValueError):
+    """A config that cannot be read or an override that does not fit it; names the file and the key."""
+
+
+def split_spec(spec: str) -> tuple[Path, str | None]:
+    """'configs/x.py:runlocal,b=2' -> (Path('configs/x.py'), 'runlocal,b=2')."""
+    path, _, arg = spec.partition(":")
+    return Path(path), (arg or None)
+
+
+def load_config(spec: str, overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
+    """Imports the config file, calls `get_config(arg)`, applies overrides ('model.hidden_size=64' or
+    '--config.model.hidden_size=64') and returns the config, locked against new keys."""
+    path, arg = split_spec(spec)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    module_spec = importlib.util.spec_from_file_location(f"distil_config_{path.stem}", path)
+    module = importlib.util.module_from_spec(module_spec)
+    try:
+        module_spec.loader.exec_module(module)
+    except Exception as err:
+        raise ConfigError(f"{path}: importing the config failed: {type(err).__name__}: {err}") from err
+    if not hasattr(module, "get_config"):
+        raise ConfigError(f"{path}: defines no get_config(arg)")
+    config = module.get_config(arg) if arg is not None else module.get_config()
+    if not isinstance(config, ml_collections.ConfigDict):
+        raise ConfigError(f"{path}: get_config returned {type(config).__name__}, expected ml_collections.ConfigDict")
+    for override in overrides:
+        apply_override(config, override, source=path)
+    config.lock()
+    return config
+
+
+def _parse_value(text: str):
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        lowered = text.lower()
+        if lowered in ("true", "false"):
+            return lowered == "true"
+        if lowered in ("none", "null"):
+            return None
+        return text  # a bare string: paths, names
+
+
+def _coerce(value, current, key: str, source: Path):
+    """Value of an override, made to fit the field it replaces (ints into floats, lists into tuples)."""
+    if current is None or value is None:
+        return value
+    if isinstance(current, bool):
+        if isinstance(value, bool):
+            return value
+    elif isinstance(current, int):
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif isinstance(current, float):
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif isinstance(current, str):
+        return str(value)
+    elif isinstance(current, (tuple, list)):
+        if isinstance(value, (tuple, list)):
+            return type(current)(value)
+        if isinstance(value, (int, float, str)):  # 'layers=3' for a one-element list
+            return type(current)([value])
+    else:
+        return value
+    raise ConfigError(
+        f"{source}: config.{key} is {type(current).__name__} ({current!r}); cannot set it to {value!r}"
+    )
+
+
+def apply_override(config: ml_collections.ConfigDict, override: str, *, source: Path) -> None:
+    text = override[len(OVERRIDE_PREFIX):] if override.startswith(OVERRIDE_PREFIX) else override
+    key, equals, value_text = text.partition("=")
+    if not equals or not key:
+        raise ConfigError(f"override {override!r} must look like --config.KEY=VALUE")
+    *parents, leaf = key.split(".")
+    node = config
+    for depth, name in enumerate(parents):
+        if name not in node or not isinstance(node[name], ml_collections.ConfigDict):
+            raise ConfigError(f"{source}: config has no section config.{'.'.join(parents[:depth + 1])}")
+        node = node[name]
+    if leaf not in node:
+        known = ", ".join(sorted(node.keys()))
+        raise ConfigError(f"{source}: config has no field config.{key} (known here: {known})")
+    if isinstance(node[leaf], ml_collections.ConfigDict):
+        raise ConfigError(f"{source}: config.{key} is a section; set one of its fields")
+    node[leaf] = _coerce(_parse_value(value_text), node[leaf], key, source)
+
+
+def split_overrides(argv: Sequence[str]) -> tuple[list[str], list[str]]:
+    """Separates `--config.KEY=VALUE` arguments (overrides) from the rest (for argparse)."""
+    overrides = [arg for arg in argv if arg.startswith(OVERRIDE_PREFIX)]
+    rest = [arg for arg in argv if not arg.startswith(OVERRIDE_PREFIX)]
+    return overrides, rest

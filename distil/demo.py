@@ -1,0 +1,209 @@
+"""The demo: every stage that exists today, end to end, on the embedded default data.
+
+1. binarise the multilingual corpus (resumable; a rerun reuses it) and count token frequencies;
+2. draw length-grouped batches and mask them as DistilBERT does; report padding with and without grouping;
+3. build (or load) a teacher, initialise a student from its layers, export both as Hugging Face folders and check
+   the exported student reproduces distil's logits;
+4. run teacher and student on a masked batch: MLM loss of each, and the teacher->student KL at T=2;
+5. read and encode the XNLI samples of all 15 languages.
+
+It writes `demo.json` and `demo.md` in the workdir. The trainers (distillation, XNLI fine-tuning) extend it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from distil import hf
+from distil.data import nli
+from distil.data.batching import GroupedBatchSource, padding_fraction
+from distil.data.binarize import load_token_counts, open_binarized, prepare
+from distil.data.embedded import embedded_corpus_dir, embedded_xnli_dir
+from distil.data.masking import IGNORE_INDEX, mask_batch, token_probs_from_counts
+from distil.models import ModelConfig, create_model, parameter_count
+from distil.models.init import init_student_from_teacher
+from distil.tokenization import default_vocab_path, load_tokenizer, special_token_ids
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(text, encoding="utf-8")
+    os.replace(temporary, path)
+
+
+def _masked_lm_loss(logits, labels) -> float:
+    weights = (labels != IGNORE_INDEX).astype(jnp.float32)
+    losses = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), jnp.maximum(labels, 0))
+    return float((losses * weights).sum() / weights.sum())
+
+
+def _kl_at_temperature(teacher_logits, student_logits, attention_mask, temperature: float) -> float:
+    """KL(teacher || student) of the softened distributions over real tokens, times T² (DistilBERT's loss_ce)."""
+    teacher_probs = jax.nn.softmax(teacher_logits.astype(jnp.float32) / temperature, axis=-1)
+    student_log_probs = jax.nn.log_softmax(student_logits.astype(jnp.float32) / temperature, axis=-1)
+    kl = (teacher_probs * (jnp.log(jnp.maximum(teacher_probs, 1e-30)) - student_log_probs)).sum(-1)
+    mask = attention_mask.astype(jnp.float32)
+    return float((kl * mask).sum() / mask.sum() * temperature**2)
+
+
+def _teacher(config: ml_collections.ConfigDict, vocab_size: int, max_length: int):
+    if config.teacher.checkpoint:
+        return hf.load_pretrained(config.teacher.checkpoint)
+    teacher_config = ModelConfig(
+        vocab_size=vocab_size,
+        hidden_size=config.teacher.hidden_size,
+        num_hidden_layers=config.teacher.num_hidden_layers,
+        num_attention_heads=config.teacher.num_attention_heads,
+        intermediate_size=config.teacher.intermediate_size,
+        max_position_embeddings=max(max_length, 128),
+        head="mlm",
+        add_pooler=False,
+    )
+    return create_model(teacher_config, seed=config.seed)
+
+
+def run_demo(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict:
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    tokenizer_path = config.tokenizer or default_vocab_path()
+    tokenizer = load_tokenizer(tokenizer_path)
+    specials = special_token_ids(tokenizer)
+    vocab_size = tokenizer.get_vocab_size()
+    summary: dict = {"workdir": str(workdir)}
+
+    # 1. Corpus -> token shards + counts.
+    corpus = embedded_corpus_dir() if config.data.corpus == "embedded" else config.data.corpus
+    binarized = prepare(
+        corpus,
+        workdir / "data",
+        tokenizer_path=tokenizer_path,
+        languages=list(config.data.languages) or None,
+        data_dir=config.data.tfds_data_dir or None,
+        sampling_alpha=config.data.sampling_alpha,
+        seed=config.seed,
+        max_length=config.data.max_length,
+        progress=False,
+    )
+    summary["corpus"] = {"sequences": binarized.sequences, "tokens": binarized.tokens,
+                         "languages": binarized.languages}
+
+    # 2. Length-grouped batches and MLM masking.
+    sequences = open_binarized(workdir / "data")
+    sources = {
+        grouped: GroupedBatchSource(sequences, global_batch=config.batching.global_batch,
+                                    max_length=config.data.max_length, seed=config.seed,
+                                    pad_to_multiple=config.batching.pad_to_multiple, group_by_length=grouped,
+                                    process_index=0, process_count=1)
+        for grouped in (True, False)
+    }
+    steps = sources[True].batches_per_epoch
+    summary["batching"] = {
+        "global_batch": config.batching.global_batch,
+        "steps_per_epoch": steps,
+        "padding_fraction_grouped": padding_fraction(sources[True][s] for s in range(steps)),
+        "padding_fraction_ungrouped": padding_fraction(sources[False][s] for s in range(steps)),
+    }
+    token_probs = token_probs_from_counts(load_token_counts(workdir / "data"),
+                                          [specials.pad, specials.unk, specials.cls, specials.sep, specials.mask],
+                                          smoothing=config.masking.mlm_smoothing)
+    batch = sources[True][0]
+    masked_ids, mlm_labels = mask_batch(
+        batch["input_ids"], batch["lengths"], token_probs, seed=config.seed, step=0, process_index=0,
+        mask_id=specials.mask, vocab_size=vocab_size, mlm_mask_prop=config.masking.mlm_mask_prop,
+        word_mask=config.masking.word_mask, word_keep=config.masking.word_keep, word_rand=config.masking.word_rand,
+    )
+    targets = mlm_labels != IGNORE_INDEX
+    summary["masking"] = {
+        "real_tokens": int(batch["lengths"].sum()),
+        "targets": int(targets.sum()),
+        "replaced_by_mask": int((masked_ids[targets] == specials.mask).sum()),
+        "kept": int((masked_ids[targets] == mlm_labels[targets]).sum()),
+    }
+
+    # 3. Teacher -> student -> Hugging Face folders.
+    teacher = _teacher(config, vocab_size, config.data.max_length)
+    student = init_student_from_teacher(teacher, teacher_layers=config.student.teacher_layers,
+                                        copy_mlm_transform=config.student.copy_mlm_transform)
+    hf.save_pretrained(teacher, workdir / "teacher", tokenizer=tokenizer)
+    hf.save_pretrained(student, workdir / "student", tokenizer=tokenizer)
+    exported = hf.load_pretrained(workdir / "student")
+
+    # 4. Both models on the masked batch.
+    input_ids, attention_mask = jnp.asarray(masked_ids), jnp.asarray(batch["attention_mask"])
+    teacher_logits = teacher(input_ids, attention_mask).logits
+    student_logits = student(input_ids, attention_mask).logits
+    exported_logits = exported(input_ids, attention_mask).logits
+    labels = jnp.asarray(mlm_labels)
+    summary["models"] = {
+        "teacher_parameters": parameter_count(teacher),
+        "student_parameters": parameter_count(student),
+        "teacher_layers": list(config.student.teacher_layers),
+        "teacher_mlm_loss": _masked_lm_loss(teacher_logits, labels),
+        "student_mlm_loss": _masked_lm_loss(student_logits, labels),
+        "kl_teacher_student_T2": _kl_at_temperature(teacher_logits, student_logits, attention_mask, 2.0),
+        "export_max_abs_diff": float(jnp.max(jnp.abs(student_logits - exported_logits))),
+    }
+
+    # 5. XNLI samples, 15 languages.
+    xnli_dir = embedded_xnli_dir() if config.xnli.data == "embedded" else Path(config.xnli.data)
+    xnli_rows = {}
+    for language in nli.xnli_languages():
+        examples = nli.read_xtreme_xnli(xnli_dir, split=config.xnli.split, language=language)
+        encoded = nli.encode_nli(examples, tokenizer, max_length=config.xnli.max_length, with_token_types=False)
+        lengths = encoded["attention_mask"].sum(1)
+        xnli_rows[language] = {
+            "examples": len(examples),
+            "labels": np.bincount(encoded["labels"], minlength=3).tolist(),
+            "mean_tokens": float(lengths.mean()),
+            "truncated": int((lengths == config.xnli.max_length).sum()),
+        }
+    summary["xnli"] = xnli_rows
+    summary["seconds"] = time.perf_counter() - started
+
+    _write_atomically(workdir / "demo.json", json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
+    _write_atomically(workdir / "demo.md", to_markdown(summary))
+    return summary
+
+
+def to_markdown(summary: dict) -> str:
+    corpus, batching, masking, models = (summary[k] for k in ("corpus", "batching", "masking", "models"))
+    lines = [
+        "# distil demo",
+        "",
+        f"Corpus: {corpus['sequences']:,} sequences, {corpus['tokens']:,} tokens in "
+        f"{len(corpus['languages'])} languages.",
+        "",
+        f"Batches of {batching['global_batch']}: {batching['steps_per_epoch']} per epoch; padding "
+        f"{batching['padding_fraction_grouped']:.1%} grouped by length vs "
+        f"{batching['padding_fraction_ungrouped']:.1%} ungrouped.",
+        "",
+        f"Masking (first batch): {masking['targets']} targets of {masking['real_tokens']} real tokens, "
+        f"{masking['replaced_by_mask']} -> [MASK], {masking['kept']} kept.",
+        "",
+        "| model | parameters | MLM loss (masked batch) |",
+        "|---|---:|---:|",
+        f"| teacher | {models['teacher_parameters']:,} | {models['teacher_mlm_loss']:.3f} |",
+        f"| student (teacher layers {models['teacher_layers']}) | {models['student_parameters']:,} | "
+        f"{models['student_mlm_loss']:.3f} |",
+        "",
+        f"KL(teacher || student) at T=2, x T²: {models['kl_teacher_student_T2']:.4f}. "
+        f"Exported student vs distil logits: max |diff| {models['export_max_abs_diff']:.1e}.",
+        "",
+        "| XNLI | examples | entail / neutral / contra | mean tokens | truncated |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for language, row in summary["xnli"].items():
+        lines.append(f"| {language} | {row['examples']} | {' / '.join(map(str, row['labels']))} | "
+                     f"{row['mean_tokens']:.1f} | {row['truncated']} |")
+    lines += ["", f"Ran in {summary['seconds']:.1f}s.", ""]
+    return "\n".join(lines)

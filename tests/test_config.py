@@ -1,0 +1,85 @@
+"""distil.config: file.py[:arg] configs and --config.KEY=VALUE overrides, with errors that name the key."""
+
+from __future__ import annotations
+
+import textwrap
+
+import pytest
+
+from conftest import REPO
+from distil.config import ConfigError, load_config, split_overrides
+
+CONFIG = textwrap.dedent('''
+    import ml_collections
+
+    def get_config(arg=None):
+        config = ml_collections.ConfigDict()
+        config.variant = arg or "default"
+        config.model = ml_collections.ConfigDict()
+        config.model.hidden_size = 64
+        config.model.dropout = 0.1
+        config.model.layers = (0, 3)
+        config.model.name = "tiny"
+        config.model.bf16 = False
+        return config
+''')
+
+
+@pytest.fixture
+def config_file(tmp_path):
+    path = tmp_path / "tiny.py"
+    path.write_text(CONFIG)
+    return path
+
+
+def test_overrides_parse_and_keep_types(config_file):
+    config = load_config(f"{config_file}:runlocal", ["--config.model.hidden_size=128", "model.dropout=0",
+                                                    "--config.model.layers=[1,2,5]", "--config.model.name=base",
+                                                    "--config.model.bf16=true"])
+    assert config.variant == "runlocal"
+    assert config.model.hidden_size == 128
+    assert config.model.dropout == 0.0 and isinstance(config.model.dropout, float)
+    assert config.model.layers == (1, 2, 5)
+    assert config.model.name == "base"
+    assert config.model.bf16 is True
+    assert load_config(str(config_file)).variant == "default"
+
+
+@pytest.mark.parametrize("override, message", [
+    ("--config.model.hidden=3", r"tiny\.py: config has no field config\.model\.hidden \(known here: bf16, dropout"),
+    ("--config.optim.lr=3", r"tiny\.py: config has no section config\.optim"),
+    ("--config.model.hidden_size=0.5", r"config\.model\.hidden_size is int \(64\); cannot set it to 0\.5"),
+    ("--config.model.bf16=3", r"config\.model\.bf16 is bool"),
+    ("--config.model=3", r"config\.model is a section"),
+    ("--config.model.hidden_size", r"must look like --config\.KEY=VALUE"),
+])
+def test_bad_overrides_name_file_and_key(config_file, override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(str(config_file), [override])
+
+
+def test_bad_config_files(tmp_path):
+    with pytest.raises(ConfigError, match=r"missing\.py: config file not found"):
+        load_config(str(tmp_path / "missing.py"))
+    (tmp_path / "no_fn.py").write_text("x = 1\n")
+    with pytest.raises(ConfigError, match=r"no_fn\.py: defines no get_config"):
+        load_config(str(tmp_path / "no_fn.py"))
+    (tmp_path / "broken.py").write_text("import nothing_here_at_all\n")
+    with pytest.raises(ConfigError, match=r"broken\.py: importing the config failed: ModuleNotFoundError"):
+        load_config(str(tmp_path / "broken.py"))
+
+
+def test_loaded_config_is_locked(config_file):
+    config = load_config(str(config_file))
+    with pytest.raises(AttributeError):
+        config.model.new_field = 1
+
+
+def test_split_overrides():
+    assert split_overrides(["demo", "--config.a=1", "--workdir", "x"]) == (["--config.a=1"], ["demo", "--workdir", "x"])
+
+
+def test_demo_config_names_the_embedded_data():
+    config = load_config(str(REPO / "configs" / "demo.py"))
+    assert config.data.corpus == "embedded" and config.xnli.data == "embedded"
+    assert config.masking.mlm_mask_prop == 0.15 and config.masking.mlm_smoothing == 0.7
