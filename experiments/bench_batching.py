@@ -1,56 +1,30 @@
-"""Throughput and padding of the length-grouped batch pipeline on the shared multilingual corpus.
+"""Throughput and padding of the length-grouped batch pipeline on a multilingual corpus.
 
-    .venv/bin/python experiments/bench_batching.py [--data ../shared/data] [--seconds 2] [--num-threads 2]
+    .venv/bin/python experiments/bench_batching.py [--corpus ../shared/data/corpus] [--seconds 2] [--num-threads 2]
 
-Tokenizes every line of `shared/data/corpus/*.txt` (15 languages) with the mBERT cased WordPiece vocabulary,
-then, for global batch 32 and 256 and max_length 128 and 512, with and without length grouping, reads batches
-through `iter_from_step` (grain, single process, crossing epochs) for `--seconds`, and prints a Markdown
-table: batches/s, real tokens/s (attention_mask == 1), padded positions/s (L * rows), and the padding fraction
-of epoch 0 (from the plan) with L rounded up to a multiple of 8, as the pipeline pads, and with L = longest.
+Binarises every line of the corpus folder (`<lang>.txt`; default the shared 15-language corpus when present,
+else the embedded one) with the mBERT cased vocabulary through `distil prepare`'s code path (long lines split,
+short ones dropped) at max_length 128 and 512; then, for global batch 32 and 256, with and without length grouping,
+reads batches through `iter_from_step` (grain, single process, crossing epochs) for `--seconds`, and prints a
+Markdown table: batches/s, real tokens/s (attention_mask == 1), padded positions/s (L * rows), and the padding
+fraction of epoch 0 (from the plan) with L rounded up to a multiple of 8, as the pipeline pads, and with
+L = longest.
 """
 
 from __future__ import annotations
 
 import argparse
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-from tokenizers import BertWordPieceTokenizer
 
 from distil.data import batching
+from distil.data.binarize import open_binarized, prepare
+from distil.data.embedded import embedded_corpus_dir
 
-SEP_ID = 102
-
-
-class InMemorySequences:
-    """Token id arrays in a list, with the `.lengths` that `GroupedBatchSource` reads."""
-
-    def __init__(self, sequences: list[np.ndarray]):
-        self._sequences = sequences
-        self.lengths = np.array([len(s) for s in sequences], dtype=np.int32)
-
-    def __len__(self) -> int:
-        return len(self._sequences)
-
-    def __getitem__(self, index: int) -> np.ndarray:
-        return self._sequences[index]
-
-
-def tokenize_corpus(data_dir: Path, max_length: int) -> list[np.ndarray]:
-    vocab = data_dir / "mbert-cased" / "vocab.txt"
-    tokenizer = BertWordPieceTokenizer(str(vocab), lowercase=False, strip_accents=False, handle_chinese_chars=True)
-    tokenizer.enable_truncation(max_length)
-    lines = []
-    for path in sorted((data_dir / "corpus").glob("*.txt")):
-        lines += [line for line in path.read_text(encoding="utf-8").split("\n") if line.strip()]
-    return [np.array(encoding.ids, dtype=np.int32) for encoding in tokenizer.encode_batch(lines)]
-
-
-def truncate(sequences: list[np.ndarray], max_length: int) -> InMemorySequences:
-    """As the tokenizer's truncation would: keep [CLS] and the first tokens, end with [SEP]."""
-    cut = [s if len(s) <= max_length else np.append(s[: max_length - 1], SEP_ID).astype(np.int32) for s in sequences]
-    return InMemorySequences(cut)
+SHARED_CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "corpus"
 
 
 def measure(source: batching.GroupedBatchSource, seconds: float, num_threads: int) -> dict[str, float]:
@@ -90,22 +64,27 @@ def epoch_padding(source: batching.GroupedBatchSource, pad_to_multiple: int) -> 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[1].parent / "shared" / "data")
+    parser.add_argument("--corpus", type=Path,
+                        default=SHARED_CORPUS if SHARED_CORPUS.is_dir() else embedded_corpus_dir())
     parser.add_argument("--seconds", type=float, default=2.0, help="seconds timed per configuration")
     parser.add_argument("--num-threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
-    start = time.perf_counter()
-    sequences = tokenize_corpus(args.data, max_length=512)
-    print(f"tokenized {len(sequences)} lines in {time.perf_counter() - start:.1f}s; "
-          f"median length {int(np.median([len(s) for s in sequences]))} tokens\n")
-
+    workdir = Path(tempfile.mkdtemp(prefix="bench_batching-"))
+    datasets = {}
+    for max_length in (128, 512):
+        start = time.perf_counter()
+        summary = prepare(args.corpus, workdir / str(max_length), max_length=max_length, progress=False)
+        datasets[max_length] = open_binarized(workdir / str(max_length))
+        print(f"binarised {args.corpus} at max_length {max_length} in {time.perf_counter() - start:.1f}s: "
+              f"{summary.sequences} sequences, median length {int(np.median(datasets[max_length].lengths))}")
+    print()
     print("| global batch | max_length | grouped | batches timed | batches/s | tokens/s | padded positions/s "
           "| padding (L to multiple of 8) | padding (L = longest) |")
     print("|---:|---:|:---:|---:|---:|---:|---:|---:|---:|")
     for max_length in (128, 512):
-        data = truncate(sequences, max_length)
+        data = datasets[max_length]
         for global_batch in (32, 256):
             for grouped in (True, False):
                 source = batching.GroupedBatchSource(
