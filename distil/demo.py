@@ -12,6 +12,7 @@ It writes `demo.json` and `demo.md` in the workdir. The trainers (distillation, 
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import time
@@ -22,6 +23,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+from flax import nnx
 
 from distil import hf
 from distil.data import nli
@@ -40,19 +42,27 @@ def _write_atomically(path: Path, text: str) -> None:
     os.replace(temporary, path)
 
 
-def _masked_lm_loss(logits, labels) -> float:
+@nnx.jit
+def _mlm_logits(model, input_ids, attention_mask):
+    return model(input_ids, attention_mask).logits  # [batch, length, vocab]
+
+
+@jax.jit
+def _masked_lm_loss(logits, labels):
+    """Mean cross-entropy over MLM targets (labels != -100). Jitted: [batch, length, vocab] logits are large."""
     weights = (labels != IGNORE_INDEX).astype(jnp.float32)
     losses = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), jnp.maximum(labels, 0))
-    return float((losses * weights).sum() / weights.sum())
+    return (losses * weights).sum() / weights.sum()
 
 
-def _kl_at_temperature(teacher_logits, student_logits, attention_mask, temperature: float) -> float:
+@functools.partial(jax.jit, static_argnames="temperature")
+def _kl_at_temperature(teacher_logits, student_logits, attention_mask, temperature: float):
     """KL(teacher || student) of the softened distributions over real tokens, times T² (DistilBERT's loss_ce)."""
-    teacher_probs = jax.nn.softmax(teacher_logits.astype(jnp.float32) / temperature, axis=-1)
+    teacher_log_probs = jax.nn.log_softmax(teacher_logits.astype(jnp.float32) / temperature, axis=-1)
     student_log_probs = jax.nn.log_softmax(student_logits.astype(jnp.float32) / temperature, axis=-1)
-    kl = (teacher_probs * (jnp.log(jnp.maximum(teacher_probs, 1e-30)) - student_log_probs)).sum(-1)
+    kl = (jnp.exp(teacher_log_probs) * (teacher_log_probs - student_log_probs)).sum(-1)
     mask = attention_mask.astype(jnp.float32)
-    return float((kl * mask).sum() / mask.sum() * temperature**2)
+    return (kl * mask).sum() / mask.sum() * temperature**2
 
 
 def _teacher(config: ml_collections.ConfigDict, vocab_size: int, max_length: int):
@@ -140,17 +150,18 @@ def run_demo(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> d
 
     # 4. Both models on the masked batch.
     input_ids, attention_mask = jnp.asarray(masked_ids), jnp.asarray(batch["attention_mask"])
-    teacher_logits = teacher(input_ids, attention_mask).logits
-    student_logits = student(input_ids, attention_mask).logits
-    exported_logits = exported(input_ids, attention_mask).logits
+    teacher_logits = _mlm_logits(teacher, input_ids, attention_mask)
+    student_logits = _mlm_logits(student, input_ids, attention_mask)
+    exported_logits = _mlm_logits(exported, input_ids, attention_mask)
     labels = jnp.asarray(mlm_labels)
     summary["models"] = {
         "teacher_parameters": parameter_count(teacher),
         "student_parameters": parameter_count(student),
         "teacher_layers": list(config.student.teacher_layers),
-        "teacher_mlm_loss": _masked_lm_loss(teacher_logits, labels),
-        "student_mlm_loss": _masked_lm_loss(student_logits, labels),
-        "kl_teacher_student_T2": _kl_at_temperature(teacher_logits, student_logits, attention_mask, 2.0),
+        "teacher_mlm_loss": float(_masked_lm_loss(teacher_logits, labels)),
+        "student_mlm_loss": float(_masked_lm_loss(student_logits, labels)),
+        "kl_teacher_student_T2": float(_kl_at_temperature(teacher_logits, student_logits, attention_mask,
+                                                          temperature=2.0)),
         "export_max_abs_diff": float(jnp.max(jnp.abs(student_logits - exported_logits))),
     }
 

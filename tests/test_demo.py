@@ -25,7 +25,7 @@ def test_kl_at_temperature_matches_numpy():
 
     p, q = softmax(teacher / t), softmax(student / t)
     expected = (np.sum(p * np.log(p / q), -1) * mask).sum() / mask.sum() * t * t
-    ours = _kl_at_temperature(jnp.asarray(teacher), jnp.asarray(student), jnp.asarray(mask), t)
+    ours = float(_kl_at_temperature(jnp.asarray(teacher), jnp.asarray(student), jnp.asarray(mask), temperature=t))
     assert math.isclose(ours, expected, rel_tol=1e-5)
 
 
