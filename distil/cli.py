@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections import Counter
 from pathlib import Path
 from typing import Sequence
 
@@ -24,38 +23,6 @@ def _layer_list(text: str) -> list[int]:
 
 
 # --------------------------------------------------------------------------------------------------- inspect
-
-
-def inspect_checkpoint(folder: Path) -> dict:
-    """What `distil inspect` prints, as data: config, parameter counts per module, stored dtypes."""
-    from safetensors import safe_open
-
-    from distil import hf
-    from distil.models import parameter_count, parameter_counts_by_module
-
-    config_path = folder / hf.CONFIG_FILE
-    config = hf.config_from_hf(hf._read_json(config_path), config_path)
-    stored_dtypes: Counter = Counter()
-    stored_tensors = 0
-    for file in hf._weight_files(folder):
-        with safe_open(str(file), framework="np") as reader:
-            for name in reader.keys():
-                tensor = reader.get_slice(name)
-                shape = tensor.get_shape()
-                size = 1
-                for dim in shape:
-                    size *= dim
-                stored_dtypes[tensor.get_dtype()] += size
-                stored_tensors += 1
-    return {
-        "folder": str(folder),
-        "architecture": hf.ARCHITECTURES[(config.family, config.head)],
-        "config": {k: v for k, v in vars(config).items()},
-        "parameters": parameter_count(config),
-        "parameters_by_module": parameter_counts_by_module(config),
-        "stored_tensors": stored_tensors,
-        "stored_values_by_dtype": dict(stored_dtypes),
-    }
 
 
 def _print_inspection(report: dict) -> None:
@@ -73,7 +40,9 @@ def _print_inspection(report: dict) -> None:
 
 
 def cmd_inspect(args) -> int:
-    report = inspect_checkpoint(Path(args.folder))
+    from distil.hf import describe_pretrained
+
+    report = describe_pretrained(args.folder)
     if args.json:
         print(json.dumps(report, indent=2))
     else:

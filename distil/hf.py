@@ -458,6 +458,34 @@ def _check_tied_decoder(config, located, find, values) -> None:
                 )
 
 
+def describe_pretrained(folder: str | os.PathLike) -> dict:
+    """A checkpoint's config, parameter counts per module and stored dtypes, read from config.json and the
+    safetensors headers alone (no tensor is loaded): what `distil inspect` prints."""
+    from distil.models import parameter_count, parameter_counts_by_module
+
+    folder = Path(folder)
+    config_path = folder / CONFIG_FILE
+    config = config_from_hf(_read_json(config_path), config_path)
+    stored_values_by_dtype: dict[str, int] = {}
+    stored_tensors = 0
+    for file in _weight_files(folder):
+        with safe_open(str(file), framework="np") as reader:
+            for name in reader.keys():
+                tensor = reader.get_slice(name)
+                dtype = tensor.get_dtype()
+                stored_values_by_dtype[dtype] = stored_values_by_dtype.get(dtype, 0) + int(np.prod(tensor.get_shape()))
+                stored_tensors += 1
+    return {
+        "folder": str(folder),
+        "architecture": ARCHITECTURES[(config.family, config.head)],
+        "config": dataclasses.asdict(config),
+        "parameters": parameter_count(config),
+        "parameters_by_module": parameter_counts_by_module(config),
+        "stored_tensors": stored_tensors,
+        "stored_values_by_dtype": stored_values_by_dtype,
+    }
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Saving.
 

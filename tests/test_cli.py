@@ -64,7 +64,7 @@ def test_extract_then_fill_mask_pipeline_agrees(teacher_folder, tmp_path):
 def test_export_converts_dtype_and_inspect_reports_it(teacher_folder, tmp_path, capsys):
     destination = tmp_path / "bf16"
     assert cli.main(["export", str(teacher_folder), str(destination), "--dtype", "bfloat16"]) == 0
-    report = cli.inspect_checkpoint(destination)
+    report = hf.describe_pretrained(destination)
     assert report["architecture"] == "BertForMaskedLM"
     assert report["config"]["param_dtype"] == "bfloat16"
     vocab, hidden, inner, layers = 119_547, 32, 64, 4
