@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections
 import csv
+import importlib.util
 import json
 import shutil
 import types
@@ -18,7 +19,7 @@ import numpy as np
 import pytest
 
 from distil import tokenization
-from distil.data import embedded, nli
+from distil.data import embedded, nli, tfds_io
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 XTREME = SHARED / "xnli" / "xtreme_format"
@@ -340,7 +341,7 @@ def test_encode_nli_matches_transformers_bert_tokenizer(shared):
 # tensorflow-datasets xnli / multi_nli through a data_dir, offline
 
 
-def _prepare_offline(monkeypatch, name: str, data_dir: Path, extracted: Path) -> None:
+def _prepare_offline(monkeypatch, name: str, data_dir: Path, extracted: Path, file_format: str = "array_record"):
     """Run the real tfds builder with download_and_extract pointed at local files, as array_record.
 
     One shim, test-only: the `multi_nli` builder reads its files with `tf.io.gfile` though TensorFlow is
@@ -356,7 +357,7 @@ def _prepare_offline(monkeypatch, name: str, data_dir: Path, extracted: Path) ->
     )
     monkeypatch.setattr(multi_nli, "tf", fake_tf)
     monkeypatch.setattr(download_manager.DownloadManager, "download_and_extract", lambda self, url: str(extracted))
-    tfds.builder(name, data_dir=str(data_dir), file_format="array_record").download_and_prepare()
+    tfds.builder(name, data_dir=str(data_dir), file_format=file_format).download_and_prepare()
 
 
 _XNLI_HEADER = ("language gold_label sentence1_binary_parse sentence2_binary_parse sentence1_parse sentence2_parse "
@@ -364,7 +365,12 @@ _XNLI_HEADER = ("language gold_label sentence1_binary_parse sentence2_binary_par
                 "sentence1_tokenized sentence2_tokenized match").split()
 
 
-def test_tfds_xnli_from_data_dir(tmp_path, monkeypatch, shared):
+@pytest.mark.parametrize("file_format", [
+    "array_record",
+    pytest.param("tfrecord", marks=pytest.mark.skipif(importlib.util.find_spec("tensorflow") is None,
+                                                      reason="tfrecord needs TensorFlow (the optional `tf` extra)")),
+])
+def test_tfds_xnli_from_data_dir(tmp_path, monkeypatch, shared, file_format):
     # tfds' own fixture files (shared/data/tfds_dummy/xnli) hold only ar/fr/sw rows, but the current
     # builder's Translation feature needs all 15 languages per pairID; so the XNLI-1.0 files are
     # written here in the original 19-column layout from the first 6 real rows of each XTREME sample.
@@ -384,7 +390,7 @@ def test_tfds_xnli_from_data_dir(tmp_path, monkeypatch, shared):
                                         "True"]))
         (extracted / "XNLI-1.0" / f"xnli.{split}.tsv").write_text("\n".join(lines) + "\n", encoding="utf-8")
     data_dir = tmp_path / "tfds"
-    _prepare_offline(monkeypatch, "xnli", data_dir, extracted)
+    _prepare_offline(monkeypatch, "xnli", data_dir, extracted, file_format)
 
     for split, tfds_split in (("dev", "validation"), ("test", "test")):
         for language in ("en", "zh", "sw"):
@@ -392,7 +398,7 @@ def test_tfds_xnli_from_data_dir(tmp_path, monkeypatch, shared):
             assert sorted(_as_tuples(rows)) == expected[(split, language)]
     every = nli.read_tfds_nli("xnli", data_dir=data_dir, split="test")
     assert len(every) == 90 and [e.language for e in every[::6]] == list(nli.xnli_languages())
-    with pytest.raises(nli.NliFormatError, match=r"'xnli' in .*tfds.* has no split 'train'"):
+    with pytest.raises(tfds_io.TfdsDataError, match=r"xnli.* in .*tfds.* has no split 'train'"):
         nli.read_tfds_nli("xnli", data_dir=data_dir, split="train")
 
 
@@ -417,7 +423,7 @@ def test_tfds_multi_nli_from_data_dir(tmp_path, monkeypatch, shared):
 
 
 def test_tfds_missing_dataset_names_data_dir_and_dataset(tmp_path):
-    with pytest.raises(nli.NliFormatError, match=rf"'multi_nli' is not prepared in data_dir {tmp_path}"):
+    with pytest.raises(tfds_io.TfdsDataError, match=rf"data_dir {tmp_path} holds no prepared dataset 'multi_nli'"):
         nli.read_tfds_nli("multi_nli", data_dir=tmp_path, split="train")
     with pytest.raises(ValueError, match="'xnli' or 'multi_nli'"):
         nli.read_tfds_nli("snli", data_dir=tmp_path, split="train")

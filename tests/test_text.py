@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from distil.data import text
+from distil.data import text, tfds_io
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -116,7 +116,8 @@ def dummy_dump_pages(wiki_dir: Path) -> list[dict[str, str]]:
     return pages
 
 
-def write_wikipedia_array_record(data_dir: Path, language: str, articles: list[dict[str, str]]) -> None:
+def write_wikipedia_dataset(data_dir: Path, language: str, articles: list[dict[str, str]], *,
+                            file_format: str = "array_record") -> None:
     """A prepared `wikipedia/20230601.<language>` with the real builder's name, config, version and features.
 
     The real builder needs apache_beam + mwparserfromhell + mwxml to prepare; this writes the same on-disk
@@ -143,7 +144,7 @@ def write_wikipedia_array_record(data_dir: Path, language: str, articles: list[d
             for key, article in enumerate(articles):
                 yield key, article
 
-    builder = _Wikipedia(data_dir=str(data_dir), config=f"20230601.{language}", file_format="array_record")
+    builder = _Wikipedia(data_dir=str(data_dir), config=f"20230601.{language}", file_format=file_format)
     builder.download_and_prepare()
 
 
@@ -151,7 +152,7 @@ def write_wikipedia_array_record(data_dir: Path, language: str, articles: list[d
 def wikipedia_dir(tmp_path, shared_data) -> tuple[Path, list[dict[str, str]]]:
     pages = dummy_dump_pages(shared_data / "tfds_dummy" / "wikipedia")
     articles = [*pages, {"title": "Kiswahili", "text": "Kiswahili ni lugha.\n\n  Ni lugha ya Kibantu.  \n\n"}]
-    write_wikipedia_array_record(tmp_path / "tfds", "sw", articles)
+    write_wikipedia_dataset(tmp_path / "tfds", "sw", articles)
     return tmp_path / "tfds", articles
 
 
@@ -174,25 +175,33 @@ def test_wikipedia_paragraphs_through_data_source(wikipedia_dir):
 
 def test_wikipedia_errors_name_data_dir_and_dataset(wikipedia_dir, tmp_path):
     data_dir, _ = wikipedia_dir
-    with pytest.raises(text.TextSourceError, match=r"holds no prepared dataset 'wikipedia/20230601\.de'") as err:
+    with pytest.raises(tfds_io.TfdsDataError, match=r"holds no prepared dataset 'wikipedia/20230601\.de'") as err:
         list(text.WikipediaSource("de", data_dir))
     assert str(data_dir) in str(err.value)
-    with pytest.raises(text.TextSourceError, match="wikipedia/20990101.sw"):
+    with pytest.raises(tfds_io.TfdsDataError, match="wikipedia/20990101.sw"):
         list(text.WikipediaSource("sw", data_dir, date="20990101"))
     if importlib.util.find_spec("tensorflow") is None:
         info_path = next(data_dir.glob("wikipedia/20230601.sw/*/dataset_info.json"))
         info = json.loads(info_path.read_text())
         info_path.write_text(json.dumps({**info, "fileFormat": "tfrecord"}))
-        with pytest.raises(text.TextSourceError, match=r"stored as tfrecord, which needs TensorFlow"):
+        with pytest.raises(tfds_io.TfdsDataError, match=r"stored as tfrecord, which needs TensorFlow"):
             list(text.WikipediaSource("sw", data_dir))
 
 
 @pytest.mark.skipif(importlib.util.find_spec("tensorflow") is None, reason="TensorFlow (the optional `tf` extra) "
                     "is not installed, so the tfds.load path cannot run")
-def test_wikipedia_through_tfds_load(wikipedia_dir):
-    data_dir, _ = wikipedia_dir
-    via_tf = list(text.WikipediaSource("sw", data_dir, backend="tf"))
-    assert sorted(via_tf) == sorted(text.WikipediaSource("sw", data_dir, backend="data_source"))
+def test_wikipedia_through_tfds_load(wikipedia_dir, tmp_path):
+    """tfrecord (what `tfds build` writes by default) is read through tfds.load; "auto" picks it."""
+    array_record_dir, articles = wikipedia_dir
+    tfrecord_dir = tmp_path / "tfds_tfrecord"
+    write_wikipedia_dataset(tfrecord_dir, "sw", articles, file_format="tfrecord")
+    via_tf = list(text.WikipediaSource("sw", tfrecord_dir, backend="tf"))
+    assert sorted(via_tf) == sorted(text.WikipediaSource("sw", array_record_dir, backend="data_source"))
+    assert sorted(text.WikipediaSource("sw", tfrecord_dir)) == sorted(via_tf)
+    with pytest.raises(tfds_io.TfdsDataError, match=r"stored as array_record; tfds\.load reads only tfrecord"):
+        list(text.WikipediaSource("sw", array_record_dir, backend="tf"))
+    with pytest.raises(tfds_io.TfdsDataError, match=r"stored as tfrecord; tfds\.data_source reads only"):
+        list(text.WikipediaSource("sw", tfrecord_dir, backend="data_source"))
 
 
 @pytest.mark.skipif(

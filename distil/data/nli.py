@@ -32,6 +32,7 @@ import numpy as np
 import tokenizers
 
 from distil import tokenization
+from distil.data import tfds_io
 
 NLI_LABELS: tuple[str, ...] = ("entailment", "neutral", "contradiction")
 
@@ -45,7 +46,6 @@ MULTINLI_NO_CONSENSUS = "-"
 
 XNLI_ORIGINAL_COLUMNS = 19  # language, gold_label, 4 parses, sentence1/2, ids, genre, label1-5, ...
 GLUE_MNLI_TRAIN_COLUMNS = 12  # dev_matched/mismatched have 16 (label1-5); read by header names
-_TFDS_READ_CHUNK = 4096
 
 
 class NliFormatError(ValueError):
@@ -315,10 +315,10 @@ def read_xnli_mt(path: str | os.PathLike, *, language: str) -> list[NliExample]:
 def read_tfds_nli(
     name: str, *, data_dir: str | os.PathLike, split: str, language: str | None = None
 ) -> list[NliExample]:
-    """Rows of a prepared tfds `xnli` or `multi_nli` through `tfds.data_source` (no TensorFlow needed).
+    """Rows of a tfds `xnli` or `multi_nli` already prepared in `data_dir` (see `distil.data.tfds_io`).
 
-    The dataset must already be prepared in `data_dir` with `file_format='array_record'`;
-    nothing is downloaded here. tfds' `multi_nli` builder itself needs TensorFlow to *prepare*
+    array_record is read through `tfds.data_source` (no TensorFlow needed), tfrecord through `tfds.load`
+    (the `tf` extra); nothing is downloaded here. tfds' `multi_nli` builder itself needs TensorFlow to *prepare*
     (it reads with `tf.io.gfile`), so prepare it once where the `tf` extra is installed.
     Splits: xnli `validation`/`test`; multi_nli `train`/`validation_matched`/`validation_mismatched`.
     For xnli, `language=None` returns every language, language-major in `xnli_languages()` order.
@@ -330,39 +330,18 @@ def read_tfds_nli(
         raise ValueError(f"tfds multi_nli is English only, got language={language!r}")
     if language is not None and language not in _XNLI_LANGUAGES:
         raise ValueError(f"language must be one of the XNLI languages {list(_XNLI_LANGUAGES)}, got {language!r}")
-    import tensorflow_datasets as tfds  # slow import, only needed on this path
-
-    builder = tfds.builder(name, data_dir=os.fspath(data_dir))
-    if not builder.is_prepared():
-        raise NliFormatError(
-            f"tfds dataset {name!r} is not prepared in data_dir {os.fspath(data_dir)} (no {builder.data_path}/"
-            f"dataset_info.json); prepare it with tfds.builder({name!r}, data_dir=..., "
-            "file_format='array_record').download_and_prepare()"
-        )
-    if split not in builder.info.splits:
-        raise NliFormatError(
-            f"tfds dataset {name!r} in {builder.data_path} has no split {split!r}; "
-            f"splits: {sorted(builder.info.splits)}"
-        )
-    try:
-        source = builder.as_data_source(split=split)
-    except NotImplementedError:
-        raise NliFormatError(
-            f"tfds dataset {name!r} in {builder.data_path} is stored as {builder.info.file_format}; "
-            "random access needs file_format='array_record' (re-prepare into another data_dir)"
-        ) from None
+    builder = tfds_io.prepared_builder(name, data_dir)
+    records = list(tfds_io.iter_examples(builder, split))
     label_names = builder.info.features["label"].names
     unknown = [label for label in label_names if label not in XNLI_LABEL_IDS]
     if unknown:
         raise NliFormatError(f"tfds dataset {name!r} in {builder.data_path}: unknown ClassLabel names {unknown}")
     tfds_to_ours = [XNLI_LABEL_IDS[label] for label in label_names]
-    records = []
-    for start in range(0, len(source), _TFDS_READ_CHUNK):  # batched reads: one array_record call per chunk
-        records.extend(source.__getitems__(range(start, min(start + _TFDS_READ_CHUNK, len(source)))))
 
     if name == "multi_nli":
         return [
-            NliExample(_text(r["premise"]), _text(r["hypothesis"]), tfds_to_ours[int(r["label"])], "en")
+            NliExample(tfds_io.text(r["premise"]), tfds_io.text(r["hypothesis"]), tfds_to_ours[int(r["label"])],
+                       "en")
             for r in records
         ]
     examples = []
@@ -370,14 +349,14 @@ def read_tfds_nli(
         for record in records:
             # premise is a tfds Translation {lang: text}; hypothesis a TranslationVariableLanguages
             # {"language": [..], "translation": [..]}.
-            hypotheses = dict(zip(map(_text, record["hypothesis"]["language"]), record["hypothesis"]["translation"]))
+            hypothesis_languages = map(tfds_io.text, record["hypothesis"]["language"])
+            hypotheses = dict(zip(hypothesis_languages, record["hypothesis"]["translation"]))
             label = tfds_to_ours[int(record["label"])]
-            examples.append(NliExample(_text(record["premise"][lang]), _text(hypotheses[lang]), label, lang))
+            premise, hypothesis = tfds_io.text(record["premise"][lang]), tfds_io.text(hypotheses[lang])
+            examples.append(NliExample(premise, hypothesis, label, lang))
     return examples
 
 
-def _text(value: bytes | str) -> str:
-    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -9,17 +9,14 @@ concatenation) or `mix_languages` (XLM-style sampling, p ∝ n^alpha, Lample & C
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import os
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 
-Backend = Literal["auto", "data_source", "tf"]
-# Formats `tfds.data_source` reads without TensorFlow (random access); TFRecord needs `tfds.load` and TensorFlow.
-_RANDOM_ACCESS_FORMATS = ("array_record", "parquet")
+from distil.data import tfds_io
+
 # Lines drawn per language choice in `mix_languages`; only a speed knob, the drawn stream does not depend on it.
 _MIX_BLOCK = 4096
 
@@ -99,7 +96,7 @@ class WikipediaSource:
     data_dir: str | os.PathLike
     date: str = "20230601"
     split: str = "train"
-    backend: Backend = "auto"
+    backend: tfds_io.Backend = "auto"
 
     @property
     def dataset_name(self) -> str:
@@ -114,43 +111,9 @@ class WikipediaSource:
 
 
 def _iter_wikipedia_texts(source: WikipediaSource) -> Iterator[str]:
-    import tensorflow_datasets as tfds  # deferred: ~0.3 s to import, and only this source needs it
-
-    name, data_dir = source.dataset_name, os.fspath(source.data_dir)
-    try:
-        builder = tfds.builder(name, data_dir=data_dir)
-    except Exception as err:  # tfds raises a bare ValueError/KeyError for unknown names and configs
-        raise TextSourceError(f"tensorflow-datasets has no dataset {name!r}: {err}") from err
-    if not builder.is_prepared():
-        raise TextSourceError(
-            f"data_dir {data_dir} holds no prepared dataset {name!r} (looked in {builder.data_dir}); prepare it "
-            f"first, e.g. `tfds build {name} --data_dir {data_dir} --file_format array_record` (needs apache_beam)"
-        )
-    file_format = getattr(builder.info.file_format, "value", str(builder.info.file_format))
-    tf_available = importlib.util.find_spec("tensorflow") is not None
-    backend = source.backend
-    if backend == "auto":
-        backend = "data_source" if file_format in _RANDOM_ACCESS_FORMATS else "tf"
-    if backend == "data_source" and file_format not in _RANDOM_ACCESS_FORMATS:
-        raise TextSourceError(
-            f"{name} in {data_dir} is stored as {file_format}; tfds.data_source reads only "
-            f"{'/'.join(_RANDOM_ACCESS_FORMATS)}. Re-prepare it with --file_format array_record or use backend='tf'"
-        )
-    if backend == "tf" and not tf_available:
-        raise TextSourceError(
-            f"{name} in {data_dir} is stored as {file_format}, which needs TensorFlow (pip install '.[tf]'); "
-            "or re-prepare it with --file_format array_record"
-        )
-    if backend == "data_source":
-        examples: Iterable[Mapping] = builder.as_data_source(split=source.split)
-    elif backend == "tf":
-        dataset = tfds.load(name, split=source.split, data_dir=data_dir, download=False, shuffle_files=False)
-        examples = tfds.as_numpy(dataset)
-    else:
-        raise TextSourceError(f"WikipediaSource.backend must be 'auto', 'data_source' or 'tf', got {backend!r}")
-    for example in examples:
-        text = example["text"]
-        yield text.decode("utf-8") if isinstance(text, bytes) else str(text)
+    builder = tfds_io.prepared_builder(source.dataset_name, source.data_dir)
+    for example in tfds_io.iter_examples(builder, source.split, backend=source.backend):
+        yield tfds_io.text(example["text"])
 
 
 def count_lines(source: Iterable[str]) -> int:
