@@ -370,7 +370,7 @@ def _open_tensors(files: list[Path]) -> dict[str, tuple[Path, str]]:
     return located
 
 
-def _resolve_prefix(table: list[TensorRow], located: dict, family: str) -> Callable[[str], str]:
+def _resolve_prefix(located: dict, family: str) -> Callable[[str], str]:
     """A BertModel saved alone has no `bert.` prefix; a head model has it. Accept either for the encoder."""
     prefix = f"{family}."
 
@@ -407,15 +407,15 @@ def load_pretrained(folder: str | os.PathLike, *, dtype: str | None = None, para
     overrides = {k: v for k, v in (("dtype", dtype), ("param_dtype", param_dtype)) if v is not None}
     if overrides:
         config = config.replace(**overrides)
-    table = tensor_table(config)
-    located = _open_tensors(_weight_files(folder))
-    find = _resolve_prefix(table, located, config.family)
-    files = ", ".join(str(f) for f in _weight_files(folder))
+    weight_files = _weight_files(folder)
+    located = _open_tensors(weight_files)
+    find = _resolve_prefix(located, config.family)
+    files = ", ".join(str(f) for f in weight_files)
 
     graphdef, abstract_state = nnx.split(abstract_model(config))
     expected = {".".join(str(part) for part in path): leaf for path, leaf in nnx.to_flat_state(abstract_state)}
     values: dict[str, np.ndarray] = {}
-    for row in table:
+    for row in tensor_table(config):
         name = find(row.hf_name)
         if name not in located:
             raise CheckpointFormatError(f"{files}: tensor {row.hf_name!r} is missing")
@@ -497,7 +497,9 @@ def hf_tensors(model: Model) -> dict[str, np.ndarray]:
         ".".join(str(p) for p in path): np.asarray(jax.device_get(leaf.get_value()))
         for path, leaf in nnx.to_flat_state(nnx.state(model, nnx.Param))
     }
-    return {row.hf_name: np.ascontiguousarray(_to_hf(row.layout, params[row.distil_path])) for row in tensor_table(config)}
+    return {
+        row.hf_name: np.ascontiguousarray(_to_hf(row.layout, params[row.distil_path])) for row in tensor_table(config)
+    }
 
 
 def save_pretrained(
