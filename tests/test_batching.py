@@ -6,6 +6,7 @@ Token ids are real: lines of shared/data/corpus tokenized with the mBERT cased v
 from __future__ import annotations
 
 import bisect
+import json
 from collections import defaultdict
 from pathlib import Path
 
@@ -16,6 +17,7 @@ import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from distil.data import batching
+from hosts.synthetic import SyntheticSequences, row_checksums
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 LANGUAGES = ("en", "de", "fr", "es", "ru", "ar", "zh", "hi", "sw", "th", "tr", "ur", "bg", "el", "vi")
@@ -286,3 +288,48 @@ def test_grouping_pads_less_on_corpus_lengths(corpus):
 
     grouped, ungrouped = fraction(True), fraction(False)
     assert grouped < 0.5 * ungrouped, (grouped, ungrouped)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_two_processes_assemble_the_global_batch(tmp_path):
+    """Two real JAX processes (jax.distributed on 127.0.0.1, 4 CPU devices each): the global array built from each
+    host's rows equals the single-process global batch, row for row."""
+    import os
+    import subprocess
+    import sys
+
+    worker = Path(__file__).parent / "hosts" / "global_batch_worker.py"
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
+    port = _free_port()
+    outputs = [tmp_path / f"process{i}.json" for i in range(2)]
+    processes = [subprocess.Popen([sys.executable, str(worker), str(port), str(i), str(outputs[i])], env=env,
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
+    logs = []
+    try:
+        for process in processes:
+            logs.append(process.communicate(timeout=150)[0])
+    finally:
+        for process in processes:
+            process.kill()
+    assert all(p.returncode == 0 for p in processes), "\n\n".join(logs)[-4000:]
+
+    # The reference: the same source seen by one process, in plain NumPy.
+    single = batching.GroupedBatchSource(SyntheticSequences(200), global_batch=16, max_length=64, seed=3,
+                                         process_index=0, process_count=1)
+    reports = [json.loads(path.read_text()) for path in outputs]
+    assert [r["process_index"] for r in reports] == [0, 1]
+    assert all(r["process_count"] == 2 and r["devices"] == 8 for r in reports)
+    for report in reports:
+        for result in report["results"]:
+            expected = single[result["step"]]
+            checksums = row_checksums(expected["input_ids"], expected["attention_mask"], expected["lengths"])
+            assert result["local_rows"] == 8
+            assert result["global_shape"] == list(expected["input_ids"].shape)
+            np.testing.assert_array_equal(np.asarray(result["checksums"]), checksums)
