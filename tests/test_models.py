@@ -143,3 +143,16 @@ def test_model_is_jittable_as_split_state():
 
     ids = jnp.asarray(np.arange(12).reshape(2, 6) % 97, jnp.int32)
     np.testing.assert_allclose(forward(params, ids), model(ids).logits, atol=1e-5)
+
+
+def test_sinusoidal_positions_match_transformers():
+    import torch
+    import transformers
+
+    config = transformers.DistilBertConfig(vocab_size=97, dim=32, n_layers=1, n_heads=4, hidden_dim=48,
+                                           max_position_embeddings=40, sinusoidal_pos_embds=True)
+    torch.manual_seed(0)
+    reference = transformers.DistilBertModel(config).embeddings.position_embeddings.weight.detach().numpy()
+    ours = create_model(distilmbert_base(**{**TINY, "num_hidden_layers": 1}, sinusoidal_pos_embds=True))
+    np.testing.assert_allclose(np.asarray(ours.encoder.embeddings.position_embeddings.embedding[...]), reference,
+                               atol=1e-6)
