@@ -26,6 +26,7 @@ import optax
 from flax import nnx
 
 from distil import hf
+from distil.atomic import write_text_atomically
 from distil.data import nli
 from distil.data.batching import GroupedBatchSource, padding_fraction
 from distil.data.binarize import load_token_counts, open_binarized, prepare
@@ -34,12 +35,6 @@ from distil.data.masking import IGNORE_INDEX, mask_batch, token_probs_from_count
 from distil.models import ModelConfig, create_model, parameter_count
 from distil.models.init import init_student_from_teacher
 from distil.tokenization import default_vocab_path, load_tokenizer, special_token_ids
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(text, encoding="utf-8")
-    os.replace(temporary, path)
 
 
 @nnx.jit
@@ -181,8 +176,8 @@ def run_demo(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> d
     summary["xnli"] = xnli_rows
     summary["seconds"] = time.perf_counter() - started
 
-    _write_atomically(workdir / "demo.json", json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
-    _write_atomically(workdir / "demo.md", to_markdown(summary))
+    write_text_atomically(workdir / "demo.json", json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
+    write_text_atomically(workdir / "demo.md", to_markdown(summary))
     return summary
 
 

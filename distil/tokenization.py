@@ -23,12 +23,13 @@ import itertools
 import json
 import os
 import pathlib
-import tempfile
 from collections.abc import Iterable, Sequence
 
 import tokenizers
 from tokenizers import AddedToken, decoders, normalizers, pre_tokenizers, processors, trainers
 from tokenizers.models import WordPiece
+
+from distil.atomic import write_text_atomically
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 # mBERT's id layout: [PAD]=0, [unused1..99]=1..99, [UNK]=100, [CLS]=101, [SEP]=102, [MASK]=103. A vocabulary we
@@ -355,22 +356,6 @@ def train_wordpiece(
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def _write_text_atomically(path: pathlib.Path, text: str) -> None:
-    """Write to a temporary file beside `path`, then `os.replace` it: readers see the old file or the new one."""
-    handle = tempfile.NamedTemporaryFile(
-        "w", encoding="utf-8", newline="\n", dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False
-    )
-    try:
-        with handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(handle.name, path)
-    except BaseException:
-        pathlib.Path(handle.name).unlink(missing_ok=True)
-        raise
-
-
 def _json_text(value: object) -> str:
     return json.dumps(value, ensure_ascii=False, indent=2) + "\n"
 
@@ -427,7 +412,7 @@ def save_tokenizer(
         "added_tokens_decoder": added_tokens_decoder,
     }
     folder.mkdir(parents=True, exist_ok=True)
-    _write_text_atomically(folder / "vocab.txt", "".join(token + "\n" for token in tokens))
-    _write_text_atomically(folder / "tokenizer.json", _json_text(state))
-    _write_text_atomically(folder / "tokenizer_config.json", _json_text(config))
-    _write_text_atomically(folder / "special_tokens_map.json", _json_text(special_map))
+    write_text_atomically(folder / "vocab.txt", "".join(token + "\n" for token in tokens))
+    write_text_atomically(folder / "tokenizer.json", _json_text(state))
+    write_text_atomically(folder / "tokenizer_config.json", _json_text(config))
+    write_text_atomically(folder / "special_tokens_map.json", _json_text(special_map))

@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 import tqdm
 
+from distil.atomic import write_atomically, write_text_atomically
 from distil.data import text as text_sources
 from distil.tokenization import default_vocab_path, load_tokenizer, special_token_ids
 
@@ -161,21 +162,12 @@ def _encode_in_worker(lines: Sequence[str]) -> _EncodedBlock:
 
 
 # --------------------------------------------------------------------------------------------- files
-def _atomic_write_bytes(path: Path, write) -> None:
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as handle:
-        write(handle)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-
-
 def _save_npy(path: Path, array: np.ndarray) -> None:
-    _atomic_write_bytes(path, lambda handle: np.save(handle, array, allow_pickle=False))
+    write_atomically(path, lambda handle: np.save(handle, array, allow_pickle=False))
 
 
 def _save_index(out_dir: Path, index: dict) -> None:
-    _atomic_write_bytes(out_dir / INDEX_FILE, lambda handle: handle.write(json.dumps(index, indent=1).encode()))
+    write_text_atomically(out_dir / INDEX_FILE, json.dumps(index, indent=1))
 
 
 def _read_index(out_dir: Path) -> dict:
