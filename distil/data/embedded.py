@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-# The 15 XNLI languages in the XNLI paper's order; every one has a corpus file and XNLI samples.
-EMBEDDED_LANGUAGES: tuple[str, ...] = (
-    "en", "fr", "es", "de", "el", "bg", "ru", "tr", "ar", "vi", "th", "zh", "hi", "sw", "ur",
-)
+from distil.data.nli import xnli_languages
+
+# Every one of the 15 XNLI languages has a corpus file and XNLI samples.
+EMBEDDED_LANGUAGES: tuple[str, ...] = xnli_languages()
 
 _EMBEDDED_DIR = Path(__file__).resolve().parent / "embedded"
 
