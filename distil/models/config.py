@@ -117,27 +117,16 @@ def distilmbert_base(**overrides) -> ModelConfig:
 
 
 def student_config_for(teacher: ModelConfig, num_layers: int, **overrides) -> ModelConfig:
-    """A DistilBERT config as wide as `teacher`, with `num_layers` layers (the layer-map initialisation needs it)."""
+    """A DistilBERT config as wide as `teacher` (the layer-map initialisation needs that), with `num_layers` layers:
+    the teacher's config without token types and pooler, with DistilBERT's fixed LayerNorm eps and classifier
+    dropout."""
     fields = dict(
         family="distilbert",
-        vocab_size=teacher.vocab_size,
-        hidden_size=teacher.hidden_size,
         num_hidden_layers=num_layers,
-        num_attention_heads=teacher.num_attention_heads,
-        intermediate_size=teacher.intermediate_size,
-        max_position_embeddings=teacher.max_position_embeddings,
         type_vocab_size=0,
-        layer_norm_eps=1e-12,
-        hidden_dropout=teacher.hidden_dropout,
-        attention_dropout=teacher.attention_dropout,
-        classifier_dropout=0.2,
-        initializer_range=teacher.initializer_range,
-        pad_token_id=teacher.pad_token_id,
         add_pooler=False,
-        head=teacher.head,
-        num_labels=teacher.num_labels,
-        dtype=teacher.dtype,
-        param_dtype=teacher.param_dtype,
+        layer_norm_eps=1e-12,
+        classifier_dropout=0.2,
     )
     fields.update(overrides)
-    return ModelConfig(**fields)
+    return teacher.replace(**fields)
