@@ -17,24 +17,10 @@ import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from distil.data import batching
-from hosts.synthetic import SyntheticSequences, row_checksums
+from hosts.synthetic import InMemorySequences, synthetic_sequences, row_checksums
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 LANGUAGES = ("en", "de", "fr", "es", "ru", "ar", "zh", "hi", "sw", "th", "tr", "ur", "bg", "el", "vi")
-
-
-class InMemorySequences:
-    """The interface of `open_binarized(...)`, held in a Python list."""
-
-    def __init__(self, sequences: list[np.ndarray]):
-        self._sequences = sequences
-        self.lengths = np.array([len(s) for s in sequences], dtype=np.int32)
-
-    def __len__(self) -> int:
-        return len(self._sequences)
-
-    def __getitem__(self, index: int) -> np.ndarray:
-        return self._sequences[index]
 
 
 def _tokenize_corpus(lines_per_language: int, max_length: int) -> InMemorySequences:
@@ -321,7 +307,7 @@ def test_two_processes_assemble_the_global_batch(tmp_path):
     assert all(p.returncode == 0 for p in processes), "\n\n".join(logs)[-4000:]
 
     # The reference: the same source seen by one process, in plain NumPy.
-    single = batching.GroupedBatchSource(SyntheticSequences(200), global_batch=16, max_length=64, seed=3,
+    single = batching.GroupedBatchSource(synthetic_sequences(200), global_batch=16, max_length=64, seed=3,
                                          process_index=0, process_count=1)
     reports = [json.loads(path.read_text()) for path in outputs]
     assert [r["process_index"] for r in reports] == [0, 1]

@@ -21,11 +21,11 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from distil.data.batching import GroupedBatchSource, make_global_batch  # noqa: E402
-from synthetic import SyntheticSequences, row_checksums  # noqa: E402
+from synthetic import synthetic_sequences, row_checksums  # noqa: E402
 
 
 mesh = jax.make_mesh((4, 2, 1), ("data", "fsdp", "tensor"), axis_types=(jax.sharding.AxisType.Auto,) * 3)
-source = GroupedBatchSource(SyntheticSequences(200), global_batch=16, max_length=64, seed=3)
+source = GroupedBatchSource(synthetic_sequences(200), global_batch=16, max_length=64, seed=3)
 replicated = jax.sharding.NamedSharding(mesh, jax.P())
 
 

@@ -1,21 +1,29 @@
-"""Deterministic token sequences with the `open_binarized` interface, shared by the two-process test and its
-workers (each process rebuilds the same ones from the seed)."""
+"""Token sequences with the `open_binarized` interface for the batching tests, and the deterministic ones the
+two-process test and its workers share (each process rebuilds the same ones from the seed)."""
 
 import numpy as np
 
 
-class SyntheticSequences:
-    def __init__(self, count: int, seed: int = 0):
-        rng = np.random.default_rng(seed)
-        self.lengths = rng.integers(12, 60, size=count).astype(np.int32)
-        self._rows = [np.concatenate([[101], rng.integers(104, 5000, size=n - 2), [102]]).astype(np.int32)
-                      for n in self.lengths]
+class InMemorySequences:
+    """The interface of `open_binarized(...)`, held in a Python list."""
 
-    def __len__(self):
-        return len(self._rows)
+    def __init__(self, sequences: list[np.ndarray]):
+        self._sequences = sequences
+        self.lengths = np.array([len(s) for s in sequences], dtype=np.int32)
 
-    def __getitem__(self, index):
-        return self._rows[index]
+    def __len__(self) -> int:
+        return len(self._sequences)
+
+    def __getitem__(self, index: int) -> np.ndarray:
+        return self._sequences[index]
+
+
+def synthetic_sequences(count: int, seed: int = 0) -> InMemorySequences:
+    """`count` sequences of 12-59 tokens, [CLS] random ids [SEP], the same for the same seed."""
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(12, 60, size=count)
+    return InMemorySequences([np.concatenate([[101], rng.integers(104, 5000, size=n - 2), [102]]).astype(np.int32)
+                              for n in lengths])
 
 
 def row_checksums(input_ids, attention_mask, lengths, xp=np):
