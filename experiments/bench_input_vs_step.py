@@ -2,8 +2,9 @@
 
 Pipeline: binarised embedded corpus -> length-grouped per-host batches -> frequency-smoothed MLM masking, the
 per-step host work of the distillation trainer. Step: a frozen teacher forward plus a student forward and backward
-of the MLM loss at the same batch shape, jitted once (the compute a distillation step cannot avoid; optimizer update
-and the distillation losses add a little more). Both run in this process on whatever backend JAX picks.
+of the MLM loss plus the soft cross-entropy to the teacher at T=2, at the same batch shape, jitted once (the
+compute a distillation step cannot avoid; the optimizer update and the cosine loss add a little more). Both run in
+this process on whatever backend JAX picks.
 
     JAX_PLATFORMS=cpu python experiments/bench_input_vs_step.py --batch 32 --length 128 --size base
 """
@@ -58,13 +59,15 @@ def step_rate(teacher_config: ModelConfig, student_config: ModelConfig, batch: i
 
     @jax.jit
     def step(student_params, teacher_params, input_ids, labels):
-        teacher_logits = jax.lax.stop_gradient(nnx.merge(teacher_graph, teacher_params)(input_ids, attention_mask).logits)
+        teacher = nnx.merge(teacher_graph, teacher_params)
+        teacher_probs = jax.nn.softmax(jax.lax.stop_gradient(teacher(input_ids, attention_mask).logits) / 2.0)
 
         def loss_fn(params):
-            logits = nnx.merge(student_graph, params)(input_ids, attention_mask).logits
+            logits = nnx.merge(student_graph, params)(input_ids, attention_mask).logits.astype(jnp.float32)
             weights = (labels >= 0).astype(jnp.float32)
-            losses = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), jnp.maximum(labels, 0))
-            return (losses * weights).sum() / weights.sum() + 0.0 * teacher_logits.mean()
+            mlm = optax.softmax_cross_entropy_with_integer_labels(logits, jnp.maximum(labels, 0))
+            soft = optax.softmax_cross_entropy(logits / 2.0, teacher_probs)  # KL(T=2) up to a constant
+            return (mlm * weights).sum() / weights.sum() + soft.mean()
 
         return jax.value_and_grad(loss_fn)(student_params)
 
