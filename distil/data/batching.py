@@ -9,7 +9,7 @@ is padding. This module keeps those batches but makes them a pure function of th
 
 Because a batch depends on nothing but the step, resuming is exact (the iterator state is the step), and every
 process computes the same plan and the same L without talking to the others, so the per-process rows assemble
-into one global array of a single shape (`make_global_batch`). The plan does not depend on the number of
+into one global array of a single shape (`distil.sharding.make_global_batch`). The plan does not depend on the number of
 processes either: a run resumed on a different number of hosts sees the same global batches.
 
 `grain` supplies the iterator: a `MapDataset` over steps, read by a thread pool with prefetching, whose
@@ -316,29 +316,3 @@ def iter_from_step(
     if step:
         iterator.set_state({"next_index": step})
     return iterator
-
-
-def make_global_batch(
-    local_batch: Mapping[str, np.ndarray],
-    mesh: jax.sharding.Mesh | None,
-    pspec: jax.sharding.PartitionSpec | jax.sharding.NamedSharding,
-) -> dict[str, jax.Array]:
-    """Each process's rows -> global arrays of shape [global_batch, ...] sharded by `pspec` over `mesh`.
-
-    `pspec` describes the rank-2 arrays (e.g. `P('data', None)` or `P(('data', 'fsdp'))`); the 1-D `lengths`
-    uses its first entry. Process p's rows are rows [p * local_batch, (p + 1) * local_batch) of the global
-    batch when the mesh orders processes along the batch axis, as `jax.make_mesh` does.
-    """
-    if isinstance(pspec, jax.sharding.NamedSharding):
-        if mesh is not None and pspec.mesh != mesh:
-            raise ValueError("make_global_batch: the NamedSharding's mesh differs from the mesh argument")
-        mesh, pspec = pspec.mesh, pspec.spec
-    if mesh is None:
-        raise ValueError("make_global_batch needs a mesh, or a NamedSharding as pspec")
-    global_batch = {}
-    for name, local_array in local_batch.items():
-        local_array = np.asarray(local_array)
-        spec = jax.sharding.PartitionSpec(*tuple(pspec)[: local_array.ndim])
-        sharding = jax.sharding.NamedSharding(mesh, spec)
-        global_batch[name] = jax.make_array_from_process_local_data(sharding, local_array)
-    return global_batch

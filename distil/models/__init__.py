@@ -9,6 +9,7 @@ from distil.models.bert import Bert
 from distil.models.config import ModelConfig, distilmbert_base, mbert_base, student_config_for
 from distil.models.distilbert import DistilBert
 from distil.models.layers import EncoderOutput
+from distil.sharding import STANDARD_LOGICAL_AXIS_RULES, LogicalRules, create_sharded
 
 Model = Bert | DistilBert
 
@@ -17,15 +18,18 @@ def model_class(config: ModelConfig) -> type[Bert] | type[DistilBert]:
     return Bert if config.family == "bert" else DistilBert
 
 
-def create_model(config: ModelConfig, *, seed: int = 0) -> Model:
-    """Builds a randomly initialised model.
+def create_model(config: ModelConfig, *, seed: int = 0, mesh: jax.sharding.Mesh | None = None,
+                 rules: LogicalRules | None = None) -> Model:
+    """Builds a randomly initialised model: on the default device, or, given a `mesh`, with every parameter
+    created directly in the sharding its logical axes get under `rules` (default: the standard table)."""
 
-    Parameters carry logical-axis metadata; they are placed on devices eagerly only when a mesh is set
-    (`jax.set_mesh`), so the same call builds an unsharded model on one CPU.
-    """
-    on_mesh = not jax.sharding.get_abstract_mesh().empty
-    with nnx.use_eager_sharding(on_mesh):
+    def build():
         return model_class(config)(config, rngs=nnx.Rngs(params=seed))
+
+    if mesh is None:
+        with nnx.use_eager_sharding(False):
+            return build()
+    return create_sharded(build, mesh, STANDARD_LOGICAL_AXIS_RULES if rules is None else rules)
 
 
 def abstract_model(config: ModelConfig) -> Model:

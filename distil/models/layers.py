@@ -88,6 +88,20 @@ def dense(config: ModelConfig, in_features: int, out_features: int, axes: tuple[
     )
 
 
+def lookup(embed: nnx.Embed, token_ids: jax.Array) -> jax.Array:
+    """`embed(token_ids)` with the table's `embed` dimension gathered first: [batch, length, hidden].
+
+    With the table split over `fsdp` along `embed` (ZeRO-3), a gather from it by batch-split ids would come out
+    split along `embed` and XLA can only reshard that to batch-split activations by replicating everything (its
+    "involuntary full rematerialization"). All-gathering the table's `embed` dimension first, as FSDP does for
+    every weight before use, lets the gather produce batch-split rows directly; rows split over `tensor` (the
+    vocabulary) stay split, a vocabulary-parallel lookup XLA partitions well.
+    """
+    row_axis = embed.embedding.get_metadata()["out_sharding"][0]  # `vocab`, `position` or `token_type`
+    table = constrain(embed.embedding[...].astype(embed.dtype), (row_axis, None))  # [rows, hidden]
+    return jnp.take(table, token_ids, axis=0)
+
+
 def _embedding_init(config: ModelConfig, logical_axes: tuple[str, str], zero_row: int | None):
     """N(0, initializer_range), with the padding row zeroed as torch's `nn.Embedding(padding_idx=...)` does."""
     base = nnx.initializers.normal(config.initializer_range)
@@ -159,11 +173,11 @@ class Embeddings(nnx.Module):
             raise ValueError(
                 f"input length {length} exceeds max_position_embeddings={self.config.max_position_embeddings}"
             )
-        embedded = self.word_embeddings(input_ids) + self.position_embeddings(jnp.arange(length))[None]
+        embedded = lookup(self.word_embeddings, input_ids) + self.position_embeddings(jnp.arange(length))[None]
         if self.token_type_embeddings is not None:
             if token_type_ids is None:
                 token_type_ids = jnp.zeros_like(input_ids)
-            embedded = embedded + self.token_type_embeddings(token_type_ids)
+            embedded = embedded + lookup(self.token_type_embeddings, token_type_ids)
         embedded = self.layer_norm(embedded)
         embedded = self.dropout(embedded, deterministic=dropout_rngs is None, rngs=dropout_rngs)
         return constrain(embedded, ("batch", "length", "act_embed"))

@@ -20,7 +20,8 @@ jax.distributed.initialize(coordinator_address=f"127.0.0.1:{port}", num_processe
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from distil.data.batching import GroupedBatchSource, make_global_batch  # noqa: E402
+from distil.data.batching import GroupedBatchSource  # noqa: E402
+from distil.sharding import make_global_batch  # noqa: E402
 from synthetic import synthetic_sequences, row_checksums  # noqa: E402
 
 
@@ -37,7 +38,7 @@ def global_row_checksums(input_ids, attention_mask, lengths):
 results = []
 for step in (0, 5, 13):
     local = source[step]
-    batch = make_global_batch(local, mesh, jax.P(("data", "fsdp")))
+    batch = make_global_batch(local, jax.NamedSharding(mesh, jax.P(("data", "fsdp"))))
     checksums = global_row_checksums(batch["input_ids"], batch["attention_mask"], batch["lengths"])
     results.append({"step": step, "local_rows": int(local["input_ids"].shape[0]),
                     "global_shape": list(batch["input_ids"].shape), "checksums": np.asarray(checksums).tolist()})
