@@ -37,10 +37,11 @@ class Bert(nnx.Module):
         else:
             self.classifier = None
 
-    def __call__(self, input_ids, attention_mask=None, token_type_ids=None, *, dropout_rngs=None) -> EncoderOutput:
-        last_hidden, hidden_states = self.encoder(
-            input_ids, attention_mask, token_type_ids, dropout_rngs=dropout_rngs
-        )
+    def __call__(self, input_ids, attention_mask=None, token_type_ids=None, *, dropout_rngs=None,
+                 output_attentions=False, output_qkv=False) -> EncoderOutput:
+        encoded = self.encoder(input_ids, attention_mask, token_type_ids, dropout_rngs=dropout_rngs,
+                               output_attentions=output_attentions, output_qkv=output_qkv)
+        last_hidden = encoded.last_hidden_state
         logits = None
         if self.mlm_head is not None:
             logits = self.mlm_head(last_hidden, self.encoder.embeddings.word_embeddings)
@@ -48,4 +49,4 @@ class Bert(nnx.Module):
             pooled = jnp.tanh(self.pooler(last_hidden[:, 0]))  # [batch, hidden]
             pooled = self.classifier_dropout(pooled, deterministic=dropout_rngs is None, rngs=dropout_rngs)
             logits = self.classifier(pooled)  # [batch, num_labels]
-        return EncoderOutput(last_hidden_state=last_hidden, hidden_states=hidden_states, logits=logits)
+        return encoded.replace(logits=logits)

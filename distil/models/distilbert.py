@@ -27,11 +27,14 @@ class DistilBert(nnx.Module):
         else:
             self.pre_classifier = self.classifier = None
 
-    def __call__(self, input_ids, attention_mask=None, token_type_ids=None, *, dropout_rngs=None) -> EncoderOutput:
+    def __call__(self, input_ids, attention_mask=None, token_type_ids=None, *, dropout_rngs=None,
+                 output_attentions=False, output_qkv=False) -> EncoderOutput:
         """`token_type_ids` is accepted for a uniform call signature and must be None (DistilBERT has none)."""
         if token_type_ids is not None:
             raise ValueError("DistilBERT has no token type embeddings; pass token_type_ids=None")
-        last_hidden, hidden_states = self.encoder(input_ids, attention_mask, dropout_rngs=dropout_rngs)
+        encoded = self.encoder(input_ids, attention_mask, dropout_rngs=dropout_rngs,
+                               output_attentions=output_attentions, output_qkv=output_qkv)
+        last_hidden = encoded.last_hidden_state
         logits = None
         if self.mlm_head is not None:
             logits = self.mlm_head(last_hidden, self.encoder.embeddings.word_embeddings)
@@ -39,4 +42,4 @@ class DistilBert(nnx.Module):
             pooled = jax.nn.relu(self.pre_classifier(last_hidden[:, 0]))  # [batch, hidden]
             pooled = self.classifier_dropout(pooled, deterministic=dropout_rngs is None, rngs=dropout_rngs)
             logits = self.classifier(pooled)  # [batch, num_labels]
-        return EncoderOutput(last_hidden_state=last_hidden, hidden_states=hidden_states, logits=logits)
+        return encoded.replace(logits=logits)

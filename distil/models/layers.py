@@ -34,11 +34,17 @@ class EncoderOutput:
     last_hidden_state: [batch, length, hidden]
     hidden_states: the embedding output and every layer's output, each [batch, length, hidden]
     logits: MLM logits [batch, length, vocab], class logits [batch, num_labels], or None without a head
+    attentions: with `output_attentions=True`, every layer's attention probabilities, each float32
+        [batch, heads, query, key] (before attention dropout; transformers' `output_attentions` in eval mode)
+    qkv: with `output_qkv=True`, every layer's (query, key, value) projections, each [batch, length, heads, head_dim]
+        in the compute dtype (MiniLM-v2 relations)
     """
 
     last_hidden_state: jax.Array
     hidden_states: tuple[jax.Array, ...]
     logits: jax.Array | None = None
+    attentions: tuple[jax.Array, ...] | None = None
+    qkv: tuple[tuple[jax.Array, jax.Array, jax.Array], ...] | None = None
 
 
 def constrain(x: jax.Array, logical_axes: Sequence[str | None]) -> jax.Array:
@@ -190,6 +196,9 @@ class SelfAttention(nnx.Module):
     padded query rows still attend to the real tokens and match the reference everywhere, padding included.
     Attention-probability dropout (as in BERT/DistilBERT) is why this is written out instead of using
     `jax.nn.dot_product_attention`, which has no dropout.
+
+    With `with_internals=True` it also returns `(probs, (query, key, value))` for the distillation losses: the
+    float32 probabilities before dropout [batch, heads, query, key] and the projections [batch, length, heads, kv].
     """
 
     def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
@@ -220,16 +229,18 @@ class SelfAttention(nnx.Module):
         )
         self.dropout = nnx.Dropout(config.attention_dropout)
 
-    def __call__(self, hidden, attention_mask, *, dropout_rngs: nnx.Rngs | None = None):
+    def __call__(self, hidden, attention_mask, *, dropout_rngs: nnx.Rngs | None = None, with_internals=False):
         head_axes = ("batch", "length", "act_heads", "act_kv")
         query = constrain(self.query(hidden), head_axes)  # [batch, length, heads, head_dim]
         key = constrain(self.key(hidden), head_axes)
         value = constrain(self.value(hidden), head_axes)
         scores = jnp.einsum("bqhd,bkhd->bhqk", query, key).astype(jnp.float32) / math.sqrt(self.config.head_dim)
         scores = jnp.where(attention_mask[:, None, None, :].astype(bool), scores, jnp.finfo(jnp.float32).min)
-        probs = jax.nn.softmax(scores, axis=-1).astype(value.dtype)  # [batch, heads, query, key]
-        probs = self.dropout(probs, deterministic=dropout_rngs is None, rngs=dropout_rngs)
+        fp32_probs = jax.nn.softmax(scores, axis=-1)  # [batch, heads, query, key]
+        probs = self.dropout(fp32_probs.astype(value.dtype), deterministic=dropout_rngs is None, rngs=dropout_rngs)
         context = constrain(jnp.einsum("bhqk,bkhd->bqhd", probs, value), head_axes)
+        if with_internals:
+            return self.output(context), (fp32_probs, (query, key, value))
         return self.output(context)
 
 
@@ -253,31 +264,51 @@ class TransformerLayer(nnx.Module):
         self.output_norm = layer_norm(config, rngs=rngs)
         self.dropout = nnx.Dropout(config.hidden_dropout)
 
-    def __call__(self, hidden, attention_mask, *, dropout_rngs: nnx.Rngs | None = None):
+    def __call__(self, hidden, attention_mask, *, dropout_rngs: nnx.Rngs | None = None, with_internals=False):
+        """The layer output; with `with_internals=True`, `(output, internals)` as `SelfAttention` returns them."""
         deterministic = dropout_rngs is None
-        attended = self.attention(hidden, attention_mask, dropout_rngs=dropout_rngs)
+        attended = self.attention(hidden, attention_mask, dropout_rngs=dropout_rngs, with_internals=with_internals)
+        if with_internals:
+            attended, internals = attended
         hidden = self.attention_norm(hidden + self.dropout(attended, deterministic=deterministic, rngs=dropout_rngs))
         transformed = self.ffn(hidden)
         hidden = self.output_norm(hidden + self.dropout(transformed, deterministic=deterministic, rngs=dropout_rngs))
-        return constrain(hidden, ("batch", "length", "act_embed"))
+        hidden = constrain(hidden, ("batch", "length", "act_embed"))
+        return (hidden, internals) if with_internals else hidden
 
 
 class Encoder(nnx.Module):
-    """Embeddings and a stack of `TransformerLayer`s; returns every hidden state (distillation needs them)."""
+    """Embeddings and a stack of `TransformerLayer`s; returns every hidden state (distillation needs them).
+
+    `output_attentions` / `output_qkv` add every layer's attention probabilities / q, k, v projections to the
+    output (`EncoderOutput.attentions` / `.qkv`); they are static flags, so a jitted step that does not ask for them
+    neither computes nor carries them, and the default output is unchanged.
+    """
 
     def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
         self.embeddings = Embeddings(config, rngs=rngs)
         self.layers = nnx.List([TransformerLayer(config, rngs=rngs) for _ in range(config.num_hidden_layers)])
 
-    def __call__(self, input_ids, attention_mask=None, token_type_ids=None, *, dropout_rngs=None):
+    def __call__(self, input_ids, attention_mask=None, token_type_ids=None, *, dropout_rngs=None,
+                 output_attentions=False, output_qkv=False) -> EncoderOutput:
         if attention_mask is None:
             attention_mask = jnp.ones_like(input_ids)
+        with_internals = bool(output_attentions or output_qkv)
         hidden = self.embeddings(input_ids, token_type_ids, dropout_rngs=dropout_rngs)
-        hidden_states = [hidden]
+        hidden_states, attentions, qkv = [hidden], [], []
         for layer in self.layers:
-            hidden = layer(hidden, attention_mask, dropout_rngs=dropout_rngs)
+            hidden = layer(hidden, attention_mask, dropout_rngs=dropout_rngs, with_internals=with_internals)
+            if with_internals:
+                hidden, (probs, layer_qkv) = hidden
+                attentions.append(probs)
+                qkv.append(layer_qkv)
             hidden_states.append(hidden)
-        return hidden, tuple(hidden_states)
+        return EncoderOutput(
+            last_hidden_state=hidden,
+            hidden_states=tuple(hidden_states),
+            attentions=tuple(attentions) if output_attentions else None,
+            qkv=tuple(qkv) if output_qkv else None,
+        )
 
 
 class MlmHead(nnx.Module):
