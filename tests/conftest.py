@@ -1,4 +1,9 @@
-"""Shared test helpers: tiny transformers reference models and the path to ../shared/data."""
+"""Helpers for every test file: tiny transformers reference models, the test data folder, and the skip count.
+
+Every test reads its real data from the repository itself: the embedded default data
+(`distil/data/embedded/`) or the small fixtures in `tests/data/` (sources and licenses in its README.md).
+A clone with nothing beside it runs the whole suite.
+"""
 
 from __future__ import annotations
 
@@ -6,21 +11,26 @@ import os
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 # Eight fake CPU devices for the sharding tests, also when pytest is run without `make test` (set before jax loads).
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
+TEST_DATA = REPO / "tests" / "data"
 
 
-@pytest.fixture
-def shared_data() -> Path:
-    if not SHARED_DATA.is_dir():
-        pytest.skip(f"{SHARED_DATA} is absent (CI lays shared/ beside the clone)")
-    return SHARED_DATA
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    """Always print how many tests were skipped, 0 included, and why.
+
+    pytest's own last line names skips only when there are some, so a run that should skip nothing cannot
+    be told apart at a glance from one whose summary was cut; CI and `make test` logs show this line instead.
+    """
+    skipped = terminalreporter.stats.get("skipped", [])
+    terminalreporter.write_line(f"skipped: {len(skipped)}")
+    for report in skipped:
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        terminalreporter.write_line(f"  {report.nodeid}: {reason}")
 
 
 def padded_batch(vocab_size: int, lengths: list[int], length: int, seed: int = 0):

@@ -1,6 +1,6 @@
 """Tests of distil/data/batching.py against an independent re-implementation of HF's grouped batching.
 
-Token ids are real: lines of shared/data/corpus tokenized with the mBERT cased vocabulary by `tokenizers`.
+Token ids are real: lines of the embedded corpus tokenized with the shipped mBERT cased vocabulary by `tokenizers`.
 """
 
 from __future__ import annotations
@@ -16,26 +16,23 @@ import numpy as np
 import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from distil import sharding
-from distil.data import batching
+from distil import sharding, tokenization
+from distil.data import batching, embedded
 from hosts.synthetic import InMemorySequences, synthetic_sequences, row_checksums
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 LANGUAGES = ("en", "de", "fr", "es", "ru", "ar", "zh", "hi", "sw", "th", "tr", "ur", "bg", "el", "vi")
 
 
 def _tokenize_corpus(lines_per_language: int, max_length: int) -> InMemorySequences:
-    if not (DATA / "corpus").is_dir() or not (DATA / "mbert-cased" / "vocab.txt").is_file():
-        pytest.skip(f"shared data not found at {DATA} (corpus/ and mbert-cased/vocab.txt are needed)")
     from tokenizers import BertWordPieceTokenizer
 
     tokenizer = BertWordPieceTokenizer(
-        str(DATA / "mbert-cased" / "vocab.txt"), lowercase=False, strip_accents=False, handle_chinese_chars=True
+        str(tokenization.default_vocab_path()), lowercase=False, strip_accents=False, handle_chinese_chars=True
     )
     tokenizer.enable_truncation(max_length)
     lines = []
     for language in LANGUAGES:
-        text = (DATA / "corpus" / f"{language}.txt").read_text(encoding="utf-8")
+        text = embedded.embedded_corpus_file(language).read_text(encoding="utf-8")
         lines += text.split("\n")[:lines_per_language]
     encodings = tokenizer.encode_batch([line for line in lines if line.strip()])
     return InMemorySequences([np.array(e.ids, dtype=np.int32) for e in encodings])

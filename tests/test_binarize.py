@@ -1,4 +1,7 @@
-"""Binarisation against transformers' pure-Python BertTokenizer and the LmSeqsDataset rules, worked independently."""
+"""Binarisation against transformers' pure-Python BertTokenizer and the LmSeqsDataset rules, worked independently.
+
+Lines are real: the embedded corpus and embedded Hindi XNLI premises, tokenized with the shipped mBERT vocabulary.
+"""
 
 from __future__ import annotations
 
@@ -10,18 +13,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from distil.data import binarize, text
+from distil import tokenization
+from distil.data import binarize, embedded, nli, text
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 LANGS = ("en", "de", "zh", "ar", "hi", "sw", "th", "ru")
 CLS, SEP, UNK = 101, 102, 100
 
 
 @pytest.fixture(scope="module")
 def vocab() -> Path:
-    if not (SHARED_DATA / "mbert-cased" / "vocab.txt").is_file():
-        pytest.skip(f"{SHARED_DATA} is absent (CI lays shared/ beside the clone)")
-    return SHARED_DATA / "mbert-cased" / "vocab.txt"
+    return tokenization.default_vocab_path()
 
 
 @pytest.fixture(scope="module")
@@ -29,8 +30,9 @@ def reference_tokenizer(vocab):
     """transformers' `BertTokenizer` for bert-base-multilingual-cased (cased, Chinese characters split).
 
     Built from the vocab dict: in transformers 5 `BertTokenizer(vocab_file=...)` silently ignores the file. Not the
-    pure-Python `BertTokenizerLegacy`: that one NFC-normalises first (42 of the 43,509 corpus lines, Arabic
-    harakat and Devanagari nukta, tokenise differently), which neither Google's mBERT nor the fast tokenizer does.
+    pure-Python `BertTokenizerLegacy`: that one NFC-normalises first (Arabic harakat and Devanagari nukta tokenise
+    differently: 42 of the 43,509 lines of the full corpus the embedded one was cut from), which neither Google's
+    mBERT nor the fast tokenizer does.
     """
     from transformers import BertTokenizer
     from transformers.models.bert.tokenization_bert import load_vocab
@@ -39,11 +41,20 @@ def reference_tokenizer(vocab):
 
 
 @pytest.fixture(scope="module")
-def corpus_lines(vocab) -> list[tuple[str, str]]:
-    """40 lines of each of 8 languages, two lines that NFC would change, and two long ones that must be split."""
-    sources = text.language_files(SHARED_DATA / "corpus")
+def corpus_lines(reference_tokenizer) -> list[tuple[str, str]]:
+    """40 lines of each of 8 languages, two lines that NFC would change, and two long ones that must be split.
+
+    The embedded corpus has no line that NFC changes; the embedded Hindi XNLI premises do (the precomposed
+    letters U+095C and U+095D, which NFC splits into letter + nukta), and NFC changes their mBERT ids, so a
+    binariser that normalised would fail here.
+    """
+    sources = text.language_files(embedded.embedded_corpus_dir())
     lines = [(lang, line) for lang in LANGS for line in itertools.islice(sources[lang], 40)]
-    not_nfc = [("ar", line) for line in sources["ar"] if unicodedata.normalize("NFC", line) != line][:2]
+    hindi = nli.read_xtreme_xnli(embedded.embedded_xnli_dir(), split="dev", language="hi")
+    premises = dict.fromkeys(e.premise for e in hindi if unicodedata.normalize("NFC", e.premise) != e.premise)
+    not_nfc = [("hi", premise) for premise in list(premises)[:2]]
+    assert len(not_nfc) == 2 and all(reference_tokenizer.encode(line) != reference_tokenizer.encode(
+        unicodedata.normalize("NFC", line)) for _, line in not_nfc)
     joined = [" ".join(line for _, line in lines[i:i + 12]) for i in (0, 200)]
     return lines[:100] + [("en", joined[0])] + lines[100:] + not_nfc + [("hi", joined[1])]
 
@@ -190,7 +201,7 @@ def test_corrupt_input_files_are_named_with_their_line(tmp_path, vocab):
 def test_prepare_mixes_languages_from_a_folder(tmp_path, vocab, reference_tokenizer):
     folder = tmp_path / "corpus"
     folder.mkdir()
-    sources = text.language_files(SHARED_DATA / "corpus")
+    sources = text.language_files(embedded.embedded_corpus_dir())
     for lang, n in (("en", 60), ("sw", 15)):
         (folder / f"{lang}.txt").write_text("\n".join(itertools.islice(sources[lang], n)) + "\n", encoding="utf-8")
     summary = binarize.prepare(folder, tmp_path / "out", tokenizer_path=vocab, sampling_alpha=0.5, seed=1,

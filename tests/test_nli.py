@@ -1,7 +1,7 @@
 """Tests for distil/data/nli.py and the embedded default data (distil/data/embedded.py).
 
-Readers are checked on the real rows of shared/data (and on the embedded copies) against the same
-files read another way (csv / json modules), the XTREME test labels against the original-format
+Readers are checked on real rows, the embedded samples and the fixtures of tests/data (README.md there), against
+the same files read another way (csv / json modules), the XTREME test labels against the original-format
 XNLI rows that hold the same sentence pairs, and pair encoding against transformers' BertTokenizer.
 """
 
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections
 import csv
+import hashlib
 import importlib.util
 import json
 import shutil
@@ -18,20 +19,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import TEST_DATA
 from distil import tokenization
 from distil.data import embedded, nli, tfds_io
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-XTREME = SHARED / "xnli" / "xtreme_format"
-ORIGINAL = SHARED / "xnli" / "original_format"
+# The embedded XTREME-format samples: 150 dev and 300 test rows per language, aligned across the 15 languages.
+XTREME = embedded.embedded_xnli_dir()
+# The 600-row Swahili test sample (and its index) that the embedded test rows were cut from, every other premise.
+XTREME_SW_600 = TEST_DATA / "xnli_xtreme"
+# The 42 original-format (19-column) XNLI-1.0 rows that tfds ships as its xnli fixture: ar, fr and sw only.
+ORIGINAL = TEST_DATA / "xnli_original"
+# Header + the first 48 real MultiNLI train rows in GLUE's MNLI/train.tsv format (16 per label).
+GLUE_MNLI = TEST_DATA / "multinli" / "mnli_train_glue_format_kshot_48.tsv"
 LABEL_NAMES = {"entailment": 0, "neutral": 1, "contradiction": 2}
-
-
-@pytest.fixture
-def shared() -> Path:
-    if not SHARED.is_dir():
-        pytest.skip(f"shared data folder {SHARED} is absent (CI keeps shared/ beside the clone)")
-    return SHARED
 
 
 def _csv_rows(path: Path, header: bool) -> list:
@@ -56,7 +56,7 @@ def test_label_order_and_languages():
 # Original XNLI-1.0 format
 
 
-def test_read_xnli_original_real_rows(shared):
+def test_read_xnli_original_real_rows():
     for split, counts in (("dev", {"ar": 6, "fr": 7, "sw": 3}), ("test", {"ar": 7, "sw": 16, "fr": 3})):
         path = ORIGINAL / f"xnli.{split}.tsv"
         reference = _csv_rows(path, header=True)
@@ -81,46 +81,63 @@ def test_read_xnli_original_real_rows(shared):
 # XTREME per-language format
 
 
-def test_read_xtreme_dev_real_rows(shared):
+def test_read_xtreme_dev_real_rows():
     index = _csv_rows(XTREME / "dev-index.tsv", header=True)
     for language in nli.xnli_languages():
         reference = _csv_rows(XTREME / f"dev-{language}.tsv", header=False)
         examples = nli.read_xtreme_xnli(XTREME, split="dev", language=language)
         assert _as_tuples(examples) == [(p, h, LABEL_NAMES[lab], language) for p, h, lab in reference]
-        assert collections.Counter(e.label for e in examples) == {0: 100, 1: 100, 2: 100}
+        assert collections.Counter(e.label for e in examples) == {0: 50, 1: 50, 2: 50}
         assert [e.label for e in examples] == [LABEL_NAMES[r["gold_label"]] for r in index]
     english = nli.read_xtreme_xnli(XTREME, split="dev", language="en")
     assert (english[0].premise, english[0].hypothesis, english[0].label) == (
         "And he said, Mama, I'm home.", "He called his mom as soon as the school bus dropped him off.", 1)
+    # The same pairs in the original 19-column dev file: ar and sw pairID 1-3 are dev rows 0-2.
+    original = nli.read_xnli_original(ORIGINAL / "xnli.dev.tsv")
+    by_pair = {(e.language, e.premise, e.hypothesis): e.label for e in original}
+    for language in ("ar", "sw"):
+        examples = nli.read_xtreme_xnli(XTREME, split="dev", language=language)[:3]
+        assert [by_pair[(language, e.premise, e.hypothesis)] for e in examples] == [e.label for e in examples] == [
+            1, 2, 0]
 
 
-def test_xtreme_test_labels_come_from_the_index(shared):
+def test_xtreme_test_labels_come_from_the_index():
     index = _csv_rows(XTREME / "test-index.tsv", header=True)
     for language in nli.xnli_languages():
         reference = _csv_rows(XTREME / f"test-{language}.tsv", header=False)
         examples = nli.read_xtreme_xnli(XTREME, split="test", language=language)
         assert [(e.premise, e.hypothesis) for e in examples] == [tuple(r) for r in reference]
         assert [e.label for e in examples] == [LABEL_NAMES[r["gold_label"]] for r in index]
-        assert collections.Counter(e.label for e in examples) == {0: 200, 1: 200, 2: 200}
-    # The same pairs in the original 19-column file (found by hand): ar and fr pairID 4-6 are
-    # sample rows 0-2; sw pairID 7069-7071 are sample rows 567-569 (source rows 4734-4736).
+        assert collections.Counter(e.label for e in examples) == {0: 100, 1: 100, 2: 100}
+    # The 600-row Swahili sample the embedded rows come from: read the same way, and cut to every other premise.
+    index_600 = _csv_rows(XTREME_SW_600 / "test-index.tsv", header=True)
+    swahili_600 = nli.read_xtreme_xnli(XTREME_SW_600, split="test", language="sw")
+    reference = _csv_rows(XTREME_SW_600 / "test-sw.tsv", header=False)
+    assert [(e.premise, e.hypothesis) for e in swahili_600] == [tuple(r) for r in reference]
+    assert [e.label for e in swahili_600] == [LABEL_NAMES[r["gold_label"]] for r in index_600]
+    assert collections.Counter(e.label for e in swahili_600) == {0: 200, 1: 200, 2: 200}
+    kept = [row for row in range(600) if (row // 3) % 2 == 0]
+    assert nli.read_xtreme_xnli(XTREME, split="test", language="sw") == [swahili_600[row] for row in kept]
+    # The same pairs in the original 19-column file (found by hand): ar and fr pairID 4-6 are embedded
+    # sample rows 0-2; sw pairID 7069-7071 are rows 567-569 of the 600-row sample (source rows 4734-4736).
     original = nli.read_xnli_original(ORIGINAL / "xnli.test.tsv")
     by_pair = {(e.language, e.premise, e.hypothesis): e.label for e in original}
-    for language, rows, labels in (("ar", range(0, 3), (2, 0, 1)), ("fr", range(0, 3), (2, 0, 1)),
-                                   ("sw", range(567, 570), (1, 0, 2))):
-        examples = nli.read_xtreme_xnli(XTREME, split="test", language=language)
+    for examples, language, rows, labels in (
+            (nli.read_xtreme_xnli(XTREME, split="test", language="ar"), "ar", range(0, 3), (2, 0, 1)),
+            (nli.read_xtreme_xnli(XTREME, split="test", language="fr"), "fr", range(0, 3), (2, 0, 1)),
+            (swahili_600, "sw", range(567, 570), (1, 0, 2))):
         for row, label in zip(rows, labels):
             e = examples[row]
             assert e.label == label == by_pair[(language, e.premise, e.hypothesis)]
-    assert index[567]["source_row"] == "4734"
+    assert index_600[567]["source_row"] == "4734"
 
 
 # ------------------------------------------------------------------------------------------------
 # MultiNLI, GLUE and XNLI-MT
 
 
-def test_read_multinli_simplified_jsonl_real_rows(shared):
-    path = SHARED / "multinli" / "mnli_train_sample_3000.jsonl"
+def test_read_multinli_simplified_jsonl_real_rows():
+    path = embedded.embedded_nli_train()
     reference = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
     examples = nli.read_multinli_jsonl(path)
     assert _as_tuples(examples) == [(r["text_a"], r["text_b"], LABEL_NAMES[r["label"]], "en") for r in reference]
@@ -128,9 +145,9 @@ def test_read_multinli_simplified_jsonl_real_rows(shared):
     assert examples[1].premise == "yeah or working in the system" and examples[1].label == 0
 
 
-def test_read_multinli_official_jsonl_skips_no_consensus(tmp_path, shared):
+def test_read_multinli_official_jsonl_skips_no_consensus(tmp_path):
     # Official multinli_1.0_*.jsonl records, built from real GLUE-format rows; '-' has no gold label.
-    glue = _csv_rows(SHARED / "multinli" / "mnli_train_glue_format_kshot.tsv", header=True)[:4]
+    glue = _csv_rows(GLUE_MNLI, header=True)[:4]
     gold = ["neutral", "-", "contradiction", "entailment"]
     lines = [
         json.dumps({"annotator_labels": [g], "genre": r["genre"], "gold_label": g, "pairID": r["pairID"],
@@ -148,15 +165,14 @@ def test_read_multinli_official_jsonl_skips_no_consensus(tmp_path, shared):
     ]
 
 
-def test_read_glue_mnli_real_rows(shared):
-    path = SHARED / "multinli" / "mnli_train_glue_format_kshot.tsv"
-    reference = _csv_rows(path, header=True)
-    examples = nli.read_glue_mnli(path)
-    assert len(reference) == 480 and len(next(iter(reference))) == nli.GLUE_MNLI_TRAIN_COLUMNS
+def test_read_glue_mnli_real_rows():
+    reference = _csv_rows(GLUE_MNLI, header=True)
+    examples = nli.read_glue_mnli(GLUE_MNLI)
+    assert len(reference) == 48 and len(next(iter(reference))) == nli.GLUE_MNLI_TRAIN_COLUMNS
     assert _as_tuples(examples) == [
         (r["sentence1"], r["sentence2"], LABEL_NAMES[r["gold_label"]], "en") for r in reference
     ]
-    assert collections.Counter(e.label for e in examples) == {0: 160, 1: 160, 2: 160}
+    assert collections.Counter(e.label for e in examples) == {0: 16, 1: 16, 2: 16}
     assert examples[0].premise == "Price caps may sound more attractive with every passing rate case."
     assert examples[0].label == 0
 
@@ -231,7 +247,7 @@ def test_bad_input_names_file_and_line(tmp_path, reader, name, content, message)
         reader(path)
 
 
-def test_missing_file_and_index_problems(tmp_path, shared):
+def test_missing_file_and_index_problems(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"nowhere\.jsonl: MultiNLI jsonl file not found"):
         nli.read_multinli_jsonl(tmp_path / "nowhere.jsonl")
     with pytest.raises(FileNotFoundError, match=r"test-xx\.tsv: XTREME XNLI test file not found"):
@@ -248,7 +264,7 @@ def test_missing_file_and_index_problems(tmp_path, shared):
         shutil.copy(XTREME / name, tmp_path / name)
     index_lines = (tmp_path / "test-index.tsv").read_text(encoding="utf-8").splitlines()
     (tmp_path / "test-index.tsv").write_text("\n".join(index_lines[:-1]) + "\n", encoding="utf-8")
-    with pytest.raises(nli.NliFormatError, match=r"test-index\.tsv: has 599 sample rows but .*test-en\.tsv has 600"):
+    with pytest.raises(nli.NliFormatError, match=r"test-index\.tsv: has 299 sample rows but .*test-en\.tsv has 300"):
         nli.read_xtreme_xnli(tmp_path, split="test", language="en")
     dev_lines = (tmp_path / "dev-en.tsv").read_text(encoding="utf-8").splitlines()
     premise, hypothesis, _ = dev_lines[4].split("\t")
@@ -262,24 +278,37 @@ def test_missing_file_and_index_problems(tmp_path, shared):
 # The embedded default data
 
 
-def test_embedded_files_are_the_documented_copies(shared):
+def test_embedded_files_are_the_documented_copies():
+    # tests/data/embedded.sha256 holds the sha256 of every embedded data file, recorded after each was checked
+    # against the larger file its README names (the 250-line corpus prefixes, the 3000-row jsonl byte for byte,
+    # every other premise group of the XNLI samples with the index renumbered); tests/data/README.md says more.
+    recorded = {name: digest for digest, name in
+                (line.split("  ") for line in (TEST_DATA / "embedded.sha256").read_text(encoding="utf-8").splitlines())}
+    present = {path.relative_to(embedded.embedded_dir()).as_posix(): path for path in embedded.embedded_dir().rglob("*")
+               if path.is_file() and path.suffix != ".md" and "mbert-cased" not in path.parts}
+    assert sorted(present) == sorted(recorded)
+    for name, path in present.items():
+        assert hashlib.sha256(path.read_bytes()).hexdigest() == recorded[name], name
+
     for language in embedded.EMBEDDED_LANGUAGES:
         lines = embedded.embedded_corpus_file(language).read_text(encoding="utf-8").split("\n")
         assert lines[-1] == "" and len(lines) - 1 == 250 and all(lines[:-1])
-        full = (SHARED / "corpus" / f"{language}.txt").read_text(encoding="utf-8").split("\n")
-        assert lines[:-1] == full[:250]
-    shared_train = SHARED / "multinli" / "mnli_train_sample_3000.jsonl"
-    assert embedded.embedded_nli_train().read_bytes() == shared_train.read_bytes()
     train = nli.read_multinli_jsonl(embedded.embedded_nli_train())
     assert collections.Counter(e.label for e in train) == {0: 1000, 1: 1000, 2: 1000}
 
     for split, rows in (("dev", 150), ("test", 300)):
-        kept = [row for row in range(2 * rows) if (row // 3) % 2 == 0]  # every other premise group
+        index = _csv_rows(embedded.embedded_xnli_dir() / f"{split}-index.tsv", header=True)
+        assert [int(r["sample_row"]) for r in index] == list(range(rows))
+        # Whole premise groups: three consecutive source rows, one premise with its three hypotheses,
+        # and the same number of groups from each of the 10 genres.
+        source_rows = [int(r["source_row"]) for r in index]
+        assert all(source_rows[i:i + 3] == list(range(source_rows[i], source_rows[i] + 3)) for i in range(0, rows, 3))
+        genres = collections.Counter(r["genre"] for r in index)
+        assert len(genres) == 10 and set(genres.values()) == {rows // 10}
         for language in embedded.EMBEDDED_LANGUAGES:
             small = nli.read_xtreme_xnli(embedded.embedded_xnli_dir(), split=split, language=language)
-            full = nli.read_xtreme_xnli(XTREME, split=split, language=language)
-            assert small == [full[row] for row in kept]
             assert collections.Counter(e.label for e in small) == {0: rows // 3, 1: rows // 3, 2: rows // 3}
+            assert all(len({e.premise for e in small[i:i + 3]}) == 1 for i in range(0, rows, 3))
     # Hand check against the original-format file: ar test pairID 4-6 (contradiction, entailment, neutral).
     ar_test = nli.read_xtreme_xnli(embedded.embedded_xnli_dir(), split="test", language="ar")
     original_rows = nli.read_xnli_original(ORIGINAL / "xnli.test.tsv", language="ar")
@@ -308,15 +337,15 @@ def test_embedded_folder_holds_exactly_the_documented_files():
 # Pair encoding against transformers
 
 
-def test_encode_nli_matches_transformers_bert_tokenizer(shared):
+def test_encode_nli_matches_transformers_bert_tokenizer():
     transformers = pytest.importorskip("transformers")
-    vocab = SHARED / "mbert-cased" / "vocab.txt"
+    vocab = tokenization.default_vocab_path()
     reference_tokenizer = transformers.BertTokenizer(str(vocab), do_lower_case=False)
     tokenizer = tokenization.load_tokenizer(vocab)
     examples = []
     for language in ("en", "zh", "ar", "th", "hi", "ru", "sw"):
         rows = nli.read_xtreme_xnli(XTREME, split="dev", language=language)
-        examples += rows[:3] + rows[150:152]
+        examples += rows[:3] + rows[75:77]
     for max_length in (24, 64):
         batch = nli.encode_nli(examples, tokenizer, max_length=max_length, with_token_types=True)
         reference = reference_tokenizer(
@@ -370,8 +399,8 @@ _XNLI_HEADER = ("language gold_label sentence1_binary_parse sentence2_binary_par
     pytest.param("tfrecord", marks=pytest.mark.skipif(importlib.util.find_spec("tensorflow") is None,
                                                       reason="tfrecord needs TensorFlow (the optional `tf` extra)")),
 ])
-def test_tfds_xnli_from_data_dir(tmp_path, monkeypatch, shared, file_format):
-    # tfds' own fixture files (shared/data/tfds_dummy/xnli) hold only ar/fr/sw rows, but the current
+def test_tfds_xnli_from_data_dir(tmp_path, monkeypatch, file_format):
+    # tfds' own xnli fixture files (the two in tests/data/xnli_original) hold only ar/fr/sw rows, but the current
     # builder's Translation feature needs all 15 languages per pairID; so the XNLI-1.0 files are
     # written here in the original 19-column layout from the first 6 real rows of each XTREME sample.
     extracted = tmp_path / "extracted"
@@ -402,10 +431,10 @@ def test_tfds_xnli_from_data_dir(tmp_path, monkeypatch, shared, file_format):
         nli.read_tfds_nli("xnli", data_dir=data_dir, split="train")
 
 
-def test_tfds_multi_nli_from_data_dir(tmp_path, monkeypatch, shared):
-    # tfds' fixture rows (synthetic placeholders); validation_mismatched is not in shared/ and is written here.
+def test_tfds_multi_nli_from_data_dir(tmp_path, monkeypatch):
+    # tfds' fixture rows (synthetic placeholders); its validation_mismatched fixture was not found and is written here.
     extracted = tmp_path / "extracted"
-    shutil.copytree(SHARED / "tfds_dummy" / "multi_nli", extracted)
+    shutil.copytree(TEST_DATA / "tfds_dummy" / "multi_nli", extracted)
     (extracted / "multinli_1.0" / "multinli_1.0_dev_mismatched.txt").write_text(
         "skip header\n-\t1\t2\t3\t4\tup\tdown\t7\ncontradiction\t1\t2\t3\t4\tup\tdown\t7\n", encoding="utf-8")
     data_dir = tmp_path / "tfds"

@@ -1,4 +1,7 @@
-"""Text sources: UTF-8 line files, tensorflow-datasets Wikipedia (offline), and the language mixture."""
+"""Text sources: UTF-8 line files, tensorflow-datasets Wikipedia (offline), and the language mixture.
+
+Real data: the embedded corpus, and tfds' own fake Wikipedia dumps copied into tests/data/tfds_dummy/wikipedia.
+"""
 
 from __future__ import annotations
 
@@ -14,16 +17,10 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from distil.data import text, tfds_io
+from conftest import TEST_DATA
+from distil.data import embedded, text, tfds_io
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-
-
-@pytest.fixture
-def shared_data() -> Path:
-    if not SHARED_DATA.is_dir():
-        pytest.skip(f"{SHARED_DATA} is absent (CI lays shared/ beside the clone)")
-    return SHARED_DATA
+WIKIPEDIA_DUMPS = TEST_DATA / "tfds_dummy" / "wikipedia"
 
 
 # ------------------------------------------------------------------------------------------------ line files
@@ -53,16 +50,16 @@ def test_missing_and_empty_files_are_named(tmp_path):
         text.language_files(tmp_path / "empty_folder")
 
 
-def test_language_folder_of_the_real_corpus(shared_data):
-    sources = text.language_files(shared_data / "corpus")
+def test_language_folder_of_the_real_corpus():
+    sources = text.language_files(embedded.embedded_corpus_dir())
     assert list(sources) == sorted(["ar", "bg", "de", "el", "en", "es", "fr", "hi", "ru", "sw", "th", "tr", "ur",
                                     "vi", "zh"])
     for lang in ("en", "sw", "zh"):
-        raw = (shared_data / "corpus" / f"{lang}.txt").read_bytes().decode("utf-8").split("\n")
+        raw = embedded.embedded_corpus_file(lang).read_bytes().decode("utf-8").split("\n")
         expected = [line.strip() for line in raw if line.strip()]
         lines = list(sources[lang])
         assert lines == expected and text.count_lines(sources[lang]) == len(expected)
-    assert text.count_lines(sources["sw"]) == 3368  # README: sw.txt lines 1-3368
+    assert text.count_lines(sources["sw"]) == 250  # embedded README: the first 250 lines of each language
 
 
 # ------------------------------------------------------------------------------------------------ sampling
@@ -149,8 +146,8 @@ def write_wikipedia_dataset(data_dir: Path, language: str, articles: list[dict[s
 
 
 @pytest.fixture
-def wikipedia_dir(tmp_path, shared_data) -> tuple[Path, list[dict[str, str]]]:
-    pages = dummy_dump_pages(shared_data / "tfds_dummy" / "wikipedia")
+def wikipedia_dir(tmp_path) -> tuple[Path, list[dict[str, str]]]:
+    pages = dummy_dump_pages(WIKIPEDIA_DUMPS)
     articles = [*pages, {"title": "Kiswahili", "text": "Kiswahili ni lugha.\n\n  Ni lugha ya Kibantu.  \n\n"}]
     write_wikipedia_dataset(tmp_path / "tfds", "sw", articles)
     return tmp_path / "tfds", articles
@@ -208,10 +205,10 @@ def test_wikipedia_through_tfds_load(wikipedia_dir, tmp_path):
     any(importlib.util.find_spec(m) is None for m in ("apache_beam", "mwparserfromhell", "mwxml")),
     reason="the real tfds wikipedia builder needs apache_beam, mwparserfromhell and mwxml to prepare (not installed)",
 )
-def test_real_wikipedia_builder_from_the_dummy_dumps(tmp_path, shared_data):
+def test_real_wikipedia_builder_from_the_dummy_dumps(tmp_path):
     import tensorflow_datasets as tfds
 
-    wiki_dir = shared_data / "tfds_dummy" / "wikipedia"
+    wiki_dir = WIKIPEDIA_DUMPS
     xml_bz2 = []
     for name in ("enwiki_fake.xml", "enwiki_fake2.xml"):
         xml_bz2.append(tmp_path / f"{name}.bz2")

@@ -1,16 +1,19 @@
-"""distil.tokenization against `transformers.BertTokenizer(vocab, do_lower_case=False)` and hand-worked examples."""
+"""distil.tokenization against `transformers.BertTokenizer(vocab, do_lower_case=False)` and hand-worked examples.
+
+Real text comes from the embedded default data: corpus lines, XNLI dev pairs and MultiNLI sentences.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import re
 import string
-from pathlib import Path
 
 import pytest
 import transformers
 
 from distil import tokenization
+from distil.data import embedded, nli
 
 LANGUAGES = ("ar", "bg", "de", "el", "en", "es", "fr", "hi", "ru", "sw", "th", "tr", "ur", "vi", "zh")
 MBERT_VOCAB_SHA256 = "fe0fda7c425b48c516fc8f160d594c8022a0808447475c1a7c6d6479763f310c"
@@ -49,13 +52,15 @@ def reference():
     return transformers.BertTokenizer(str(tokenization.default_vocab_path()), do_lower_case=False)
 
 
-def first_lines(shared_data: Path, language: str, count: int = 200) -> list[str]:
-    text = (shared_data / "corpus" / f"{language}.txt").read_text(encoding="utf-8")
+def first_lines(language: str, count: int = 200) -> list[str]:
+    """The first `count` lines (at most 250) of the embedded corpus file of `language`."""
+    text = embedded.embedded_corpus_file(language).read_text(encoding="utf-8")
     return text.split("\n")[:count]
 
 
-def xnli_pairs(shared_data: Path, language: str, count: int = 30) -> list[tuple[str, str]]:
-    rows = (shared_data / "xnli" / "xtreme_format" / f"dev-{language}.tsv").read_text(encoding="utf-8").split("\n")
+def xnli_pairs(language: str, count: int = 30) -> list[tuple[str, str]]:
+    """(premise, hypothesis) of the first `count` rows of the embedded XNLI dev sample, split by hand."""
+    rows = (embedded.embedded_xnli_dir() / f"dev-{language}.tsv").read_text(encoding="utf-8").split("\n")
     return [tuple(row.split("\t")[:2]) for row in rows[:count]]
 
 
@@ -88,10 +93,11 @@ def python_wordpiece(text: str, vocab: dict[str, int]) -> list[int]:
     return ids + [vocab["[SEP]"]]
 
 
-def test_shipped_vocab_is_mbert(shared_data, mbert):
+def test_shipped_vocab_is_mbert(mbert):
+    # The sha256 of multi_cased_L-12_H-768_A-12's vocab.txt, recorded from the copy the embedded README names.
     shipped = tokenization.default_vocab_path().read_bytes()
     assert hashlib.sha256(shipped).hexdigest() == MBERT_VOCAB_SHA256
-    assert shipped == (shared_data / "mbert-cased" / "vocab.txt").read_bytes()
+    assert len(shipped) == 995_526 and shipped.count(b"\n") == 119_547 and shipped.endswith(b"\n##\xf0\xa9\xbe\x8c\n")
     assert mbert.get_vocab_size() == 119_547
     assert tokenization.special_token_ids(mbert) == tokenization.SpecialTokenIds(
         pad=0, unk=100, cls=101, sep=102, mask=103
@@ -101,8 +107,8 @@ def test_shipped_vocab_is_mbert(shared_data, mbert):
 
 
 @pytest.mark.parametrize("language", LANGUAGES)
-def test_corpus_ids_match_transformers(shared_data, mbert, reference, language):
-    lines = first_lines(shared_data, language)
+def test_corpus_ids_match_transformers(mbert, reference, language):
+    lines = first_lines(language)
     expected = reference(lines)
     encodings = mbert.encode_batch(lines)
     assert [e.ids for e in encodings] == expected["input_ids"]
@@ -115,9 +121,12 @@ def test_corpus_ids_match_transformers(shared_data, mbert, reference, language):
     assert [ids for ids, _ in batch] == truncated["input_ids"]
 
 
-def test_ascii_lines_match_python_wordpiece(shared_data, mbert):
+def test_ascii_lines_match_python_wordpiece(mbert):
     vocab = mbert.get_vocab()
-    lines = [line for line in first_lines(shared_data, "en", 400) if line.isascii() and line.isprintable()]
+    # The 250 embedded English corpus lines hold ~200 ASCII ones; MultiNLI sentences bring real ASCII text to > 300.
+    nli_examples = nli.read_multinli_jsonl(embedded.embedded_nli_train())[:150]
+    sentences = [text for example in nli_examples for text in (example.premise, example.hypothesis)]
+    lines = [line for line in first_lines("en", 250) + sentences if line.isascii() and line.isprintable()]
     assert len(lines) > 300
     for line in lines:
         assert mbert.encode(line).ids == python_wordpiece(line, vocab), line
@@ -146,9 +155,9 @@ def test_hand_worked_examples(mbert):
 
 
 @pytest.mark.parametrize("language", ("en", "de", "zh", "ar", "th"))
-def test_pair_truncation_matches_transformers(shared_data, mbert, reference, language):
-    pairs = xnli_pairs(shared_data, language)
-    lines = first_lines(shared_data, language, 10)
+def test_pair_truncation_matches_transformers(mbert, reference, language):
+    pairs = xnli_pairs(language)
+    lines = first_lines(language, 10)
     pairs += [(lines[0] + " " + lines[1], "Short."), ("Short.", lines[2] + " " + lines[3])]
     pairs += [(b, a) for a, b in pairs]  # premise longer and hypothesis longer
     premises, hypotheses = [p for p, _ in pairs], [h for _, h in pairs]
@@ -179,8 +188,8 @@ def test_encoding_leaves_the_callers_tokenizer_alone(mbert):
         tokenization.encode_batch_pairs(mbert, ["a", "b"], ["c"], max_length=8)
 
 
-def test_load_from_tokenizer_json_and_folder(shared_data, mbert, tmp_path):
-    lines = first_lines(shared_data, "fr", 50) + TRICKY
+def test_load_from_tokenizer_json_and_folder(mbert, tmp_path):
+    lines = first_lines("fr", 50) + TRICKY
     expected = [e.ids for e in mbert.encode_batch(lines)]
     mbert.save(str(tmp_path / "tokenizer.json"))
     (tmp_path / "vocab_only").mkdir()
@@ -190,7 +199,7 @@ def test_load_from_tokenizer_json_and_folder(shared_data, mbert, tmp_path):
         assert [e.ids for e in loaded.encode_batch(lines)] == expected, source
 
 
-def test_save_tokenizer_loads_in_transformers(shared_data, mbert, tmp_path):
+def test_save_tokenizer_loads_in_transformers(mbert, tmp_path):
     tokenization.save_tokenizer(mbert, tmp_path / "mbert", model_max_length=128)
     folder = tmp_path / "mbert"
     assert sorted(p.name for p in folder.iterdir()) == [
@@ -199,7 +208,7 @@ def test_save_tokenizer_loads_in_transformers(shared_data, mbert, tmp_path):
     assert (folder / "vocab.txt").read_bytes() == tokenization.default_vocab_path().read_bytes()
     auto = transformers.AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
     assert isinstance(auto, transformers.BertTokenizer) and auto.model_max_length == 128
-    pairs = xnli_pairs(shared_data, "ru", 40) + [(text, "[MASK] x") for text in TRICKY]
+    pairs = xnli_pairs("ru", 40) + [(text, "[MASK] x") for text in TRICKY]
     premises, hypotheses = [p for p, _ in pairs], [h for _, h in pairs]
     expected = auto(premises, hypotheses, truncation="longest_first", max_length=32)
     got = tokenization.encode_batch_pairs(mbert, premises, hypotheses, max_length=32)
@@ -219,8 +228,8 @@ def test_train_wordpiece_hand_worked(tmp_path):
     assert trained.encode("ab zz abc").ids == [101, 109, 106, 108, 100, 102]  # 'abc' has no '##c' -> [UNK]
 
 
-def test_train_wordpiece_on_corpus(shared_data, tmp_path):
-    files = [shared_data / "corpus" / f"{language}.txt" for language in ("en", "de", "fr")]
+def test_train_wordpiece_on_corpus(tmp_path):
+    files = [embedded.embedded_corpus_file(language) for language in ("en", "de", "fr")]
     trained = tokenization.train_wordpiece(files, 2000)
     again = tokenization.train_wordpiece([str(f) for f in files], 2000)
     assert trained.get_vocab() == again.get_vocab()  # the plain trainer differs from run to run
@@ -228,7 +237,7 @@ def test_train_wordpiece_on_corpus(shared_data, tmp_path):
     assert [trained.id_to_token(i) for i in (0, 1, 99, 100, 101, 102, 103)] == [
         "[PAD]", "[unused1]", "[unused99]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"
     ]
-    lines = [line for f in files for line in f.read_text(encoding="utf-8").split("\n")[:300]]
+    lines = [line for f in files for line in f.read_text(encoding="utf-8").split("\n") if line]
     encodings = trained.encode_batch(lines)
     tokens = sum(len(e.ids) - 2 for e in encodings)
     unk_share = sum(e.ids.count(100) for e in encodings) / tokens
