@@ -106,6 +106,7 @@ def cmd_prepare(args) -> int:
 # ------------------------------------------------------------------------------------------------------- demo
 
 DEFAULT_DEMO_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.py"
+CONFIGS_DIR = Path(__file__).resolve().parent / "configs"
 
 
 def cmd_demo(args) -> int:
@@ -117,6 +118,18 @@ def cmd_demo(args) -> int:
     print((Path(args.workdir) / "demo.md").read_text(encoding="utf-8"))
     print(f"wrote {Path(args.workdir) / 'demo.json'}, {Path(args.workdir) / 'demo.md'}, "
           f"{summary['workdir']}/{{teacher,student}}/ (Hugging Face folders)")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------------- distill
+
+
+def cmd_distill(args) -> int:
+    from distil.config import load_config
+    from distil.train.distill import train_and_evaluate
+
+    config = load_config(args.config, args.overrides)
+    train_and_evaluate(config, args.workdir)
     return 0
 
 
@@ -167,6 +180,13 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--config", default=str(DEFAULT_DEMO_CONFIG), help="config file[:arg] (default: %(default)s)")
     demo.add_argument("--workdir", default="runs/demo", help="where the demo writes its outputs")
     demo.set_defaults(run=cmd_demo)
+    distill = commands.add_parser("distill", help="distil a student from a teacher (or MLM pre-training)",
+                                  epilog="Any --config.KEY=VALUE overrides a field of the config. Rerunning on a "
+                                         "workdir with a checkpoint resumes it.")
+    distill.add_argument("--config", default=str(CONFIGS_DIR / "distilmbert.py"),
+                         help="config file[:variant] (default: %(default)s; e.g. distilmbert.py:runlocal)")
+    distill.add_argument("--workdir", required=True, help="checkpoints, metrics.jsonl, student/ go here")
+    distill.set_defaults(run=cmd_distill)
     return parser
 
 

@@ -393,6 +393,12 @@ def _read_tensor(file: Path, stored: str, hf_name: str) -> np.ndarray:
         return reader.get_tensor(stored)
 
 
+def read_config(folder: str | os.PathLike) -> ModelConfig:
+    """The `ModelConfig` of a Hugging Face folder, from its config.json alone (no weights are read)."""
+    config_path = Path(folder) / CONFIG_FILE
+    return config_from_hf(_read_json(config_path), config_path)
+
+
 def load_pretrained(folder: str | os.PathLike, *, dtype: str | None = None, param_dtype: str | None = None) -> Model:
     """Reads a transformers BERT/DistilBERT folder into a distil model (`distil.models.Bert` or `DistilBert`).
 

@@ -1,0 +1,1 @@
+"""Trainers: distillation (`distill.py`), and their state, step, objective, checkpoints and metrics."""

@@ -1,0 +1,124 @@
+"""Checkpoints with orbax: the train state, the data iterator and the data settings, saved together; exact resume.
+
+One `ocp.CheckpointManager` in `WORKDIR/checkpoints` saves, every `every_steps` (asynchronously, keeping the last
+`keep`), a Composite of
+  state:    the `TrainState` (student and loss-side parameters, optimizer state, step, RNG) — never the teacher;
+  data:     the grain iterator's position (`grain.checkpoint.CheckpointSave`; one file per process);
+  settings: the data settings the batches depend on (seed, global batch, micro-batches, max length, masking,
+            corpus fingerprint, process count) as JSON.
+Resuming restores the state onto its shardings and the iterator to the same next batch; settings that differ from
+the checkpoint's are an error naming the field, never a silent change of batches.
+
+Orbax installs no signal handler: `PreemptionGuard` turns SIGTERM (a pre-emptible TPU VM going away) into a flag
+the loop polls, and under `jax.distributed` the manager's `reached_preemption(step)` reports the coordinated
+pre-emption point; either way the loop saves with `force=True` and exits 0.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from pathlib import Path
+from typing import Any, Mapping
+
+import grain
+import jax
+import orbax.checkpoint as ocp
+
+
+class ResumeError(ValueError):
+    """A checkpoint that cannot resume this run exactly; the message names the differing setting."""
+
+
+def make_manager(directory: str | Path, *, every_steps: int, keep: int, async_save: bool) -> ocp.CheckpointManager:
+    options = ocp.CheckpointManagerOptions(
+        save_interval_steps=every_steps,
+        max_to_keep=keep,
+        enable_async_checkpointing=async_save,
+        create=True,
+    )
+    return ocp.CheckpointManager(Path(directory).absolute(), options=options)
+
+
+def save(manager: ocp.CheckpointManager, step: int, state, iterator, settings: Mapping[str, Any], *,
+         force: bool = False) -> bool:
+    """Saves if `step` is a save step (or `force`); returns whether a save was started."""
+    return manager.save(
+        step,
+        args=ocp.args.Composite(
+            state=ocp.args.StandardSave(state),
+            data=grain.checkpoint.CheckpointSave(iterator),
+            settings=ocp.args.JsonSave(dict(settings)),
+        ),
+        force=force,
+    )
+
+
+def check_settings(saved: Mapping[str, Any], current: Mapping[str, Any], directory: str | Path) -> None:
+    """Every data setting of the checkpoint must equal this run's: the batches after a resume must be the ones the
+    interrupted run would have seen."""
+    for key in sorted(set(saved) | set(current)):
+        if saved.get(key) != current.get(key):
+            raise ResumeError(
+                f"{directory}: the checkpoint was written with {key}={saved.get(key)!r}, this run has "
+                f"{key}={current.get(key)!r}; resuming would change the batches. Use the original setting or a new "
+                "workdir"
+            )
+
+
+def restore(manager: ocp.CheckpointManager, abstract_state, iterator, settings: Mapping[str, Any]):
+    """(state, step) from the latest checkpoint, the iterator moved to its next batch; (None, 0) when there is
+    none. `abstract_state` carries the target shardings (`jax.ShapeDtypeStruct(..., sharding=...)` leaves)."""
+    step = manager.latest_step()
+    if step is None:
+        return None, 0
+    saved_settings = manager.restore(step, args=ocp.args.Composite(settings=ocp.args.JsonRestore()))["settings"]
+    check_settings(saved_settings, settings, manager.directory)
+    restored = manager.restore(
+        step,
+        args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract_state),
+            data=grain.checkpoint.CheckpointRestore(iterator),
+        ),
+    )
+    return restored["state"], step
+
+
+def abstract_with_shardings(state_shapes, shardings):
+    """`jax.ShapeDtypeStruct` leaves carrying the shardings to restore onto."""
+    return jax.tree.map(lambda shape, sharding: jax.ShapeDtypeStruct(shape.shape, shape.dtype, sharding=sharding),
+                        state_shapes, shardings)
+
+
+class PreemptionGuard:
+    """Turns SIGTERM into a flag (`requested`) that the training loop polls between steps; restores the previous
+    handler on exit. Only the main thread may install signal handlers; elsewhere it is a no-op."""
+
+    def __init__(self, signals=(signal.SIGTERM,)):
+        self.requested = False
+        self._signals = signals
+        self._previous = {}
+
+    def _handle(self, signum, frame):
+        del frame
+        self.requested = True
+        print(f"received {signal.Signals(signum).name}: saving a checkpoint after this step, then exiting",
+              flush=True)
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for signum in self._signals:
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        return False
+
+    def should_stop(self, manager: ocp.CheckpointManager, step: int) -> bool:
+        """True when this process got SIGTERM; under jax.distributed, when the job reached its coordinated
+        pre-emption point (every process must stop at the same step, so a local flag alone is not enough)."""
+        if jax.process_count() > 1:
+            return manager.reached_preemption(step)
+        return self.requested

@@ -1,0 +1,83 @@
+"""The metrics file (`metrics.jsonl`, one JSON object per logged step) and console progress.
+
+Only process 0 writes. Each line is appended and flushed as it is logged; on resume, lines for steps after the
+restored checkpoint (logged by the interrupted run after its last save) are dropped first, in one atomic rewrite, so
+the file reads as one uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Mapping
+
+import jax
+
+from distil.atomic import write_text_atomically
+
+METRICS_FILE = "metrics.jsonl"
+
+
+def read_metrics(path: str | Path) -> list[dict]:
+    path = Path(path)
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+class MetricsWriter:
+    def __init__(self, workdir: str | Path, *, resume_step: int):
+        self.path = Path(workdir) / METRICS_FILE
+        self.enabled = jax.process_index() == 0
+        if self.enabled and self.path.exists():
+            kept = [row for row in read_metrics(self.path) if row["step"] <= resume_step]
+            write_text_atomically(self.path, "".join(json.dumps(row) + "\n" for row in kept))
+        self._file = open(self.path, "a", encoding="utf-8") if self.enabled else None
+
+    def write(self, row: Mapping[str, float]) -> None:
+        if self._file is not None:
+            self._file.write(json.dumps(dict(row)) + "\n")
+            self._file.flush()
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+class Progress:
+    """One console line per logged step: step, loss terms, steps/s, tokens/s, ETA (process 0 only)."""
+
+    def __init__(self, total_steps: int, start_step: int, *, stream=sys.stdout):
+        self.total_steps = total_steps
+        self.stream = stream
+        self.enabled = jax.process_index() == 0
+        self._last_time = time.perf_counter()
+        self._last_step = start_step
+        self._tokens = 0.0
+
+    def add_tokens(self, tokens: float) -> None:
+        self._tokens += tokens
+
+    def rates(self, step: int) -> tuple[float, float]:
+        """(steps/s, real tokens/s) since the previous call; resets the window."""
+        now = time.perf_counter()
+        elapsed = max(now - self._last_time, 1e-9)
+        steps_per_sec = (step - self._last_step) / elapsed
+        tokens_per_sec = self._tokens / elapsed
+        self._last_time, self._last_step, self._tokens = now, step, 0.0
+        return steps_per_sec, tokens_per_sec
+
+    def report(self, row: Mapping[str, float], terms: tuple[str, ...]) -> None:
+        if not self.enabled:
+            return
+        step, steps_per_sec = row["step"], row["steps_per_sec"]
+        remaining = (self.total_steps - step) / steps_per_sec if steps_per_sec > 0 else math.inf
+        eta = time.strftime("%H:%M:%S", time.gmtime(remaining)) if math.isfinite(remaining) else "?"
+        parts = " ".join(f"{term} {row[term]:.4f}" for term in terms)
+        print(f"step {step}/{self.total_steps}  loss {row['loss']:.4f} ({parts})  lr {row['learning_rate']:.2e}  "
+              f"{steps_per_sec:.2f} steps/s  {row['tokens_per_sec']:,.0f} tokens/s  ETA {eta}",
+              file=self.stream, flush=True)

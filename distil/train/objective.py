@@ -1,0 +1,127 @@
+"""Which loss terms a run optimises, with what weights, and each term's denominator over a whole update.
+
+The DistilBERT recipe is `loss = 5·ce + 2·mlm + 1·cos` (Sanh et al. 2019; the reference's alpha_ce, alpha_mlm,
+alpha_cos), each term a mean over its own positions. With gradient accumulation an update is many micro-batches of
+different numbers of real tokens and MLM targets, so a term's mean must be (Σ sums) / (Σ counts) over the update,
+not an average of micro-batch means. Every term's count depends on the batch's masks only (never on the models), so
+`Objective.counts` computes the update's denominators before the forward passes; each micro-batch then contributes
+`Σ_t alpha_t · sum_t / total_count_t` and the accumulated gradient is exactly the full-batch one, with one
+gradient accumulator. `tests/test_distill.py` checks these counts against the ones the losses return.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+from distil import losses
+from distil.data.masking import IGNORE_INDEX
+from distil.models import EncoderOutput
+
+TERMS = ("ce", "mlm", "cos", "mse", "hidden_mse", "attention", "minilm")
+TEACHER_TERMS = ("ce", "cos", "mse", "hidden_mse", "attention", "minilm")
+
+
+@dataclasses.dataclass(frozen=True)
+class Objective:
+    """Loss weights (`alpha_<term>`; 0 switches a term off) and the settings of each term.
+
+    hidden_layer_map: student `hidden_states` index -> teacher index (0 = embeddings), for `hidden_mse`.
+    attention_layer_map: student layer -> teacher layer, for `attention`.
+    minilm_*: the one student / teacher layer whose q-q, k-k, v-v relations are matched, and the relation heads.
+    """
+
+    alpha_ce: float = 5.0
+    alpha_mlm: float = 2.0
+    alpha_cos: float = 1.0
+    alpha_mse: float = 0.0
+    alpha_hidden_mse: float = 0.0
+    alpha_attention: float = 0.0
+    alpha_minilm: float = 0.0
+    temperature: float = 2.0
+    restrict_ce_to_mask: bool = False
+    hidden_layer_map: tuple[int, ...] = ()
+    attention_layer_map: tuple[int, ...] = ()
+    minilm_student_layer: int = -1
+    minilm_teacher_layer: int = -1
+    minilm_relation_heads: int = 12
+
+    def alpha(self, term: str) -> float:
+        return getattr(self, f"alpha_{term}")
+
+    @property
+    def terms(self) -> tuple[str, ...]:
+        """The terms with a non-zero weight, in `TERMS` order."""
+        return tuple(term for term in TERMS if self.alpha(term))
+
+    @property
+    def needs_teacher(self) -> bool:
+        return any(term in TEACHER_TERMS for term in self.terms)
+
+    @property
+    def needs_teacher_logits(self) -> bool:
+        return bool(self.alpha_ce or self.alpha_mse)
+
+    @property
+    def needs_attentions(self) -> bool:
+        return bool(self.alpha_attention)
+
+    @property
+    def needs_qkv(self) -> bool:
+        return bool(self.alpha_minilm)
+
+    def _ce_weights(self, attention_mask, mlm_labels):
+        """The reference selects all real tokens for ce/mse, or only MLM targets with `restrict_ce_to_mask`."""
+        return (mlm_labels != IGNORE_INDEX) if self.restrict_ce_to_mask else attention_mask
+
+    def counts(self, batch: dict[str, jax.Array], *, attention_heads: int) -> dict[str, jax.Array]:
+        """Each active term's denominator over `batch` (any leading shape: [accum, micro, length] for an update),
+        float32 scalars equal to the `count` the corresponding loss in `distil.losses` returns, summed."""
+        mask = batch["attention_mask"].astype(jnp.float32)
+        targets = (batch["mlm_labels"] != IGNORE_INDEX).astype(jnp.float32)
+        real = mask.sum()
+        per_term = {
+            "ce": lambda: self._ce_weights(mask, batch["mlm_labels"]).astype(jnp.float32).sum(),
+            "mlm": lambda: targets.sum(),
+            "cos": lambda: real,
+            "mse": lambda: self._ce_weights(mask, batch["mlm_labels"]).astype(jnp.float32).sum(),
+            "hidden_mse": lambda: real * len(self.hidden_layer_map),
+            "attention": lambda: real * attention_heads * len(self.attention_layer_map),
+            "minilm": lambda: real * self.minilm_relation_heads,
+        }
+        return {term: per_term[term]() for term in self.terms}
+
+    def sums(
+        self,
+        student: EncoderOutput,
+        teacher: EncoderOutput | None,
+        batch: dict[str, jax.Array],
+        *,
+        hidden_projection=None,
+    ) -> dict[str, tuple[jax.Array, jax.Array]]:
+        """(sum, count) of every active term on one micro-batch ([micro, length] arrays)."""
+        mask, mlm_labels = batch["attention_mask"], batch["mlm_labels"]
+        out = {}
+        for term in self.terms:
+            if term == "ce":
+                out[term] = losses.soft_cross_entropy(student.logits, teacher.logits,
+                                                      self._ce_weights(mask, mlm_labels), self.temperature)
+            elif term == "mlm":
+                out[term] = losses.masked_lm(student.logits, mlm_labels)
+            elif term == "cos":
+                out[term] = losses.hidden_cosine(student.last_hidden_state, teacher.last_hidden_state, mask)
+            elif term == "mse":
+                out[term] = losses.logits_mse(student.logits, teacher.logits, self._ce_weights(mask, mlm_labels))
+            elif term == "hidden_mse":
+                out[term] = losses.hidden_mse(student.hidden_states, teacher.hidden_states, self.hidden_layer_map,
+                                              mask, projection=hidden_projection)
+            elif term == "attention":
+                out[term] = losses.attention_kl(student.attentions, teacher.attentions, self.attention_layer_map,
+                                                mask)
+            elif term == "minilm":
+                out[term] = losses.minilm_relations(student.qkv[self.minilm_student_layer],
+                                                    teacher.qkv[self.minilm_teacher_layer], mask,
+                                                    self.minilm_relation_heads)
+        return out
