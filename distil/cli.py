@@ -66,7 +66,7 @@ def cmd_export(args) -> int:
 
 def cmd_extract(args) -> int:
     from distil import hf
-    from distil.models.init import init_student_from_teacher
+    from distil.models.extract import init_student_from_teacher
     from distil.tokenization import load_tokenizer
 
     teacher = hf.load_pretrained(args.teacher)

@@ -33,7 +33,7 @@ from distil.data.binarize import load_token_counts, open_binarized, prepare
 from distil.data.embedded import embedded_corpus_dir, embedded_xnli_dir
 from distil.data.masking import IGNORE_INDEX, mask_batch, token_probs_from_counts
 from distil.models import ModelConfig, create_model, parameter_count
-from distil.models.init import init_student_from_teacher
+from distil.models.extract import init_student_from_teacher
 from distil.tokenization import default_vocab_path, load_tokenizer, special_token_ids
 
 
