@@ -37,8 +37,14 @@ _UNBOUNDED_STEPS = 2**62
 """Length given to grain for `num_epochs=None`: far more steps than any run takes, still a valid `len()`."""
 
 
-class TokenSequences(Protocol):
-    """What `distil.data.binarize.open_binarized` returns: token ids of one sequence per index."""
+class TokenSequencesLike(Protocol):
+    """What batching needs of its input: anything shaped like `distil.data.binarize.TokenSequences`.
+
+    `binarize.TokenSequences` (a binarized folder, memory-mapped, from `open_binarized`) is the one class of token
+    sequences; this Protocol only states the part of it that batching reads, token ids of one sequence per index and
+    their `lengths`, so that batching does not import binarize (and its tokenizer) and in-memory sequences (tests,
+    benchmarks) serve as well.
+    """
 
     lengths: np.ndarray  # int32 [num_sequences]
 
@@ -192,7 +198,7 @@ class GroupedBatchSource:
 
     def __init__(
         self,
-        sequences: TokenSequences,
+        sequences: TokenSequencesLike,
         *,
         global_batch: int,
         max_length: int,
