@@ -168,12 +168,14 @@ def test_host_batches_assemble_the_global_batch(corpus):
             np.testing.assert_array_equal(np.concatenate([part[name] for part in parts]), expected[name])
 
 
-def test_global_batch_must_divide_by_process_count(corpus):
-    with pytest.raises(ValueError, match=r"config\.distill\.batch_size=30 .* processes \(4\)"):
-        batching.GroupedBatchSource(
-            corpus, global_batch=30, max_length=128, seed=0, process_index=0, process_count=4,
-            batch_flag="config.distill.batch_size",
-        )
+def test_global_batch_must_fit_processes_and_data():
+    sequences = synthetic_sequences(20)
+    with pytest.raises(batching.GlobalBatchError, match=r"global_batch=30 .* processes \(4\)"):
+        batching.GroupedBatchSource(sequences, global_batch=30, max_length=64, seed=0, process_index=0,
+                                    process_count=4)
+    with pytest.raises(batching.GlobalBatchError, match=r"20 sequences do not fill one batch of global_batch=32"):
+        batching.GroupedBatchSource(sequences, global_batch=32, max_length=64, seed=0, process_index=0,
+                                    process_count=1)
 
 
 @pytest.mark.parametrize("axes", [P("data", None), P(("data", "fsdp"))])

@@ -54,3 +54,7 @@ def test_demo_runs_on_embedded_data(tmp_path, capsys):
     again = json.loads((workdir / "demo.json").read_text())
     assert again["masking"] == masking and again["models"] == models
     assert "padding" in capsys.readouterr().out
+    # A global batch larger than the corpus is an error naming the config field (the library names its argument).
+    too_big = [arg for arg in argv if "global_batch" not in arg] + ["--config.batching.global_batch=100000"]
+    assert cli.main(too_big) == 2
+    assert "config.batching.global_batch=100000: " in capsys.readouterr().err

@@ -37,6 +37,10 @@ _UNBOUNDED_STEPS = 2**62
 """Length given to grain for `num_epochs=None`: far more steps than any run takes, still a valid `len()`."""
 
 
+class GlobalBatchError(ValueError):
+    """`global_batch` does not fit the processes or the data; callers that read it from a config name the field."""
+
+
 class TokenSequencesLike(Protocol):
     """What batching needs of its input: anything shaped like `distil.data.binarize.TokenSequences`.
 
@@ -193,7 +197,9 @@ class GroupedBatchSource:
       drop_remainder: see `epoch_batches`.
       num_epochs: steps run out after this many epochs; None never runs out.
       process_index, process_count: this process's share; default `jax.process_index()/process_count()`.
-      batch_flag: the config field that set `global_batch`, named in errors.
+
+    A `global_batch` that does not fit (not a multiple of `process_count`, larger than an epoch) raises
+    `GlobalBatchError`, so a caller that read it from a config can name the config field.
     """
 
     def __init__(
@@ -210,7 +216,6 @@ class GroupedBatchSource:
         num_epochs: int | None = None,
         process_index: int | None = None,
         process_count: int | None = None,
-        batch_flag: str = "global_batch",
     ):
         self.sequences = sequences
         self.lengths = np.asarray(sequences.lengths)
@@ -226,9 +231,9 @@ class GroupedBatchSource:
         self.process_count = jax.process_count() if process_count is None else process_count
 
         if global_batch <= 0 or global_batch % self.process_count:
-            raise ValueError(
-                f"{batch_flag}={global_batch} must be a positive multiple of the number of processes "
-                f"({self.process_count}): each process yields {batch_flag} // process_count rows"
+            raise GlobalBatchError(
+                f"global_batch={global_batch} must be a positive multiple of the number of processes "
+                f"({self.process_count}): each process yields global_batch // process_count rows"
             )
         if not 0 <= self.process_index < self.process_count:
             raise ValueError(f"process_index={self.process_index} is outside [0, {self.process_count})")
@@ -244,7 +249,9 @@ class GroupedBatchSource:
             )
         self.batches_per_epoch = batches_per_epoch(len(self.lengths), global_batch, drop_remainder)
         if self.batches_per_epoch == 0:
-            raise ValueError(f"{len(self.lengths)} sequences do not fill one batch of {batch_flag}={global_batch}")
+            raise GlobalBatchError(
+                f"{len(self.lengths)} sequences do not fill one batch of global_batch={global_batch}"
+            )
         self.local_batch = global_batch // self.process_count
         self._local_rows = slice(self.process_index * self.local_batch, (self.process_index + 1) * self.local_batch)
         self._plans: collections.OrderedDict[int, np.ndarray] = collections.OrderedDict()
