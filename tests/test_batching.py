@@ -258,6 +258,21 @@ def test_num_epochs_bounds_the_iterator(corpus):
 # ---------------------------------------------------------------------------------------------------- padding
 
 
+def test_pad_batch_hand_worked():
+    batch = batching.pad_batch([[101, 7, 102], [101, 102]], 4, pad_id=9, token_type_ids=[[0, 0, 1], [0, 0]])
+    np.testing.assert_array_equal(batch["input_ids"], [[101, 7, 102, 9], [101, 102, 9, 9]])
+    np.testing.assert_array_equal(batch["attention_mask"], [[1, 1, 1, 0], [1, 1, 0, 0]])
+    np.testing.assert_array_equal(batch["token_type_ids"], [[0, 0, 1, 0], [0, 0, 0, 0]])
+    np.testing.assert_array_equal(batch["lengths"], [3, 2])
+    assert {array.dtype for array in batch.values()} == {np.dtype(np.int32)}
+    assert "token_type_ids" not in batching.pad_batch([[5]], 2)
+    assert batching.pad_batch([[5]], 2)["input_ids"].tolist() == [[5, batching.PAD_ID]]
+    with pytest.raises(ValueError, match="sequence 1 has 3 tokens, more than the padded length 2"):
+        batching.pad_batch([[1], [1, 2, 3]], 2)
+    with pytest.raises(ValueError, match="sequence 0: 1 token type ids for 2 tokens"):
+        batching.pad_batch([[1, 2]], 2, token_type_ids=[[0]])
+
+
 def test_padding_fraction_hand_worked():
     batches = [{"attention_mask": np.array([[1, 1, 0, 0], [1, 0, 0, 0]])}, {"attention_mask": np.ones((1, 8))}]
     assert batching.padding_fraction(batches) == pytest.approx(5 / 16)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import collections
 import threading
-from typing import Iterable, Mapping, Protocol
+from typing import Iterable, Mapping, Protocol, Sequence
 
 import grain
 import jax
@@ -160,15 +160,37 @@ def padded_length(longest: int, *, pad_to_multiple: int, max_length: int, fixed_
     return min(rounded, max_length)
 
 
-def pad_batch(sequences: list[np.ndarray], length: int) -> dict[str, np.ndarray]:
-    """Right-pad token id arrays to `length` with [PAD]; the attention mask marks the real tokens."""
-    input_ids = np.full((len(sequences), length), PAD_ID, dtype=np.int32)
+def pad_batch(
+    sequences: Sequence[Sequence[int]],
+    length: int,
+    *,
+    pad_id: int = PAD_ID,
+    token_type_ids: Sequence[Sequence[int]] | None = None,
+) -> dict[str, np.ndarray]:
+    """Right-pads token id sequences to `length` with `pad_id`; the attention mask marks the real tokens.
+
+    Returns int32 `input_ids`, `attention_mask` [n, length] and `lengths` [n]; with `token_type_ids` (one per
+    sequence, as long as it) also `token_type_ids` [n, length], padded with 0 as transformers pads them.
+    The one padder of distil: the pre-training batches and the NLI classifier inputs (`nli.encode_nli`) use it.
+    """
+    input_ids = np.full((len(sequences), length), pad_id, dtype=np.int32)
     lengths = np.zeros(len(sequences), dtype=np.int32)
     for row, token_ids in enumerate(sequences):
+        if len(token_ids) > length:
+            raise ValueError(f"sequence {row} has {len(token_ids)} tokens, more than the padded length {length}")
         input_ids[row, : len(token_ids)] = token_ids
         lengths[row] = len(token_ids)
     attention_mask = (np.arange(length)[None, :] < lengths[:, None]).astype(np.int32)
-    return {"input_ids": input_ids, "attention_mask": attention_mask, "lengths": lengths}
+    batch = {"input_ids": input_ids, "attention_mask": attention_mask, "lengths": lengths}
+    if token_type_ids is not None:
+        if len(token_type_ids) != len(sequences):
+            raise ValueError(f"got {len(token_type_ids)} token_type_ids rows for {len(sequences)} sequences")
+        batch["token_type_ids"] = np.zeros((len(sequences), length), dtype=np.int32)
+        for row, (type_ids, token_ids) in enumerate(zip(token_type_ids, sequences)):
+            if len(type_ids) != len(token_ids):
+                raise ValueError(f"sequence {row}: {len(type_ids)} token type ids for {len(token_ids)} tokens")
+            batch["token_type_ids"][row, : len(type_ids)] = type_ids
+    return batch
 
 
 def padding_fraction(batches: Iterable[Mapping[str, np.ndarray]]) -> float:

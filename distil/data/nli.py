@@ -33,6 +33,7 @@ import tokenizers
 
 from distil import tokenization
 from distil.data import tfds_io
+from distil.data.batching import pad_batch
 
 NLI_LABELS: tuple[str, ...] = ("entailment", "neutral", "contradiction")
 
@@ -378,20 +379,17 @@ def encode_nli(
     encoded = tokenization.encode_batch_pairs(
         tokenizer, [e.premise for e in examples], [e.hypothesis for e in examples], max_length=max_length
     )
-    n = len(examples)
-    input_ids = np.full((n, max_length), pad_id, dtype=np.int32)
-    attention_mask = np.zeros((n, max_length), dtype=np.int32)
-    token_type_ids = np.zeros((n, max_length), dtype=np.int32)
-    for row, (ids, type_ids) in enumerate(encoded):
-        length = len(ids)
-        input_ids[row, :length] = ids
-        attention_mask[row, :length] = 1
-        token_type_ids[row, :length] = type_ids
+    padded = pad_batch(
+        [ids for ids, _ in encoded],
+        max_length,
+        pad_id=pad_id,
+        token_type_ids=[type_ids for _, type_ids in encoded] if with_token_types else None,
+    )
     batch = {
-        "input_ids": input_ids,
-        "attention_mask": attention_mask,
-        "labels": np.asarray([e.label for e in examples], dtype=np.int32).reshape(n),
+        "input_ids": padded["input_ids"],
+        "attention_mask": padded["attention_mask"],
+        "labels": np.asarray([e.label for e in examples], dtype=np.int32).reshape(len(examples)),
     }
     if with_token_types:
-        batch["token_type_ids"] = token_type_ids
+        batch["token_type_ids"] = padded["token_type_ids"]
     return batch
