@@ -30,6 +30,7 @@ from tokenizers import AddedToken, decoders, normalizers, pre_tokenizers, proces
 from tokenizers.models import WordPiece
 
 from distil.atomic import write_text_atomically
+from distil.lines import read_utf8_lines
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 # mBERT's id layout: [PAD]=0, [unused1..99]=1..99, [UNK]=100, [CLS]=101, [SEP]=102, [MASK]=103. A vocabulary we
@@ -107,18 +108,12 @@ def _tokenizer_from_tokens(tokens: Sequence[str], source: str) -> tokenizers.Tok
 
 
 def _read_vocab_tokens(path: pathlib.Path) -> list[str]:
-    """Tokens of a `vocab.txt`, one per line, split on '\\n' only (never `splitlines`, which also breaks at
-    U+0085, U+2028, ... that may be part of a token); a CRLF line end loses its '\\r'."""
+    """Tokens of a `vocab.txt`, one per line (read by `distil.lines.read_utf8_lines`: split on '\\n' only, since a
+    token may contain U+0085, U+2028, ...), each token once and none empty."""
     try:
-        text = path.read_bytes().decode("utf-8")
-    except FileNotFoundError:
-        raise TokenizerError(f"{path}: vocabulary file not found; expected a WordPiece vocab.txt") from None
-    except UnicodeDecodeError as error:
-        raise TokenizerError(f"{path}: not UTF-8 ({error}); expected a WordPiece vocab.txt") from None
-    lines = text.split("\n")
-    if lines and lines[-1] == "":
-        lines.pop()  # the final newline ends the last entry, it does not start a new one
-    tokens = [line[:-1] if line.endswith("\r") else line for line in lines]
+        tokens = list(read_utf8_lines(path, what="WordPiece vocab.txt", error=TokenizerError))
+    except FileNotFoundError as error:
+        raise TokenizerError(str(error)) from None
     if not tokens:
         raise TokenizerError(f"{path}: vocabulary file is empty; expected one WordPiece token per line")
     first_line: dict[str, int] = {}
@@ -277,15 +272,12 @@ def _count_characters(
     counts: collections.Counter[str] = collections.Counter()
     word_inner: set[str] = set()
     for path in files:
-        try:
-            with open(path, encoding="utf-8", newline="") as lines:
-                for chunk in iter(lambda: list(itertools.islice(lines, _LINES_PER_CHUNK)), []):
-                    normalized = pipeline.normalizer.normalize_str("".join(chunk))
-                    words = [word for word, _ in pipeline.pre_tokenizer.pre_tokenize_str(normalized)]
-                    counts.update("".join(words))
-                    word_inner.update("".join(word[1:] for word in words))
-        except UnicodeDecodeError as error:
-            raise TokenizerError(f"{path}: not UTF-8 ({error}); expected a UTF-8 text file") from None
+        lines = read_utf8_lines(path, what="text file", error=TokenizerError)
+        for chunk in iter(lambda: list(itertools.islice(lines, _LINES_PER_CHUNK)), []):
+            normalized = pipeline.normalizer.normalize_str("\n".join(chunk))
+            words = [word for word, _ in pipeline.pre_tokenizer.pre_tokenize_str(normalized)]
+            counts.update("".join(words))
+            word_inner.update("".join(word[1:] for word in words))
     return counts, word_inner
 
 

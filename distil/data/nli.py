@@ -34,6 +34,7 @@ import tokenizers
 from distil import tokenization
 from distil.data import tfds_io
 from distil.data.batching import pad_batch
+from distil.lines import read_utf8_lines
 
 NLI_LABELS: tuple[str, ...] = ("entailment", "neutral", "contradiction")
 
@@ -71,25 +72,8 @@ def xnli_languages() -> tuple[str, ...]:
 
 
 def _read_text_lines(path: str | os.PathLike, what: str) -> list[str]:
-    """All lines of a UTF-8 file without line ends (LF or CRLF); errors name file and line."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: {what} not found")
-    data = path.read_bytes()
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as err:
-        line = data.count(b"\n", 0, err.start) + 1
-        raise NliFormatError(
-            f"{path}:{line}: not valid UTF-8 (byte {data[err.start:err.start + 1]!r} at offset {err.start}); "
-            f"expected a UTF-8 {what}"
-        ) from None
-    if text.startswith("\ufeff"):
-        text = text[1:]
-    lines = text.split("\n")
-    if lines[-1] == "":
-        lines.pop()
-    lines = [line[:-1] if line.endswith("\r") else line for line in lines]
+    """All lines of a UTF-8 file (`distil.lines.read_utf8_lines`); an empty file is an error naming it."""
+    lines = list(read_utf8_lines(path, what=what, error=NliFormatError))
     if not lines:
         raise NliFormatError(f"{path}: file is empty; expected a {what}")
     return lines
