@@ -105,7 +105,7 @@ def cmd_prepare(args) -> int:
 
 # ------------------------------------------------------------------------------------------------------- demo
 
-DEFAULT_DEMO_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.py"
+DEFAULT_DEMO_CONFIG = "demo"  # distil/configs/demo.py, found by name installed or not (distil.config)
 
 
 def cmd_demo(args) -> int:
@@ -164,7 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser("demo", help="run the demo on the embedded default data",
                                epilog="Any --config.KEY=VALUE overrides a field of the config.")
-    demo.add_argument("--config", default=str(DEFAULT_DEMO_CONFIG), help="config file[:arg] (default: %(default)s)")
+    demo.add_argument("--config", default=DEFAULT_DEMO_CONFIG,
+                      help="config file[:arg], or a shipped config's name[:arg] (default: %(default)s)")
     demo.add_argument("--workdir", default="runs/demo", help="where the demo writes its outputs")
     demo.set_defaults(run=cmd_demo)
     return parser
