@@ -66,7 +66,7 @@ def cmd_export(args) -> int:
 
 def cmd_extract(args) -> int:
     from distil import hf
-    from distil.models.init import init_student_from_teacher
+    from distil.models.extract import init_student_from_teacher
     from distil.tokenization import load_tokenizer
 
     teacher = hf.load_pretrained(args.teacher)
@@ -105,8 +105,7 @@ def cmd_prepare(args) -> int:
 
 # ------------------------------------------------------------------------------------------------------- demo
 
-DEFAULT_DEMO_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.py"
-CONFIGS_DIR = Path(__file__).resolve().parent / "configs"
+DEFAULT_DEMO_CONFIG = "demo"  # distil/configs/demo.py, found by name installed or not (distil.config)
 
 
 def cmd_demo(args) -> int:
@@ -177,14 +176,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser("demo", help="run the demo on the embedded default data",
                                epilog="Any --config.KEY=VALUE overrides a field of the config.")
-    demo.add_argument("--config", default=str(DEFAULT_DEMO_CONFIG), help="config file[:arg] (default: %(default)s)")
+    demo.add_argument("--config", default=DEFAULT_DEMO_CONFIG,
+                      help="config file[:arg], or a shipped config's name[:arg] (default: %(default)s)")
     demo.add_argument("--workdir", default="runs/demo", help="where the demo writes its outputs")
     demo.set_defaults(run=cmd_demo)
     distill = commands.add_parser("distill", help="distil a student from a teacher (or MLM pre-training)",
                                   epilog="Any --config.KEY=VALUE overrides a field of the config. Rerunning on a "
                                          "workdir with a checkpoint resumes it.")
-    distill.add_argument("--config", default=str(CONFIGS_DIR / "distilmbert.py"),
-                         help="config file[:variant] (default: %(default)s; e.g. distilmbert.py:runlocal)")
+    distill.add_argument("--config", default="distilmbert",
+                         help="config file[:variant], or a shipped config's name[:variant] (default: %(default)s; "
+                              "e.g. distilmbert:runlocal)")
     distill.add_argument("--workdir", required=True, help="checkpoints, metrics.jsonl, student/ go here")
     distill.set_defaults(run=cmd_distill)
     return parser

@@ -1,9 +1,13 @@
 """Reading experiment configs: `file.py[:arg]` plus `--config.KEY=VALUE` overrides, in one place.
 
 A config file defines `get_config(arg=None) -> ml_collections.ConfigDict` (big_vision style: `arg` selects a
-variant, e.g. `configs/distilmbert.py:runlocal`). Overrides address nested fields with dots and are parsed as
+variant, e.g. `distilmbert:runlocal`). Overrides address nested fields with dots and are parsed as
 Python literals, then checked against the type already in the config, so a typo or a wrong type is an error that
 names the key and the file instead of a silently ignored flag.
+
+A spec names either a file (any path, e.g. `my_configs/x.py:runlocal`) or a config shipped with the package in
+`distil/configs/` (`demo`, `demo.py`, `distilmbert:runlocal`). The shipped configs are package data, so an installed
+distil finds them as a checkout does; `resolve_config_spec` is the one place that decides which file a spec means.
 """
 
 from __future__ import annotations
@@ -22,18 +26,49 @@ class ConfigError(ValueError):
     """A config that cannot be read or an override that does not fit it; names the file and the key."""
 
 
+SHIPPED_CONFIGS_DIR = Path(__file__).resolve().parent / "configs"
+"""`distil/configs/`: the configs that ship with the package (package data, see setup.cfg)."""
+
+
+def shipped_configs() -> dict[str, Path]:
+    """{name: file} of every config in `distil/configs/`, by name ('demo' -> .../distil/configs/demo.py)."""
+    return {path.stem: path for path in sorted(SHIPPED_CONFIGS_DIR.glob("*.py")) if not path.stem.startswith("_")}
+
+
 def split_spec(spec: str) -> tuple[Path, str | None]:
     """'configs/x.py:runlocal,b=2' -> (Path('configs/x.py'), 'runlocal,b=2')."""
     path, _, arg = spec.partition(":")
     return Path(path), (arg or None)
 
 
+def resolve_config_spec(spec: str) -> tuple[Path, str | None]:
+    """The config file and `get_config` argument a `--config` spec means.
+
+    An existing file is taken as given (as it always was). Otherwise a bare name, with or without `.py` and
+    without a folder (`demo`, `demo.py:arg`), is looked up among the shipped configs; anything else is an error
+    that lists them.
+    """
+    path, arg = split_spec(spec)
+    if path.is_file():
+        return path, arg
+    shipped = shipped_configs()
+    listing = ", ".join(shipped) or "none"
+    is_bare_name = path.parent == Path(".") and path.suffix in ("", ".py")
+    if is_bare_name and path.stem in shipped:
+        return shipped[path.stem], arg
+    if is_bare_name and not path.suffix:
+        raise ConfigError(f"{path}: no such config file and no shipped config {path.stem!r}; shipped configs: "
+                          f"{listing} (in {SHIPPED_CONFIGS_DIR})")
+    raise ConfigError(f"{path}: config file not found (shipped configs, usable by name: {listing}; in "
+                      f"{SHIPPED_CONFIGS_DIR})")
+
+
 def load_config(spec: str, overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
     """Imports the config file, calls `get_config(arg)`, applies overrides ('model.hidden_size=64' or
-    '--config.model.hidden_size=64') and returns the config, locked against new keys."""
-    path, arg = split_spec(spec)
-    if not path.is_file():
-        raise ConfigError(f"{path}: config file not found")
+    '--config.model.hidden_size=64') and returns the config, locked against new keys.
+
+    `spec` is `file.py[:arg]` or a shipped config's `name[:arg]` (see `resolve_config_spec`)."""
+    path, arg = resolve_config_spec(spec)
     module_spec = importlib.util.spec_from_file_location(f"distil_config_{path.stem}", path)
     module = importlib.util.module_from_spec(module_spec)
     try:

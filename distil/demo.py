@@ -27,13 +27,14 @@ from flax import nnx
 
 from distil import hf
 from distil.atomic import write_text_atomically
+from distil.config import ConfigError
 from distil.data import nli
-from distil.data.batching import GroupedBatchSource, padding_fraction
+from distil.data.batching import GlobalBatchError, GroupedBatchSource, padding_fraction
 from distil.data.binarize import load_token_counts, open_binarized, prepare
 from distil.data.embedded import embedded_corpus_dir, embedded_xnli_dir
 from distil.data.masking import IGNORE_INDEX, mask_batch, token_probs_from_counts
 from distil.models import ModelConfig, create_model, parameter_count
-from distil.models.init import init_student_from_teacher
+from distil.models.extract import init_student_from_teacher
 from distil.tokenization import default_vocab_path, load_tokenizer, special_token_ids
 
 
@@ -104,13 +105,16 @@ def run_demo(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> d
 
     # 2. Length-grouped batches and MLM masking.
     sequences = open_binarized(workdir / "data")
-    sources = {
-        grouped: GroupedBatchSource(sequences, global_batch=config.batching.global_batch,
-                                    max_length=config.data.max_length, seed=config.seed,
-                                    pad_to_multiple=config.batching.pad_to_multiple, group_by_length=grouped,
-                                    process_index=0, process_count=1)
-        for grouped in (True, False)
-    }
+    try:
+        sources = {
+            grouped: GroupedBatchSource(sequences, global_batch=config.batching.global_batch,
+                                        max_length=config.data.max_length, seed=config.seed,
+                                        pad_to_multiple=config.batching.pad_to_multiple, group_by_length=grouped,
+                                        process_index=0, process_count=1)
+            for grouped in (True, False)
+        }
+    except GlobalBatchError as err:
+        raise ConfigError(f"config.batching.global_batch={config.batching.global_batch}: {err}") from None
     steps = sources[True].batches_per_epoch
     summary["batching"] = {
         "global_batch": config.batching.global_batch,

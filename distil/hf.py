@@ -434,7 +434,7 @@ def load_pretrained(folder: str | os.PathLike, *, dtype: str | None = None, para
                 f"{file}: tensor {row.hf_name!r} has shape {list(tensor.shape)}, expected {list(want)} "
                 f"(from {config_path})"
             )
-        values[row.distil_path] = _to_distil(row.layout, tensor, config).astype(config.storage_dtype)
+        values[row.distil_path] = _to_distil(row.layout, tensor, config).astype(jax.numpy.dtype(config.param_dtype))
     _check_tied_decoder(config, located, find, values)
 
     missing = set(expected) - set(values)

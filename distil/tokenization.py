@@ -8,7 +8,7 @@ Everything runs on the Rust `tokenizers` library. A tokenizer built here is conf
   characters dropped, whitespace unified, a space around every CJK ideograph, accents and case kept;
 * pre-tokenizer: `BertPreTokenizer` (split on whitespace and on every punctuation character);
 * model: greedy longest-match-first `WordPiece` with `[UNK]`, the `##` continuation prefix and words longer than
-  100 characters mapped to `[UNK]` (Google BERT's `max_input_chars_per_word`);
+  `max_input_chars_per_word` characters (default 100, see `MAX_INPUT_CHARS_PER_WORD`) mapped to `[UNK]`;
 * post-processor: `[CLS] A [SEP]` and `[CLS] A [SEP] B [SEP]` with token type ids 0 for the first segment and 1
   for the second, as in BERT's next-sentence input;
 * the five special tokens are "added tokens", so a literal `[MASK]` in text becomes the `[MASK]` id as in HF.
@@ -30,13 +30,19 @@ from tokenizers import AddedToken, decoders, normalizers, pre_tokenizers, proces
 from tokenizers.models import WordPiece
 
 from distil.atomic import write_text_atomically
+from distil.lines import read_utf8_lines
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 # mBERT's id layout: [PAD]=0, [unused1..99]=1..99, [UNK]=100, [CLS]=101, [SEP]=102, [MASK]=103. A vocabulary we
 # train keeps it, so embedding rows and special ids mean the same thing for mBERT and for a re-trained student.
 MBERT_RESERVED_TOKENS = ("[PAD]", *(f"[unused{i}]" for i in range(1, 100)), "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 CONTINUING_SUBWORD_PREFIX = "##"
-MAX_INPUT_CHARS_PER_WORD = 100  # Google BERT's WordpieceTokenizer default; longer words become [UNK].
+MAX_INPUT_CHARS_PER_WORD = 100
+"""Words longer than this many characters become one [UNK]. 100 is transformers' value (BertTokenizer and the
+`tokenizer.json` of bert-base-multilingual-cased), so ids agree with transformers; Google's original BERT tokenizer,
+the one mBERT was trained with, uses 200. Words of 101-200 characters (long Thai runs without spaces, for one) are
+therefore [UNK] here and in transformers but not in mBERT's pre-training data; pass 200 to `load_tokenizer` /
+`train_wordpiece` to tokenize as Google did."""
 _LINES_PER_CHUNK = 10_000  # lines normalized per call when counting a training corpus' characters
 
 
@@ -78,7 +84,9 @@ def _cased_bert_pipeline(model: WordPiece) -> tokenizers.Tokenizer:
     return tokenizer
 
 
-def _tokenizer_from_tokens(tokens: Sequence[str], source: str) -> tokenizers.Tokenizer:
+def _tokenizer_from_tokens(
+    tokens: Sequence[str], source: str, max_input_chars_per_word: int = MAX_INPUT_CHARS_PER_WORD
+) -> tokenizers.Tokenizer:
     """The cased BERT tokenizer whose WordPiece vocabulary is `tokens` (id = position)."""
     vocab = {token: token_id for token_id, token in enumerate(tokens)}
     missing = [token for token in SPECIAL_TOKENS if token not in vocab]
@@ -91,7 +99,7 @@ def _tokenizer_from_tokens(tokens: Sequence[str], source: str) -> tokenizers.Tok
         vocab,
         unk_token="[UNK]",
         continuing_subword_prefix=CONTINUING_SUBWORD_PREFIX,
-        max_input_chars_per_word=MAX_INPUT_CHARS_PER_WORD,
+        max_input_chars_per_word=max_input_chars_per_word,
     )
     tokenizer = _cased_bert_pipeline(model)
     tokenizer.add_special_tokens(
@@ -107,18 +115,12 @@ def _tokenizer_from_tokens(tokens: Sequence[str], source: str) -> tokenizers.Tok
 
 
 def _read_vocab_tokens(path: pathlib.Path) -> list[str]:
-    """Tokens of a `vocab.txt`, one per line, split on '\\n' only (never `splitlines`, which also breaks at
-    U+0085, U+2028, ... that may be part of a token); a CRLF line end loses its '\\r'."""
+    """Tokens of a `vocab.txt`, one per line (read by `distil.lines.read_utf8_lines`: split on '\\n' only, since a
+    token may contain U+0085, U+2028, ...), each token once and none empty."""
     try:
-        text = path.read_bytes().decode("utf-8")
-    except FileNotFoundError:
-        raise TokenizerError(f"{path}: vocabulary file not found; expected a WordPiece vocab.txt") from None
-    except UnicodeDecodeError as error:
-        raise TokenizerError(f"{path}: not UTF-8 ({error}); expected a WordPiece vocab.txt") from None
-    lines = text.split("\n")
-    if lines and lines[-1] == "":
-        lines.pop()  # the final newline ends the last entry, it does not start a new one
-    tokens = [line[:-1] if line.endswith("\r") else line for line in lines]
+        tokens = list(read_utf8_lines(path, what="WordPiece vocab.txt", error=TokenizerError))
+    except FileNotFoundError as error:
+        raise TokenizerError(str(error)) from None
     if not tokens:
         raise TokenizerError(f"{path}: vocabulary file is empty; expected one WordPiece token per line")
     first_line: dict[str, int] = {}
@@ -145,13 +147,19 @@ def _check_tokenizer_file(tokenizer: tokenizers.Tokenizer, path: pathlib.Path) -
         )
 
 
-def load_tokenizer(path: str | os.PathLike[str]) -> tokenizers.Tokenizer:
+def load_tokenizer(
+    path: str | os.PathLike[str], *, max_input_chars_per_word: int | None = None
+) -> tokenizers.Tokenizer:
     """The cased BERT WordPiece tokenizer stored at `path`.
 
     `path` is a `vocab.txt`, a `tokenizer.json`, or a folder holding one of them (`tokenizer.json` preferred, as
     transformers does). A `vocab.txt` is wrapped in the cased BERT pipeline of this module's docstring; a
     `tokenizer.json` is taken as written, after checking it is WordPiece and knows every special token.
+    `max_input_chars_per_word` (see `MAX_INPUT_CHARS_PER_WORD`) overrides the longest word kept; None keeps
+    what a `tokenizer.json` says, and transformers' 100 for a `vocab.txt`.
     """
+    if max_input_chars_per_word is not None:
+        _check_max_input_chars_per_word(max_input_chars_per_word)
     path = pathlib.Path(path)
     if path.is_dir():
         if (path / "tokenizer.json").is_file():
@@ -168,8 +176,16 @@ def load_tokenizer(path: str | os.PathLike[str]) -> tokenizers.Tokenizer:
         except Exception as error:  # tokenizers raises a bare Exception carrying serde's message
             raise TokenizerError(f"{path}: not a readable tokenizer.json ({error})") from None
         _check_tokenizer_file(tokenizer, path)
+        if max_input_chars_per_word is not None:
+            tokenizer.model.max_input_chars_per_word = max_input_chars_per_word
         return tokenizer
-    return _tokenizer_from_tokens(_read_vocab_tokens(path), source=str(path))
+    return _tokenizer_from_tokens(_read_vocab_tokens(path), source=str(path),
+                                  max_input_chars_per_word=max_input_chars_per_word or MAX_INPUT_CHARS_PER_WORD)
+
+
+def _check_max_input_chars_per_word(value: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"max_input_chars_per_word must be an int >= 1, got {value!r}")
 
 
 def special_token_ids(tokenizer: tokenizers.Tokenizer) -> SpecialTokenIds:
@@ -277,15 +293,12 @@ def _count_characters(
     counts: collections.Counter[str] = collections.Counter()
     word_inner: set[str] = set()
     for path in files:
-        try:
-            with open(path, encoding="utf-8", newline="") as lines:
-                for chunk in iter(lambda: list(itertools.islice(lines, _LINES_PER_CHUNK)), []):
-                    normalized = pipeline.normalizer.normalize_str("".join(chunk))
-                    words = [word for word, _ in pipeline.pre_tokenizer.pre_tokenize_str(normalized)]
-                    counts.update("".join(words))
-                    word_inner.update("".join(word[1:] for word in words))
-        except UnicodeDecodeError as error:
-            raise TokenizerError(f"{path}: not UTF-8 ({error}); expected a UTF-8 text file") from None
+        lines = read_utf8_lines(path, what="text file", error=TokenizerError)
+        for chunk in iter(lambda: list(itertools.islice(lines, _LINES_PER_CHUNK)), []):
+            normalized = pipeline.normalizer.normalize_str("\n".join(chunk))
+            words = [word for word, _ in pipeline.pre_tokenizer.pre_tokenize_str(normalized)]
+            counts.update("".join(words))
+            word_inner.update("".join(word[1:] for word in words))
     return counts, word_inner
 
 
@@ -295,13 +308,16 @@ def train_wordpiece(
     *,
     min_frequency: int = 2,
     limit_alphabet: int = 1000,
+    max_input_chars_per_word: int = MAX_INPUT_CHARS_PER_WORD,
 ) -> tokenizers.Tokenizer:
     """A new cased WordPiece tokenizer trained on text files with `tokenizers.trainers.WordPieceTrainer`.
 
     Ids follow mBERT: [PAD]=0, [unused1..99]=1..99, [UNK]=100, [CLS]=101, [SEP]=102, [MASK]=103; then the
     alphabet (the `limit_alphabet` most frequent characters, ties to the lower code point, in code point order),
     then `##c` for each alphabet character seen inside a word, then the learned merges. The vocabulary ends up
-    larger than `vocab_size` only when those fixed entries alone exceed it (as with the plain trainer).
+    larger than `vocab_size` only when those fixed entries alone exceed it (as with the plain trainer). The returned
+    tokenizer encodes words longer than `max_input_chars_per_word` as [UNK] (`MAX_INPUT_CHARS_PER_WORD`); the
+    merges are learned from every word.
 
     Why the alphabet is computed here: the trainer picks the alphabet and numbers the `##c` pieces while walking
     Rust hash maps, whose order changes from run to run; that changes ids, the tie-breaks between equally frequent
@@ -318,12 +334,13 @@ def train_wordpiece(
         raise ValueError(f"vocab_size must be > {len(MBERT_RESERVED_TOKENS)} (the reserved ids), got {vocab_size}")
     if limit_alphabet < 1 or min_frequency < 0:
         raise ValueError(f"need limit_alphabet >= 1 and min_frequency >= 0, got {limit_alphabet}, {min_frequency}")
+    _check_max_input_chars_per_word(max_input_chars_per_word)
 
     pipeline = _cased_bert_pipeline(
         WordPiece(
             unk_token="[UNK]",
             continuing_subword_prefix=CONTINUING_SUBWORD_PREFIX,
-            max_input_chars_per_word=MAX_INPUT_CHARS_PER_WORD,
+            max_input_chars_per_word=max_input_chars_per_word,
         )
     )
     counts, word_inner = _count_characters(paths, pipeline)
@@ -348,7 +365,7 @@ def train_wordpiece(
     tokens = sorted(vocab, key=vocab.__getitem__)
     if tokens[: len(fixed_tokens)] != fixed_tokens or [vocab[t] for t in tokens] != list(range(len(tokens))):
         raise TokenizerError("train_wordpiece: the trainer did not keep the fixed ids 0..N-1 in the given order")
-    return _tokenizer_from_tokens(tokens, source="train_wordpiece")
+    return _tokenizer_from_tokens(tokens, source="train_wordpiece", max_input_chars_per_word=max_input_chars_per_word)
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -3,40 +3,26 @@
     .venv/bin/python experiments/report_parity.py [--layers 3] [--hidden 32] [--batch 4] [--length 16]
 
 Each architecture is built in transformers (PyTorch) with random weights (biases and LayerNorms perturbed away
-from zeros/ones), saved with `save_pretrained`, loaded with `distil.hf.load_pretrained`, and both are run in
-float32 on the same batch, which includes padding. Needs the test extras (transformers, torch).
+from zeros/ones) by the parity tests' own helper (tests/hf_reference.py), saved with `save_pretrained`, loaded with
+`distil.hf.load_pretrained`, and both are run in float32 on the same batch, which includes padding. Needs the test
+extras (transformers, torch).
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 from pathlib import Path
 
 import jax.numpy as jnp
 import numpy as np
-import torch
-import transformers
 
 from distil import hf
 
-ARCHITECTURES = ("BertModel", "BertForMaskedLM", "BertForSequenceClassification", "DistilBertModel",
-                 "DistilBertForMaskedLM", "DistilBertForSequenceClassification")
-
-
-def reference_model(architecture: str, *, vocab: int, hidden: int, layers: int) -> torch.nn.Module:
-    if architecture.startswith("Bert"):
-        config = transformers.BertConfig(vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers,
-                                         num_attention_heads=4, intermediate_size=4 * hidden, num_labels=3)
-    else:
-        config = transformers.DistilBertConfig(vocab_size=vocab, dim=hidden, n_layers=layers, n_heads=4,
-                                               hidden_dim=4 * hidden, num_labels=3)
-    torch.manual_seed(0)
-    model = getattr(transformers, architecture)(config)
-    with torch.no_grad():
-        for parameter in model.parameters():
-            parameter.add_(0.05 * torch.randn_like(parameter))
-    return model.eval()
+# The tests' reference models, shared rather than copied: tests/ is not a package, so put it on the path.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from hf_reference import ARCHITECTURES, hf_outputs, make_hf_model  # noqa: E402
 
 
 def main() -> None:
@@ -60,18 +46,15 @@ def main() -> None:
     print("| architecture | max diff, hidden states | max diff, logits |")
     print("|---|---:|---:|")
     with tempfile.TemporaryDirectory() as tmp:
-        for architecture in ARCHITECTURES:
-            reference = reference_model(architecture, vocab=args.vocab, hidden=args.hidden, layers=args.layers)
+        for architecture, (family, _) in ARCHITECTURES.items():
+            reference = make_hf_model(architecture, vocab_size=args.vocab, hidden_size=args.hidden,
+                                      layers=args.layers, intermediate_size=4 * args.hidden,
+                                      max_position_embeddings=max(512, args.length))
             folder = Path(tmp) / architecture
             reference.save_pretrained(folder)
             model = hf.load_pretrained(folder)
-            is_bert = architecture.startswith("Bert")
-            inputs = {"input_ids": torch.as_tensor(input_ids, dtype=torch.long),
-                      "attention_mask": torch.as_tensor(attention_mask, dtype=torch.long)}
-            if is_bert:
-                inputs["token_type_ids"] = torch.as_tensor(token_types, dtype=torch.long)
-            with torch.no_grad():
-                theirs = reference(**inputs, output_hidden_states=True)
+            is_bert = family == "bert"
+            theirs = hf_outputs(reference, input_ids, attention_mask, token_types if is_bert else None)
             ours = model(jnp.asarray(input_ids), jnp.asarray(attention_mask),
                          jnp.asarray(token_types) if is_bert else None)
             hidden_diff = max(float(np.abs(np.asarray(a) - b.numpy()).max())

@@ -2,6 +2,7 @@
 
 Every parameter is perturbed after construction so that biases and LayerNorm parameters are not the trivial
 zeros/ones of a fresh model (parity would otherwise not see a bias mapped to the wrong place).
+`experiments/report_parity.py` builds its models here too, so the report measures what the tests check.
 """
 
 from __future__ import annotations
@@ -21,26 +22,35 @@ ARCHITECTURES = {
 }
 
 
-def tiny_hf_config(family: str, *, vocab_size: int = 97, layers: int = 3, num_labels: int = 3):
+def tiny_hf_config(
+    family: str,
+    *,
+    vocab_size: int = 97,
+    layers: int = 3,
+    num_labels: int = 3,
+    hidden_size: int = 32,
+    intermediate_size: int = 48,
+    max_position_embeddings: int = 40,
+):
     if family == "bert":
         return transformers.BertConfig(
             vocab_size=vocab_size,
-            hidden_size=32,
+            hidden_size=hidden_size,
             num_hidden_layers=layers,
             num_attention_heads=4,
-            intermediate_size=48,
-            max_position_embeddings=40,
+            intermediate_size=intermediate_size,
+            max_position_embeddings=max_position_embeddings,
             type_vocab_size=2,
             layer_norm_eps=1e-12,
             num_labels=num_labels,
         )
     return transformers.DistilBertConfig(
         vocab_size=vocab_size,
-        dim=32,
+        dim=hidden_size,
         n_layers=layers,
         n_heads=4,
-        hidden_dim=48,
-        max_position_embeddings=40,
+        hidden_dim=intermediate_size,
+        max_position_embeddings=max_position_embeddings,
         num_labels=num_labels,
     )
 

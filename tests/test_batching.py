@@ -166,12 +166,14 @@ def test_host_batches_assemble_the_global_batch(corpus):
             np.testing.assert_array_equal(np.concatenate([part[name] for part in parts]), expected[name])
 
 
-def test_global_batch_must_divide_by_process_count(corpus):
-    with pytest.raises(ValueError, match=r"config\.distill\.batch_size=30 .* processes \(4\)"):
-        batching.GroupedBatchSource(
-            corpus, global_batch=30, max_length=128, seed=0, process_index=0, process_count=4,
-            batch_flag="config.distill.batch_size",
-        )
+def test_global_batch_must_fit_processes_and_data():
+    sequences = synthetic_sequences(20)
+    with pytest.raises(batching.GlobalBatchError, match=r"global_batch=30 .* processes \(4\)"):
+        batching.GroupedBatchSource(sequences, global_batch=30, max_length=64, seed=0, process_index=0,
+                                    process_count=4)
+    with pytest.raises(batching.GlobalBatchError, match=r"20 sequences do not fill one batch of global_batch=32"):
+        batching.GroupedBatchSource(sequences, global_batch=32, max_length=64, seed=0, process_index=0,
+                                    process_count=1)
 
 
 @pytest.mark.parametrize("axes", [P("data", None), P(("data", "fsdp"))])
@@ -248,6 +250,21 @@ def test_num_epochs_bounds_the_iterator(corpus):
 
 
 # ---------------------------------------------------------------------------------------------------- padding
+
+
+def test_pad_batch_hand_worked():
+    batch = batching.pad_batch([[101, 7, 102], [101, 102]], 4, pad_id=9, token_type_ids=[[0, 0, 1], [0, 0]])
+    np.testing.assert_array_equal(batch["input_ids"], [[101, 7, 102, 9], [101, 102, 9, 9]])
+    np.testing.assert_array_equal(batch["attention_mask"], [[1, 1, 1, 0], [1, 1, 0, 0]])
+    np.testing.assert_array_equal(batch["token_type_ids"], [[0, 0, 1, 0], [0, 0, 0, 0]])
+    np.testing.assert_array_equal(batch["lengths"], [3, 2])
+    assert {array.dtype for array in batch.values()} == {np.dtype(np.int32)}
+    assert "token_type_ids" not in batching.pad_batch([[5]], 2)
+    assert batching.pad_batch([[5]], 2)["input_ids"].tolist() == [[5, batching.PAD_ID]]
+    with pytest.raises(ValueError, match="sequence 1 has 3 tokens, more than the padded length 2"):
+        batching.pad_batch([[1], [1, 2, 3]], 2)
+    with pytest.raises(ValueError, match="sequence 0: 1 token type ids for 2 tokens"):
+        batching.pad_batch([[1, 2]], 2, token_type_ids=[[0]])
 
 
 def test_padding_fraction_hand_worked():

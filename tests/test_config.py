@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import textwrap
+from pathlib import Path
 
 import pytest
 
 from conftest import REPO
-from distil.config import ConfigError, load_config, split_overrides
+from distil.config import ConfigError, load_config, resolve_config_spec, shipped_configs, split_overrides
 
 CONFIG = textwrap.dedent('''
     import ml_collections
@@ -80,6 +81,36 @@ def test_split_overrides():
 
 
 def test_demo_config_names_the_embedded_data():
-    config = load_config(str(REPO / "configs" / "demo.py"))
+    config = load_config("demo")
     assert config.data.corpus == "embedded" and config.xnli.data == "embedded"
     assert config.masking.mlm_mask_prop == 0.15 and config.masking.mlm_smoothing == 0.7
+
+
+def test_shipped_configs_live_in_the_package():
+    assert shipped_configs()["demo"] == REPO / "distil" / "configs" / "demo.py"
+
+
+@pytest.mark.parametrize("spec, arg", [("demo", None), ("demo.py", None), ("demo:runlocal", "runlocal"),
+                                       ("demo.py:a=1,b", "a=1,b")])
+def test_shipped_config_by_name(spec, arg, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # names resolve wherever the command runs
+    assert resolve_config_spec(spec) == (REPO / "distil" / "configs" / "demo.py", arg)
+
+
+def test_a_file_wins_over_a_shipped_name(config_file, tmp_path, monkeypatch):
+    assert resolve_config_spec(f"{config_file}:x") == (config_file, "x")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "demo.py").write_text(CONFIG)
+    assert resolve_config_spec("demo.py") == (Path("demo.py"), None)
+    assert load_config("demo.py").variant == "default"
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("nonesuch", r"nonesuch: no such config file and no shipped config 'nonesuch'; shipped configs: demo"),
+    ("nonesuch.py:x", r"nonesuch\.py: config file not found \(shipped configs, usable by name: demo"),
+    ("some/dir/demo.py", r"some/dir/demo\.py: config file not found \(shipped configs, usable by name: demo"),
+])
+def test_unknown_config_lists_the_shipped_ones(spec, message, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match=message):
+        load_config(spec)

@@ -8,7 +8,6 @@ import math
 import jax.numpy as jnp
 import numpy as np
 
-from conftest import REPO
 from distil import cli
 from distil.demo import _kl_at_temperature
 
@@ -31,7 +30,7 @@ def test_kl_at_temperature_matches_numpy():
 
 def test_demo_runs_on_embedded_data(tmp_path, capsys):
     workdir = tmp_path / "demo"
-    argv = ["demo", "--workdir", str(workdir), "--config", str(REPO / "configs" / "demo.py"),
+    argv = ["demo", "--workdir", str(workdir),  # the default config: `demo`, shipped in distil/configs/
             "--config.batching.global_batch=16", "--config.data.max_length=64", "--config.xnli.max_length=64",
             "--config.teacher.hidden_size=32", "--config.teacher.intermediate_size=64"]
     assert cli.main(argv) == 0
@@ -54,3 +53,7 @@ def test_demo_runs_on_embedded_data(tmp_path, capsys):
     again = json.loads((workdir / "demo.json").read_text())
     assert again["masking"] == masking and again["models"] == models
     assert "padding" in capsys.readouterr().out
+    # A global batch larger than the corpus is an error naming the config field (the library names its argument).
+    too_big = [arg for arg in argv if "global_batch" not in arg] + ["--config.batching.global_batch=100000"]
+    assert cli.main(too_big) == 2
+    assert "config.batching.global_batch=100000: " in capsys.readouterr().err

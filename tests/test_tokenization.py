@@ -170,6 +170,23 @@ def test_pair_truncation_matches_transformers(mbert, reference, language):
         assert max(len(ids) for ids, _ in got) <= max_length
 
 
+def test_max_input_chars_per_word(mbert, reference, tmp_path):
+    """transformers (and so the default) turns a 150-character word into [UNK]; Google's tokenizer (200) did not."""
+    thai_word = ("ภาษาไทยไม่มีช่องว่างระหว่างคำ" * 6)[:150]  # Thai writes no spaces between words
+    assert mbert.encode(thai_word).ids == reference(thai_word)["input_ids"] == [101, 100, 102]
+    google = tokenization.load_tokenizer(tokenization.default_vocab_path(), max_input_chars_per_word=200)
+    google_ids = google.encode(thai_word).ids
+    assert 100 not in google_ids and len(google_ids) > 3
+    assert google.encode("a" * 201).ids == [101, 100, 102]
+    # Saved and reloaded, a tokenizer.json keeps its own value unless the caller overrides it.
+    tokenization.save_tokenizer(google, tmp_path / "google")
+    assert tokenization.load_tokenizer(tmp_path / "google").encode(thai_word).ids == google_ids
+    reloaded = tokenization.load_tokenizer(tmp_path / "google", max_input_chars_per_word=100)
+    assert reloaded.encode(thai_word).ids == [101, 100, 102]
+    with pytest.raises(ValueError, match="max_input_chars_per_word must be an int >= 1, got 0"):
+        tokenization.load_tokenizer(tokenization.default_vocab_path(), max_input_chars_per_word=0)
+
+
 def test_encoding_leaves_the_callers_tokenizer_alone(mbert):
     caller = tokenization.load_tokenizer(tokenization.default_vocab_path())
     caller.enable_padding(pad_id=0, pad_token="[PAD]", length=20)
@@ -226,6 +243,10 @@ def test_train_wordpiece_hand_worked(tmp_path):
     # pieces for those seen inside a word, then the one merge with count >= 2: a + ##b (3 times); z ##z is once.
     assert tokens == [*tokenization.MBERT_RESERVED_TOKENS, "a", "b", "z", "##b", "##z", "ab"]
     assert trained.encode("ab zz abc").ids == [101, 109, 106, 108, 100, 102]  # 'abc' has no '##c' -> [UNK]
+    short_words = tokenization.train_wordpiece([corpus], 200, min_frequency=2, limit_alphabet=3,
+                                               max_input_chars_per_word=1)
+    assert short_words.get_vocab() == vocab  # the same merges; the limit applies when encoding
+    assert short_words.encode("ab zz a").ids == [101, 100, 100, 104, 102]  # words over 1 character -> [UNK]
 
 
 def test_train_wordpiece_on_corpus(tmp_path):

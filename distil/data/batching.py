@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import collections
 import threading
-from typing import Iterable, Mapping, Protocol
+from typing import Iterable, Mapping, Protocol, Sequence
 
 import grain
 import jax
@@ -37,8 +37,18 @@ _UNBOUNDED_STEPS = 2**62
 """Length given to grain for `num_epochs=None`: far more steps than any run takes, still a valid `len()`."""
 
 
-class TokenSequences(Protocol):
-    """What `distil.data.binarize.open_binarized` returns: token ids of one sequence per index."""
+class GlobalBatchError(ValueError):
+    """`global_batch` does not fit the processes or the data; callers that read it from a config name the field."""
+
+
+class TokenSequencesLike(Protocol):
+    """What batching needs of its input: anything shaped like `distil.data.binarize.TokenSequences`.
+
+    `binarize.TokenSequences` (a binarized folder, memory-mapped, from `open_binarized`) is the one class of token
+    sequences; this Protocol only states the part of it that batching reads, token ids of one sequence per index and
+    their `lengths`, so that batching does not import binarize (and its tokenizer) and in-memory sequences (tests,
+    benchmarks) serve as well.
+    """
 
     lengths: np.ndarray  # int32 [num_sequences]
 
@@ -150,15 +160,37 @@ def padded_length(longest: int, *, pad_to_multiple: int, max_length: int, fixed_
     return min(rounded, max_length)
 
 
-def pad_batch(sequences: list[np.ndarray], length: int) -> dict[str, np.ndarray]:
-    """Right-pad token id arrays to `length` with [PAD]; the attention mask marks the real tokens."""
-    input_ids = np.full((len(sequences), length), PAD_ID, dtype=np.int32)
+def pad_batch(
+    sequences: Sequence[Sequence[int]],
+    length: int,
+    *,
+    pad_id: int = PAD_ID,
+    token_type_ids: Sequence[Sequence[int]] | None = None,
+) -> dict[str, np.ndarray]:
+    """Right-pads token id sequences to `length` with `pad_id`; the attention mask marks the real tokens.
+
+    Returns int32 `input_ids`, `attention_mask` [n, length] and `lengths` [n]; with `token_type_ids` (one per
+    sequence, as long as it) also `token_type_ids` [n, length], padded with 0 as transformers pads them.
+    The one padder of distil: the pre-training batches and the NLI classifier inputs (`nli.encode_nli`) use it.
+    """
+    input_ids = np.full((len(sequences), length), pad_id, dtype=np.int32)
     lengths = np.zeros(len(sequences), dtype=np.int32)
     for row, token_ids in enumerate(sequences):
+        if len(token_ids) > length:
+            raise ValueError(f"sequence {row} has {len(token_ids)} tokens, more than the padded length {length}")
         input_ids[row, : len(token_ids)] = token_ids
         lengths[row] = len(token_ids)
     attention_mask = (np.arange(length)[None, :] < lengths[:, None]).astype(np.int32)
-    return {"input_ids": input_ids, "attention_mask": attention_mask, "lengths": lengths}
+    batch = {"input_ids": input_ids, "attention_mask": attention_mask, "lengths": lengths}
+    if token_type_ids is not None:
+        if len(token_type_ids) != len(sequences):
+            raise ValueError(f"got {len(token_type_ids)} token_type_ids rows for {len(sequences)} sequences")
+        batch["token_type_ids"] = np.zeros((len(sequences), length), dtype=np.int32)
+        for row, (type_ids, token_ids) in enumerate(zip(token_type_ids, sequences)):
+            if len(type_ids) != len(token_ids):
+                raise ValueError(f"sequence {row}: {len(type_ids)} token type ids for {len(token_ids)} tokens")
+            batch["token_type_ids"][row, : len(type_ids)] = type_ids
+    return batch
 
 
 def padding_fraction(batches: Iterable[Mapping[str, np.ndarray]]) -> float:
@@ -187,12 +219,14 @@ class GroupedBatchSource:
       drop_remainder: see `epoch_batches`.
       num_epochs: steps run out after this many epochs; None never runs out.
       process_index, process_count: this process's share; default `jax.process_index()/process_count()`.
-      batch_flag: the config field that set `global_batch`, named in errors.
+
+    A `global_batch` that does not fit (not a multiple of `process_count`, larger than an epoch) raises
+    `GlobalBatchError`, so a caller that read it from a config can name the config field.
     """
 
     def __init__(
         self,
-        sequences: TokenSequences,
+        sequences: TokenSequencesLike,
         *,
         global_batch: int,
         max_length: int,
@@ -204,7 +238,6 @@ class GroupedBatchSource:
         num_epochs: int | None = None,
         process_index: int | None = None,
         process_count: int | None = None,
-        batch_flag: str = "global_batch",
     ):
         self.sequences = sequences
         self.lengths = np.asarray(sequences.lengths)
@@ -220,9 +253,9 @@ class GroupedBatchSource:
         self.process_count = jax.process_count() if process_count is None else process_count
 
         if global_batch <= 0 or global_batch % self.process_count:
-            raise ValueError(
-                f"{batch_flag}={global_batch} must be a positive multiple of the number of processes "
-                f"({self.process_count}): each process yields {batch_flag} // process_count rows"
+            raise GlobalBatchError(
+                f"global_batch={global_batch} must be a positive multiple of the number of processes "
+                f"({self.process_count}): each process yields global_batch // process_count rows"
             )
         if not 0 <= self.process_index < self.process_count:
             raise ValueError(f"process_index={self.process_index} is outside [0, {self.process_count})")
@@ -238,7 +271,9 @@ class GroupedBatchSource:
             )
         self.batches_per_epoch = batches_per_epoch(len(self.lengths), global_batch, drop_remainder)
         if self.batches_per_epoch == 0:
-            raise ValueError(f"{len(self.lengths)} sequences do not fill one batch of {batch_flag}={global_batch}")
+            raise GlobalBatchError(
+                f"{len(self.lengths)} sequences do not fill one batch of global_batch={global_batch}"
+            )
         self.local_batch = global_batch // self.process_count
         self._local_rows = slice(self.process_index * self.local_batch, (self.process_index + 1) * self.local_batch)
         self._plans: collections.OrderedDict[int, np.ndarray] = collections.OrderedDict()

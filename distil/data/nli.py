@@ -33,6 +33,8 @@ import tokenizers
 
 from distil import tokenization
 from distil.data import tfds_io
+from distil.data.batching import pad_batch
+from distil.lines import read_utf8_lines
 
 NLI_LABELS: tuple[str, ...] = ("entailment", "neutral", "contradiction")
 
@@ -70,25 +72,8 @@ def xnli_languages() -> tuple[str, ...]:
 
 
 def _read_text_lines(path: str | os.PathLike, what: str) -> list[str]:
-    """All lines of a UTF-8 file without line ends (LF or CRLF); errors name file and line."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: {what} not found")
-    data = path.read_bytes()
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as err:
-        line = data.count(b"\n", 0, err.start) + 1
-        raise NliFormatError(
-            f"{path}:{line}: not valid UTF-8 (byte {data[err.start:err.start + 1]!r} at offset {err.start}); "
-            f"expected a UTF-8 {what}"
-        ) from None
-    if text.startswith("\ufeff"):
-        text = text[1:]
-    lines = text.split("\n")
-    if lines[-1] == "":
-        lines.pop()
-    lines = [line[:-1] if line.endswith("\r") else line for line in lines]
+    """All lines of a UTF-8 file (`distil.lines.read_utf8_lines`); an empty file is an error naming it."""
+    lines = list(read_utf8_lines(path, what=what, error=NliFormatError))
     if not lines:
         raise NliFormatError(f"{path}: file is empty; expected a {what}")
     return lines
@@ -378,20 +363,17 @@ def encode_nli(
     encoded = tokenization.encode_batch_pairs(
         tokenizer, [e.premise for e in examples], [e.hypothesis for e in examples], max_length=max_length
     )
-    n = len(examples)
-    input_ids = np.full((n, max_length), pad_id, dtype=np.int32)
-    attention_mask = np.zeros((n, max_length), dtype=np.int32)
-    token_type_ids = np.zeros((n, max_length), dtype=np.int32)
-    for row, (ids, type_ids) in enumerate(encoded):
-        length = len(ids)
-        input_ids[row, :length] = ids
-        attention_mask[row, :length] = 1
-        token_type_ids[row, :length] = type_ids
+    padded = pad_batch(
+        [ids for ids, _ in encoded],
+        max_length,
+        pad_id=pad_id,
+        token_type_ids=[type_ids for _, type_ids in encoded] if with_token_types else None,
+    )
     batch = {
-        "input_ids": input_ids,
-        "attention_mask": attention_mask,
-        "labels": np.asarray([e.label for e in examples], dtype=np.int32).reshape(n),
+        "input_ids": padded["input_ids"],
+        "attention_mask": padded["attention_mask"],
+        "labels": np.asarray([e.label for e in examples], dtype=np.int32).reshape(len(examples)),
     }
     if with_token_types:
-        batch["token_type_ids"] = token_type_ids
+        batch["token_type_ids"] = padded["token_type_ids"]
     return batch

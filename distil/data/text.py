@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from distil.data import tfds_io
+from distil.lines import read_utf8_lines
 
 # Lines drawn per language choice in `mix_languages`; only a speed knob, the drawn stream does not depend on it.
 _MIX_BLOCK = 4096
@@ -32,23 +33,12 @@ def read_lines(path: str | os.PathLike) -> Iterator[str]:
     bare `UnicodeDecodeError` from deep inside a worker. A file without any non-blank line is an error: an empty
     language file is almost always a failed download, and silently training without that language is worse.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"text file {path} does not exist (or is not a regular file)")
     yielded = 0
-    with path.open("rb") as handle:
-        for line_no, raw in enumerate(handle, start=1):
-            try:
-                line = raw.decode("utf-8-sig" if line_no == 1 else "utf-8")
-            except UnicodeDecodeError as err:
-                raise TextSourceError(
-                    f"{path}:{line_no}: not valid UTF-8 ({err.reason} at byte {err.start} of the line: "
-                    f"{raw[max(0, err.start - 8):err.start + 8]!r})"
-                ) from None
-            line = line.strip()
-            if line:
-                yielded += 1
-                yield line
+    for line in read_utf8_lines(path, what="text file", error=TextSourceError):
+        line = line.strip()
+        if line:
+            yielded += 1
+            yield line
     if yielded == 0:
         raise TextSourceError(f"text file {path} is empty (no non-blank line)")
 

@@ -9,19 +9,11 @@ from __future__ import annotations
 import dataclasses
 from typing import Literal
 
-import jax.numpy as jnp
-
 Family = Literal["bert", "distilbert"]
 Head = Literal[None, "mlm", "classification"]
 
-_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
-
-
-def dtype_from_name(name: str, *, field: str = "dtype"):
-    """`'bfloat16'` -> `jnp.bfloat16`, with an error naming the field for anything else."""
-    if name not in _DTYPES:
-        raise ValueError(f"{field} must be one of {sorted(_DTYPES)}, got {name!r}")
-    return _DTYPES[name]
+DTYPE_NAMES = ("bfloat16", "float16", "float32")
+"""The dtypes a config may name; `jnp.dtype(name)` turns a name into the dtype."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,7 +21,8 @@ class ModelConfig:
     """Shape, regularisation and precision of a BERT or DistilBERT encoder and its optional head.
 
     `dtype` is the compute dtype of activations and matmuls; `param_dtype` the storage dtype of parameters. Softmax
-    and LayerNorm statistics are always computed in float32.
+    and LayerNorm statistics are always computed in float32. Both are names (as in config.json and as flax calls
+    its two arguments), so a config stays hashable and printable; modules take `jnp.dtype(config.dtype)`.
     """
 
     family: Family = "bert"
@@ -72,20 +65,13 @@ class ModelConfig:
             raise ValueError(f"hidden_act {self.hidden_act!r} is not supported (only exact-erf 'gelu')")
         if self.family == "distilbert" and (self.type_vocab_size or self.add_pooler):
             raise ValueError("a distilbert config has no token types and no pooler")
-        dtype_from_name(self.dtype, field="dtype")
-        dtype_from_name(self.param_dtype, field="param_dtype")
+        for field in ("dtype", "param_dtype"):
+            if getattr(self, field) not in DTYPE_NAMES:
+                raise ValueError(f"{field} must be one of {list(DTYPE_NAMES)}, got {getattr(self, field)!r}")
 
     @property
     def head_dim(self) -> int:
         return self.hidden_size // self.num_attention_heads
-
-    @property
-    def compute_dtype(self):
-        return dtype_from_name(self.dtype)
-
-    @property
-    def storage_dtype(self):
-        return dtype_from_name(self.param_dtype, field="param_dtype")
 
     @property
     def classifier_dropout_rate(self) -> float:

@@ -74,8 +74,8 @@ def layer_norm(config: ModelConfig, *, rngs: nnx.Rngs) -> nnx.LayerNorm:
     return nnx.LayerNorm(
         config.hidden_size,
         epsilon=config.layer_norm_eps,
-        dtype=config.compute_dtype,
-        param_dtype=config.storage_dtype,
+        dtype=jnp.dtype(config.dtype),
+        param_dtype=jnp.dtype(config.param_dtype),
         scale_init=ones_init(("norm",)),
         bias_init=zeros_init(("norm",)),
         rngs=rngs,
@@ -86,8 +86,8 @@ def dense(config: ModelConfig, in_features: int, out_features: int, axes: tuple[
     return nnx.Linear(
         in_features,
         out_features,
-        dtype=config.compute_dtype,
-        param_dtype=config.storage_dtype,
+        dtype=jnp.dtype(config.dtype),
+        param_dtype=jnp.dtype(config.param_dtype),
         kernel_init=normal_init(config, axes),
         bias_init=zeros_init((axes[1],)),
         rngs=rngs,
@@ -140,8 +140,8 @@ class Embeddings(nnx.Module):
         self.word_embeddings = nnx.Embed(
             config.vocab_size,
             config.hidden_size,
-            dtype=config.compute_dtype,
-            param_dtype=config.storage_dtype,
+            dtype=jnp.dtype(config.dtype),
+            param_dtype=jnp.dtype(config.param_dtype),
             embedding_init=_embedding_init(config, ("vocab", "embed"), config.pad_token_id),
             rngs=rngs,
         )
@@ -153,8 +153,8 @@ class Embeddings(nnx.Module):
         self.position_embeddings = nnx.Embed(
             config.max_position_embeddings,
             config.hidden_size,
-            dtype=config.compute_dtype,
-            param_dtype=config.storage_dtype,
+            dtype=jnp.dtype(config.dtype),
+            param_dtype=jnp.dtype(config.param_dtype),
             embedding_init=position_init,
             rngs=rngs,
         )
@@ -162,8 +162,8 @@ class Embeddings(nnx.Module):
             nnx.Embed(
                 config.type_vocab_size,
                 config.hidden_size,
-                dtype=config.compute_dtype,
-                param_dtype=config.storage_dtype,
+                dtype=jnp.dtype(config.dtype),
+                param_dtype=jnp.dtype(config.param_dtype),
                 embedding_init=_embedding_init(config, ("token_type", "embed"), None),
                 rngs=rngs,
             )
@@ -209,8 +209,8 @@ class SelfAttention(nnx.Module):
             return nnx.LinearGeneral(
                 hidden,
                 (heads, head_dim),
-                dtype=config.compute_dtype,
-                param_dtype=config.storage_dtype,
+                dtype=jnp.dtype(config.dtype),
+                param_dtype=jnp.dtype(config.param_dtype),
                 kernel_init=normal_init(config, ("embed", "heads", "kv")),
                 bias_init=zeros_init(("heads", "kv")),
                 rngs=rngs,
@@ -221,8 +221,8 @@ class SelfAttention(nnx.Module):
             (heads, head_dim),
             hidden,
             axis=(-2, -1),
-            dtype=config.compute_dtype,
-            param_dtype=config.storage_dtype,
+            dtype=jnp.dtype(config.dtype),
+            param_dtype=jnp.dtype(config.param_dtype),
             kernel_init=normal_init(config, ("heads", "kv", "embed")),
             bias_init=zeros_init(("embed",)),
             rngs=rngs,
@@ -321,7 +321,8 @@ class MlmHead(nnx.Module):
     def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
         self.transform = dense(config, config.hidden_size, config.hidden_size, ("embed", "hidden"), rngs=rngs)
         self.layer_norm = layer_norm(config, rngs=rngs)
-        self.bias = nnx.Param(zeros_init(("vocab",))(rngs.params(), (config.vocab_size,), config.storage_dtype))
+        bias_init = zeros_init(("vocab",))
+        self.bias = nnx.Param(bias_init(rngs.params(), (config.vocab_size,), jnp.dtype(config.param_dtype)))
 
     def __call__(self, hidden, word_embeddings: nnx.Embed):
         transformed = self.layer_norm(gelu(self.transform(hidden)))

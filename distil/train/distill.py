@@ -34,7 +34,7 @@ from distil.data.binarize import load_token_counts, open_binarized, prepare
 from distil.data.embedded import embedded_corpus_dir
 from distil.data.masking import mask_batch, token_probs_from_counts
 from distil.models import ModelConfig, create_model, model_class, student_config_for
-from distil.models.init import init_student_from_teacher
+from distil.models.extract import init_student_from_teacher
 from distil.tokenization import default_vocab_path, load_tokenizer, special_token_ids
 from distil.train import checkpoints
 from distil.train.metrics import MetricsWriter, Progress

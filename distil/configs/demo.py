@@ -1,7 +1,9 @@
 """The demo on the embedded default data: small enough for a laptop CPU in about a minute.
 
     distil demo                                       # this config
-    distil demo --config configs/demo.py --config.batching.global_batch=16
+    distil demo --config demo --config.batching.global_batch=16
+
+To edit it, copy this file anywhere and pass its path: `distil demo --config my_demo.py`.
 
 Everything the demo reads comes from here; `data.corpus = "embedded"` and `xnli.data = "embedded"` name the
 multilingual corpus and XNLI samples shipped in distil/data/embedded/.

@@ -1,4 +1,4 @@
-"""distil.models.init: student from teacher layers, checked against the reference extraction done on
+"""distil.models.extract: student from teacher layers, checked against the reference extraction done on
 transformers state dicts (scripts/extract_distilbert.py of the distillation example, re-done here by name)."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from conftest import padded_batch
 from hf_reference import hf_outputs, make_hf_model, tiny_hf_config
 from distil import hf
 from distil.models import ModelConfig, create_model, student_config_for
-from distil.models.init import DEFAULT_TEACHER_LAYERS, init_student_from_teacher
+from distil.models.extract import DEFAULT_TEACHER_LAYERS, init_student_from_teacher
 
 
 def reference_extraction(teacher_state: dict, teacher_layers, vocab_transform: bool) -> dict:

@@ -1,0 +1,115 @@
+"""distil as a user installs it: a wheel built from the repo holds the package, the embedded data and the shipped
+configs, and the installed copy runs `distil --help` and `distil demo` from outside the checkout.
+
+The wheel is built offline with the test environment's setuptools (`--no-build-isolation`, so setuptools is in the
+test extras) from a copy of the repo: pip builds in the source tree, and a `build/` left there by an earlier build
+would put stale files (a deleted module, a moved config) into the wheel.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO
+from distil.data.nli import xnli_languages
+
+NOT_SOURCES = shutil.ignore_patterns(".git", ".venv", "build", "dist", "*.egg-info", "__pycache__", ".pytest_cache",
+                                     "runs", ".whl")
+
+
+def _run(command: list[str], cwd: Path, **kwargs) -> subprocess.CompletedProcess:
+    result = subprocess.run(command, cwd=cwd, capture_output=True, text=True, **kwargs)
+    assert result.returncode == 0, f"{' '.join(map(str, command))} failed:\n{result.stdout}\n{result.stderr}"
+    return result
+
+
+def _repo_files(folder: str, pattern: str = "**/*") -> set[str]:
+    """Paths (relative to the repo, '/'-separated) of the files under `folder` in the checkout."""
+    return {path.relative_to(REPO).as_posix() for path in (REPO / folder).glob(pattern)
+            if path.is_file() and "__pycache__" not in path.parts}
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("wheel")
+    source = root / "source"
+    shutil.copytree(REPO, source, ignore=NOT_SOURCES)
+    _run([sys.executable, "-m", "pip", "wheel", ".", "--no-deps", "--no-build-isolation", "--no-index", "-q",
+          "--disable-pip-version-check", "-w", str(root / "dist")], cwd=source)
+    (built,) = (root / "dist").glob("distil-*.whl")
+    return built
+
+
+@pytest.fixture(scope="module")
+def site(wheel) -> Path:
+    site = wheel.parent.parent / "site"
+    _run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-index", "-q", "--disable-pip-version-check",
+          "--target", str(site), str(wheel)], cwd=wheel.parent)
+    return site
+
+
+def test_wheel_holds_package_data_and_configs(wheel):
+    with zipfile.ZipFile(wheel) as archive:
+        names = set(archive.namelist())
+        vocab = archive.read("distil/data/embedded/mbert-cased/vocab.txt")
+        entry_points = archive.read(f"{wheel.name.split('-py')[0]}.dist-info/entry_points.txt").decode()
+    assert {name.split("/")[0] for name in names} == {"distil", f"{wheel.name.split('-py')[0]}.dist-info"}
+    assert not [name for name in names if "__pycache__" in name or name.endswith(".pyc")]
+    # Every module, every embedded file and every shipped config of the checkout, by name.
+    assert _repo_files("distil", "**/*.py") <= names
+    assert _repo_files("distil/data/embedded") <= names
+    assert _repo_files("distil/configs", "*.py") <= names
+    languages = xnli_languages()
+    expected = {
+        "distil/configs/demo.py",
+        "distil/data/embedded/README.md",
+        "distil/data/embedded/mbert-cased/README.md",
+        "distil/data/embedded/mbert-cased/vocab.txt",
+        "distil/data/embedded/nli/mnli_train_sample_3000.jsonl",
+        "distil/data/embedded/xnli/dev-index.tsv",
+        "distil/data/embedded/xnli/test-index.tsv",
+        *(f"distil/data/embedded/corpus/{language}.txt" for language in languages),
+        *(f"distil/data/embedded/xnli/{split}-{language}.tsv" for split in ("dev", "test") for language in languages),
+    }
+    assert expected <= names, sorted(expected - names)
+    assert vocab == (REPO / "distil" / "data" / "embedded" / "mbert-cased" / "vocab.txt").read_bytes()
+    assert "distil = distil.cli:main" in entry_points
+
+
+def test_installed_wheel_runs_outside_the_checkout(site, tmp_path):
+    outside = tmp_path / "elsewhere"  # the cwd: not the checkout, nothing importable in it
+    outside.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(site), "JAX_PLATFORMS": "cpu"}
+
+    help_text = _run([sys.executable, "-m", "distil", "--help"], cwd=outside, env=env).stdout
+    for command in ("inspect", "export", "extract", "prepare", "demo"):
+        assert command in help_text
+    script = site / "bin" / "distil"  # the console script pip wrote from the entry point
+    assert "demo" in _run([str(script), "demo", "--help"], cwd=outside, env=env).stdout
+
+    # The demo with its default config (`demo`, shipped in the wheel), small enough to be quick; the same process
+    # reports which distil it imported and where the default config and vocabulary were found.
+    workdir = tmp_path / "run"
+    program = (
+        "import sys, distil, distil.cli\n"
+        "from distil.config import resolve_config_spec\n"
+        "from distil.tokenization import default_vocab_path\n"
+        "print(distil.__file__, resolve_config_spec('demo')[0], default_vocab_path(), sep='\\n')\n"
+        "sys.exit(distil.cli.main(sys.argv[1:]))\n"
+    )
+    demo = _run([sys.executable, "-c", program, "demo", "--workdir", str(workdir),
+                 "--config.batching.global_batch=16", "--config.data.max_length=64", "--config.xnli.max_length=64",
+                 "--config.teacher.hidden_size=32", "--config.teacher.intermediate_size=64"], cwd=outside, env=env)
+    package, config, vocab = (Path(line) for line in demo.stdout.splitlines()[:3])
+    assert package == site / "distil" / "__init__.py"
+    assert config == site / "distil" / "configs" / "demo.py"
+    assert vocab == site / "distil" / "data" / "embedded" / "mbert-cased" / "vocab.txt"
+    assert "# distil demo" in demo.stdout
+    assert (workdir / "demo.json").is_file() and (workdir / "student" / "model.safetensors").is_file()
