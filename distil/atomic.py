@@ -135,6 +135,8 @@ def make_output_folder(path: str | os.PathLike, what: str = "output folder") -> 
     blocking = _nearest_existing(path)
     if not blocking.is_dir():
         raise OutputError(f"{path}: {blocking} is a file, so no {what} can be created under it")
+    if blocking != path and not os.access(blocking, os.W_OK | os.X_OK):
+        raise OutputError(f"{path}: cannot create the {what}, the folder {blocking} is not writable")
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as err:
@@ -195,6 +197,29 @@ def _fsync(path: Path) -> None:
         os.close(descriptor)
 
 
+def check_replaceable_folder(folder: str | os.PathLike, what: str = "folder") -> Path:
+    """Raises an `OutputError` saying what is in the way unless `write_folder_atomically` may write `folder`; a
+    command calls it before any long work. Returns the folder (a symbolic link resolved to its target)."""
+    folder = Path(folder)
+    if folder.is_symlink():
+        folder = folder.resolve()
+    if folder.exists() and not folder.is_dir():
+        raise OutputError(f"{folder}: exists and is a file, so it cannot be the {what}")
+    blocking = _nearest_existing(folder.parent)
+    if not blocking.is_dir():
+        raise OutputError(f"{folder}: {blocking} is a file, so no {what} can be created under it")
+    if not os.access(blocking, os.W_OK | os.X_OK):
+        raise OutputError(f"{folder}: the folder {blocking} is not writable")
+    if folder.is_dir():
+        foreign = foreign_files(folder)
+        if foreign:
+            raise OutputError(
+                f"{folder}: holds files distil did not write ({_names(foreign)}); choose a new or empty {what}, or "
+                "remove them (distil replaces a folder as a whole)"
+            )
+    return folder
+
+
 def write_folder_atomically(folder: str | os.PathLike, write: Callable[[Path], object], what: str = "folder") -> Path:
     """Calls `write(staging)` on an empty staging folder beside `folder`, then puts it in place of `folder`.
 
@@ -203,24 +228,15 @@ def write_folder_atomically(folder: str | os.PathLike, write: Callable[[Path], o
     file in it; otherwise it is refused with an `OutputError` naming the other files. Leftovers of a killed earlier
     call are cleaned up first (a displaced old folder is put back if the new one never arrived).
     """
-    folder = Path(folder)
-    if folder.is_symlink():
-        folder = folder.resolve()
-    if folder.exists() and not folder.is_dir():
-        raise OutputError(f"{folder}: exists and is a file, so it cannot be the {what}")
-    parent = make_output_folder(folder.parent, what=f"parent folder of the {what}")
+    folder = check_replaceable_folder(folder, what)
+    parent = folder.parent
+    parent.mkdir(parents=True, exist_ok=True)
     if not folder.exists():  # a kill between the two renames below: the old folder is the consistent state
         displaced = stale_temporaries(parent, folder.name, kinds=("old",))
         if displaced:
             os.rename(displaced[-1], folder)
     remove_stale_temporaries(parent, folder.name)
-    if folder.exists():
-        foreign = foreign_files(folder)
-        if foreign:
-            raise OutputError(
-                f"{folder}: holds files distil did not write ({_names(foreign)}); choose a new or empty {what}, or "
-                "remove them (distil replaces a folder as a whole)"
-            )
+    check_replaceable_folder(folder, what)
 
     staging = Path(tempfile.mkdtemp(prefix=_temporary_prefix(folder.name), dir=parent))
     try:
