@@ -92,6 +92,12 @@ def _print_inspection(report: dict) -> None:
         print(f"  {name:<{width}}  {count:>13,}  {100 * count / total:5.1f}%")
     dtypes = ", ".join(f"{dtype}: {count:,} values" for dtype, count in report["stored_values_by_dtype"].items())
     print(f"stored: {report['stored_tensors']} tensors ({dtypes})")
+    if report["stored_architecture"] != report["architecture"]:
+        print(f"stored as {report['stored_architecture']}; distil reads it as {report['architecture']}")
+    for name, reason in report["dropped_tensors"].items():
+        print(f"  not read: {name} ({reason})")
+    for name in report["unused_tensors"]:
+        print(f"  not read: {name} (unused, accepted with --allow-unused)")
 
 
 def cmd_inspect(args) -> int:
@@ -102,12 +108,6 @@ def cmd_inspect(args) -> int:
         print(json.dumps(report, indent=2))
     else:
         _print_inspection(report)
-        if report["stored_architecture"] != report["architecture"]:
-            print(f"stored as {report['stored_architecture']}; distil reads it as {report['architecture']}")
-        for name, reason in report["dropped_tensors"].items():
-            print(f"  not read: {name} ({reason})")
-        for name in report["unused_tensors"]:
-            print(f"  not read: {name} (unused, accepted with --allow-unused)")
     return 0
 
 
@@ -300,7 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
                          help="mix languages with p ∝ lines^alpha (mBERT: 0.7)")
     prepare.add_argument("--num-lines", type=_int_at_least(1), help="lines to draw / read")
     prepare.add_argument("--seed", type=_int_at_least(0), default=0)
-    prepare.add_argument("--max-length", type=_int_at_least(12), default=512,
+    prepare.add_argument("--max-length", type=_int_at_least(12), default=512,  # 12: binarize.MIN_KEPT_LENGTH
                          help="longer sequences are split (default 512)")
     prepare.add_argument("--num-workers", type=_int_at_least(0), default=2)
     prepare.add_argument("--shard-size", type=_int_at_least(1), default=100_000,
