@@ -105,10 +105,10 @@ def stale_temporaries(folder: str | os.PathLike, name: str | None = None, kinds=
     return sorted(entry for entry in folder.iterdir() if _is_stale(entry, name, kinds))
 
 
-def remove_stale_temporaries(folder: str | os.PathLike, name: str | None = None) -> list[Path]:
-    """Deletes `stale_temporaries(folder, name)`; returns what it deleted."""
+def remove_stale_temporaries(folder: str | os.PathLike, name: str | None = None, kinds=("tmp", "old")) -> list[Path]:
+    """Deletes `stale_temporaries(folder, name, kinds)`; returns what it deleted."""
     removed = []
-    for entry in stale_temporaries(folder, name):
+    for entry in stale_temporaries(folder, name, kinds):
         if entry.is_dir():
             shutil.rmtree(entry, ignore_errors=True)
         else:
@@ -236,6 +236,7 @@ def write_folder_atomically(folder: str | os.PathLike, write: Callable[[Path], o
         if displaced:
             os.rename(displaced[-1], folder)
     remove_stale_temporaries(parent, folder.name)
+    remove_stale_temporaries(parent, kinds=("tmp",))  # staging of other targets too (never their displaced folders)
     check_replaceable_folder(folder, what)
 
     staging = Path(tempfile.mkdtemp(prefix=_temporary_prefix(folder.name), dir=parent))

@@ -77,11 +77,12 @@ def test_only_provably_own_leftovers_are_removed(tmp_path):
     assert (tmp_path / "backup.tmp-2024.txt").read_text() == "a user's backup"
 
 
-def test_a_killed_export_is_cleaned_up_by_the_next_one(tmp_path):
+@pytest.mark.parametrize("target", ["model", "another-model"])
+def test_a_killed_export_is_cleaned_up_by_the_next_one(target, tmp_path):
     kill_writers_midway(tmp_path)
-    atomic.write_folder_atomically(tmp_path / "model", lambda staging: (staging / "config.json").write_text("{}"))
-    assert sorted(p.name for p in (tmp_path / "model").iterdir()) == [atomic.MANIFEST, "config.json"]
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".model.")]
+    atomic.write_folder_atomically(tmp_path / target, lambda staging: (staging / "config.json").write_text("{}"))
+    assert sorted(p.name for p in (tmp_path / target).iterdir()) == [atomic.MANIFEST, "config.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [target]
 
 
 def _write(files: dict[str, str]):
