@@ -506,10 +506,10 @@ def read_checkpoint(folder: str | os.PathLike, *, allow_unused: bool = False) ->
     files = ", ".join(str(f) for f in weight_files)
     stored = _stored_tensors(weight_files)
     find = _resolve_prefix(stored, config.family)
-    layers_note = f" ({config_path.name} says num_hidden_layers={config.num_hidden_layers}; the weights hold layers " \
-                  f"{_stored_layers(stored)})"
+    layers_note = (f" ({config_path.name} says num_hidden_layers={config.num_hidden_layers}; the weights hold layers "
+                   f"{_stored_layers(stored)})")
 
-    graphdef, abstract_state = nnx.split(abstract_model(config))
+    _, abstract_state = nnx.split(abstract_model(config))
     expected = {".".join(str(part) for part in path): leaf for path, leaf in nnx.to_flat_state(abstract_state)}
     tensors: dict[str, StoredTensor] = {}
     for row in tensor_table(config):
