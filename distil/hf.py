@@ -515,7 +515,8 @@ def read_checkpoint(folder: str | os.PathLike, *, allow_unused: bool = False) ->
     for row in tensor_table(config):
         name = find(row.hf_name)
         if name not in stored:
-            note = layers_note if _LAYER.search(row.hf_name) and _stored_layers(stored) else ""
+            layer = _stored_layers([row.hf_name])
+            note = layers_note if layer and layer[0] not in _stored_layers(stored) else ""
             raise CheckpointFormatError(f"{files}: tensor {row.hf_name!r} is missing{note}")
         tensor = stored[name]
         if tensor.dtype not in _LOADABLE_DTYPES:
