@@ -1,19 +1,21 @@
 """The demo: every stage that exists today, end to end, on the embedded default data.
 
-1. binarise the multilingual corpus (resumable; a rerun reuses it) and count token frequencies;
+1. binarise the multilingual corpus (resumable; a rerun reuses it, and says so) and count token frequencies;
 2. draw length-grouped batches and mask them as DistilBERT does; report padding with and without grouping;
 3. build (or load) a teacher, initialise a student from its layers, export both as Hugging Face folders and check
    the exported student reproduces distil's logits;
 4. run teacher and student on a masked batch: MLM loss of each, and the teacher->student KL at T=2;
 5. read and encode the XNLI samples of all 15 languages.
 
-It writes `demo.json` and `demo.md` in the workdir. The trainers (distillation, XNLI fine-tuning) extend it.
+It writes `demo.json` and `demo.md` in the workdir. The trainers (distillation, XNLI fine-tuning) extend it. A teacher
+checkpoint is validated, and checked against the tokenizer and `data.max_length`, before anything runs.
 """
 
 from __future__ import annotations
 
 import functools
 import json
+import logging
 import os
 import time
 from pathlib import Path
@@ -26,7 +28,7 @@ import optax
 from flax import nnx
 
 from distil import hf
-from distil.atomic import write_text_atomically
+from distil.atomic import make_output_folder, refuse_overlap, write_text_atomically
 from distil.config import ConfigError
 from distil.data import nli
 from distil.data.batching import GlobalBatchError, GroupedBatchSource, padding_fraction
@@ -37,6 +39,7 @@ from distil.models import ModelConfig, create_model, parameter_count
 from distil.models.extract import init_student_from_teacher
 from distil.tokenization import default_vocab_path, load_tokenizer, special_token_ids
 
+_log = logging.getLogger(__name__)
 
 @nnx.jit
 def _mlm_logits(model, input_ids, attention_mask):
@@ -77,14 +80,30 @@ def _teacher(config: ml_collections.ConfigDict, vocab_size: int, max_length: int
     return create_model(teacher_config, seed=config.seed)
 
 
+def _check_teacher_checkpoint(config: ml_collections.ConfigDict, tokenizer, tokenizer_path, workdir: Path) -> None:
+    """Before anything runs: the teacher folder is valid, is a BERT, is not overwritten by the demo's exports, and
+    shares the tokenizer's vocabulary and covers `data.max_length` positions (else the losses come out NaN)."""
+    checkpoint_path = config.teacher.checkpoint
+    for exported in (workdir / "teacher", workdir / "student"):
+        refuse_overlap(checkpoint_path, exported)
+    checkpoint = hf.read_checkpoint(checkpoint_path)
+    if checkpoint.config.family != "bert":
+        raise ValueError(f"config.teacher.checkpoint {checkpoint_path} holds a {checkpoint.architecture}; the "
+                         "teacher must be a BERT")
+    hf.check_tokenizer(checkpoint.config, tokenizer, model=f"the teacher {checkpoint_path}",
+                       tokenizer_name=f"the tokenizer {tokenizer_path}", max_length=config.data.max_length,
+                       max_length_name="config.data.max_length")
+
+
 def run_demo(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict:
-    workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
+    workdir = make_output_folder(workdir, "workdir")
     started = time.perf_counter()
     tokenizer_path = config.tokenizer or default_vocab_path()
     tokenizer = load_tokenizer(tokenizer_path)
     specials = special_token_ids(tokenizer)
     vocab_size = tokenizer.get_vocab_size()
+    if config.teacher.checkpoint:
+        _check_teacher_checkpoint(config, tokenizer, tokenizer_path, workdir)
     summary: dict = {"workdir": str(workdir)}
 
     # 1. Corpus -> token shards + counts.
@@ -101,7 +120,10 @@ def run_demo(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> d
         progress=False,
     )
     summary["corpus"] = {"sequences": binarized.sequences, "tokens": binarized.tokens,
-                         "languages": binarized.languages}
+                         "languages": binarized.languages, "reused_shards": binarized.skipped_shards}
+    if binarized.skipped_shards:
+        _log.info("reused %d of %d shard(s) of the corpus that an earlier run binarised in %s",
+                  binarized.skipped_shards, binarized.shards, workdir / "data")
 
     # 2. Length-grouped batches and MLM masking.
     sequences = open_binarized(workdir / "data")
@@ -191,7 +213,9 @@ def to_markdown(summary: dict) -> str:
         "# distil demo",
         "",
         f"Corpus: {corpus['sequences']:,} sequences, {corpus['tokens']:,} tokens in "
-        f"{len(corpus['languages'])} languages.",
+        f"{len(corpus['languages'])} languages"
+        + (f" ({corpus['reused_shards']} shard(s) reused from an earlier run)." if corpus.get("reused_shards") else
+           "."),
         "",
         f"Batches of {batching['global_batch']}: {batching['steps_per_epoch']} per epoch; padding "
         f"{batching['padding_fraction_grouped']:.1%} grouped by length vs "

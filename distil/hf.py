@@ -6,19 +6,21 @@ are split per head as [embed, heads, kv]). Nothing else in distil knows HF names
 
 Reading accepts the layouts real checkpoints use: with or without the `bert.`/`distilbert.` prefix, the TF-era
 `LayerNorm.gamma/beta` names, tied decoder weights stored or omitted, and tensors a head does not use
-(`cls.seq_relationship`, a pooler under an MLM head) which are skipped. Writing produces what transformers 5 writes
-itself, so `AutoModelForMaskedLM.from_pretrained(folder)` and `pipeline("fill-mask", folder)` work offline.
+(`cls.seq_relationship`, a pooler under an MLM head), which are dropped and listed; any other stored tensor is
+refused unless the caller accepts it (`read_checkpoint`, the one validation every reader uses). Writing produces
+what transformers 5 writes itself, so `AutoModelForMaskedLM.from_pretrained(folder)` and
+`pipeline("fill-mask", folder)` work offline.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
-import shutil
-import tempfile
+import re
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 import jax
 import ml_dtypes
@@ -27,7 +29,9 @@ from flax import nnx
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
+from distil.atomic import write_folder_atomically
 from distil.models import Model, ModelConfig, abstract_model
+from distil.models.config import dtype_from_name
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -142,11 +146,6 @@ def tensor_table(config: ModelConfig) -> list[TensorRow]:
     return rows
 
 
-def _tied_decoder_names(config: ModelConfig) -> tuple[str, ...]:
-    """Decoder weights tied to the word embeddings: transformers 5 omits them, older checkpoints store a copy."""
-    return ("cls.predictions.decoder.weight",) if config.family == "bert" else ("vocab_projector.weight",)
-
-
 def _to_distil(layout: str, tensor: np.ndarray, config: ModelConfig) -> np.ndarray:
     heads, head_dim, hidden = config.num_attention_heads, config.head_dim, config.hidden_size
     if layout == "same":
@@ -188,28 +187,59 @@ def _read_json(path: Path) -> dict:
     if not path.is_file():
         raise CheckpointFormatError(f"{path}: missing; a Hugging Face model folder needs {path.name}")
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        value = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise CheckpointFormatError(f"{path}: not valid JSON ({err})") from err
+    if not isinstance(value, dict):
+        raise CheckpointFormatError(f"{path}: expected a JSON object {{...}}, got {type(value).__name__} {value!r:.40}")
+    return value
 
 
-def _field(hf: dict, name: str, path: Path, expected_type=(int, float)):
-    if name not in hf:
+_REQUIRED = object()
+
+
+def _int_field(hf: dict, name: str, path: Path, default=_REQUIRED, minimum: int = 1) -> int:
+    value = hf.get(name, default)
+    if value is _REQUIRED:
         raise CheckpointFormatError(f"{path}: field {name!r} is missing")
-    value = hf[name]
-    if not isinstance(value, expected_type) or isinstance(value, bool):
-        raise CheckpointFormatError(f"{path}: field {name!r} should be a number, got {value!r}")
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise CheckpointFormatError(f"{path}: field {name!r} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def _number_field(hf: dict, name: str, path: Path, default, check: Callable[[float], bool], expected: str):
+    value = hf.get(name, default)
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or not check(value):
+        raise CheckpointFormatError(f"{path}: field {name!r} must be {expected}, got {value!r}")
+    return value
+
+
+def _probability(hf: dict, name: str, path: Path, default: float | None, optional: bool = False) -> float | None:
+    if optional and hf.get(name, default) is None:
+        return None
+    return _number_field(hf, name, path, default, lambda p: 0 <= p < 1, "a probability in [0, 1)")
+
+
+def _text_field(hf: dict, name: str, path: Path, default: str) -> str:
+    value = hf.get(name, default)
+    if not isinstance(value, str):
+        raise CheckpointFormatError(f"{path}: field {name!r} must be a string, got {value!r}")
     return value
 
 
 def config_from_hf(hf: dict, path: Path) -> ModelConfig:
-    """Translates a transformers config.json (BERT or DistilBERT) into a `ModelConfig`."""
+    """Translates a transformers config.json (BERT or DistilBERT) into a `ModelConfig`; every field distil reads
+    is checked for its type and range, with an error naming it."""
+    if not isinstance(hf, dict):
+        raise CheckpointFormatError(f"{path}: expected a JSON object {{...}}, got {type(hf).__name__}")
     model_type = hf.get("model_type")
     architectures = hf.get("architectures") or []
     if model_type not in ("bert", "distilbert"):
         raise CheckpointFormatError(
             f"{path}: field 'model_type' is {model_type!r}; distil reads 'bert' and 'distilbert' checkpoints"
         )
+    if not isinstance(architectures, list) or not all(isinstance(a, str) for a in architectures):
+        raise CheckpointFormatError(f"{path}: field 'architectures' must be a list of names, got {architectures!r}")
     architecture = architectures[0] if architectures else ARCHITECTURES[(model_type, None)]
     if architecture not in _HEAD_OF_ARCHITECTURE or _HEAD_OF_ARCHITECTURE[architecture][0] != model_type:
         supported = sorted(a for a, (family, _) in _HEAD_OF_ARCHITECTURE.items() if family == model_type)
@@ -217,44 +247,48 @@ def config_from_hf(hf: dict, path: Path) -> ModelConfig:
             f"{path}: field 'architectures' is {architectures!r}; expected one of {supported}"
         )
     head = _HEAD_OF_ARCHITECTURE[architecture][1]
-    num_labels = len(hf["id2label"]) if isinstance(hf.get("id2label"), dict) else hf.get("num_labels", 2)
+    if isinstance(hf.get("id2label"), dict) and hf["id2label"]:
+        num_labels = len(hf["id2label"])
+    else:
+        num_labels = _int_field(hf, "num_labels", path, default=2)
+    vocab_size = _int_field(hf, "vocab_size", path)
     if model_type == "bert":
         if hf.get("position_embedding_type", "absolute") != "absolute":
             raise CheckpointFormatError(f"{path}: field 'position_embedding_type' must be 'absolute'")
         if hf.get("is_decoder", False):
             raise CheckpointFormatError(f"{path}: field 'is_decoder' is true; distil encoders are bidirectional")
-        activation = hf.get("hidden_act", "gelu")
+        activation = _text_field(hf, "hidden_act", path, "gelu")
         fields = dict(
             family="bert",
-            vocab_size=_field(hf, "vocab_size", path),
-            hidden_size=_field(hf, "hidden_size", path),
-            num_hidden_layers=_field(hf, "num_hidden_layers", path),
-            num_attention_heads=_field(hf, "num_attention_heads", path),
-            intermediate_size=_field(hf, "intermediate_size", path),
-            max_position_embeddings=hf.get("max_position_embeddings", 512),
-            type_vocab_size=hf.get("type_vocab_size", 2),
-            layer_norm_eps=hf.get("layer_norm_eps", 1e-12),
-            hidden_dropout=hf.get("hidden_dropout_prob", 0.1),
-            attention_dropout=hf.get("attention_probs_dropout_prob", 0.1),
-            classifier_dropout=hf.get("classifier_dropout"),
+            vocab_size=vocab_size,
+            hidden_size=_int_field(hf, "hidden_size", path),
+            num_hidden_layers=_int_field(hf, "num_hidden_layers", path),
+            num_attention_heads=_int_field(hf, "num_attention_heads", path),
+            intermediate_size=_int_field(hf, "intermediate_size", path),
+            max_position_embeddings=_int_field(hf, "max_position_embeddings", path, default=512),
+            type_vocab_size=_int_field(hf, "type_vocab_size", path, default=2),
+            layer_norm_eps=_number_field(hf, "layer_norm_eps", path, 1e-12, lambda eps: eps > 0, "a number > 0"),
+            hidden_dropout=_probability(hf, "hidden_dropout_prob", path, 0.1),
+            attention_dropout=_probability(hf, "attention_probs_dropout_prob", path, 0.1),
+            classifier_dropout=_probability(hf, "classifier_dropout", path, None, optional=True),
             # BertForMaskedLM drops the pooler; BertModel and the classifier keep it.
             add_pooler=head != "mlm",
         )
     else:
-        activation = hf.get("activation", "gelu")
+        activation = _text_field(hf, "activation", path, "gelu")
         fields = dict(
             family="distilbert",
-            vocab_size=_field(hf, "vocab_size", path),
-            hidden_size=_field(hf, "dim", path),
-            num_hidden_layers=_field(hf, "n_layers", path),
-            num_attention_heads=_field(hf, "n_heads", path),
-            intermediate_size=_field(hf, "hidden_dim", path),
-            max_position_embeddings=hf.get("max_position_embeddings", 512),
+            vocab_size=vocab_size,
+            hidden_size=_int_field(hf, "dim", path),
+            num_hidden_layers=_int_field(hf, "n_layers", path),
+            num_attention_heads=_int_field(hf, "n_heads", path),
+            intermediate_size=_int_field(hf, "hidden_dim", path),
+            max_position_embeddings=_int_field(hf, "max_position_embeddings", path, default=512),
             type_vocab_size=0,
             layer_norm_eps=1e-12,
-            hidden_dropout=hf.get("dropout", 0.1),
-            attention_dropout=hf.get("attention_dropout", 0.1),
-            classifier_dropout=hf.get("seq_classif_dropout", 0.2),
+            hidden_dropout=_probability(hf, "dropout", path, 0.1),
+            attention_dropout=_probability(hf, "attention_dropout", path, 0.1),
+            classifier_dropout=_probability(hf, "seq_classif_dropout", path, 0.2),
             sinusoidal_pos_embds=bool(hf.get("sinusoidal_pos_embds", False)),
             add_pooler=False,
         )
@@ -265,10 +299,15 @@ def config_from_hf(hf: dict, path: Path) -> ModelConfig:
         raise CheckpointFormatError(
             f"{path}: field 'dtype' is {stored_dtype!r}; expected 'float32', 'bfloat16' or 'float16'"
         )
+    pad_token_id = 0 if hf.get("pad_token_id") is None else _int_field(hf, "pad_token_id", path, minimum=0)
+    if pad_token_id >= vocab_size:
+        raise CheckpointFormatError(
+            f"{path}: field 'pad_token_id' is {pad_token_id}, expected an id below vocab_size {vocab_size}"
+        )
     fields.update(
         param_dtype=stored_dtype,
-        initializer_range=hf.get("initializer_range", 0.02),
-        pad_token_id=hf.get("pad_token_id") if hf.get("pad_token_id") is not None else 0,
+        initializer_range=_number_field(hf, "initializer_range", path, 0.02, lambda r: r >= 0, "a number >= 0"),
+        pad_token_id=pad_token_id,
         head=head,
         num_labels=num_labels,
     )
@@ -353,93 +392,215 @@ def _legacy_name(name: str) -> str:
     return name
 
 
-def _open_tensors(files: list[Path]) -> dict[str, tuple[Path, str]]:
-    """Canonical HF name -> (file, name as stored)."""
-    located: dict[str, tuple[Path, str]] = {}
+@dataclasses.dataclass(frozen=True)
+class StoredTensor:
+    """Where a tensor is stored and what its safetensors header says about it."""
+
+    file: Path
+    name: str  # as stored (a TF-era `gamma` keeps its name here)
+    dtype: str  # safetensors name: F32, BF16, I64, ...
+    shape: tuple[int, ...]
+
+    def read(self) -> np.ndarray:
+        with safe_open(str(self.file), framework="np") as reader:
+            return reader.get_tensor(self.name)
+
+
+def _stored_tensors(files: list[Path]) -> dict[str, StoredTensor]:
+    """Canonical HF name -> stored tensor, from the safetensors headers alone."""
+    stored: dict[str, StoredTensor] = {}
     for file in files:
         if not file.is_file():
             raise CheckpointFormatError(f"{file}: missing (named by {WEIGHTS_INDEX_FILE})")
         try:
             with safe_open(str(file), framework="np") as reader:
-                for stored in reader.keys():
-                    located[_legacy_name(stored)] = (file, stored)
-        except CheckpointFormatError:
-            raise
-        except Exception as err:  # safetensors raises its own error types for corrupt headers
+                for name in reader.keys():
+                    header = reader.get_slice(name)
+                    stored[_legacy_name(name)] = StoredTensor(file, name, header.get_dtype(), tuple(header.get_shape()))
+        except Exception as err:  # safetensors raises its own error types for corrupt or truncated files
             raise CheckpointFormatError(f"{file}: not a readable safetensors file ({err})") from err
-    return located
+    return stored
 
 
-def _resolve_prefix(located: dict, family: str) -> Callable[[str], str]:
+def _resolve_prefix(stored: dict, family: str) -> Callable[[str], str]:
     """A BertModel saved alone has no `bert.` prefix; a head model has it. Accept either for the encoder."""
     prefix = f"{family}."
 
     def find(name: str) -> str:
-        if name in located:
+        if name in stored:
             return name
         alternative = name[len(prefix):] if name.startswith(prefix) else prefix + name
-        return alternative if alternative in located else name
+        return alternative if alternative in stored else name
 
     return find
 
 
-def _read_tensor(file: Path, stored: str, hf_name: str) -> np.ndarray:
-    with safe_open(str(file), framework="np") as reader:
-        dtype = reader.get_slice(stored).get_dtype()
-        if dtype not in _LOADABLE_DTYPES:
+def _tied_copies(config: ModelConfig) -> dict[str, str]:
+    """Stored copies of tensors an MLM head ties (transformers 5 omits them, older checkpoints store them) -> the
+    table tensor each must equal: distil always ties them."""
+    if config.head != "mlm":
+        return {}
+    embeddings = "encoder.embeddings.word_embeddings.embedding"
+    table = {row.distil_path: row.hf_name for row in tensor_table(config)}
+    if config.family == "bert":
+        return {
+            "cls.predictions.decoder.weight": table[embeddings],
+            "cls.predictions.decoder.bias": table["mlm_head.bias"],
+        }
+    return {"vocab_projector.weight": table[embeddings]}
+
+
+def _harmless_extra(name: str, config: ModelConfig) -> str | None:
+    """Why a stored tensor outside the table can be dropped without changing the model, or None."""
+    local = name[len(config.family) + 1:] if name.startswith(f"{config.family}.") else name
+    if name.startswith("cls.seq_relationship."):
+        return "next-sentence head of BertForPreTraining"
+    if config.family == "bert" and local.startswith("pooler.") and not config.add_pooler:
+        return "pooler, unused under an MLM head"
+    if local == "embeddings.position_ids":
+        return "position_ids buffer (0, 1, 2, ...)"
+    return None
+
+
+_LAYER = re.compile(r"(?:^|\.)(?:encoder|transformer)\.layer\.(\d+)\.")
+
+
+def _stored_layers(names) -> list[int]:
+    return sorted({int(m[1]) for m in map(_LAYER.search, names) if m})
+
+
+@dataclasses.dataclass(frozen=True)
+class Checkpoint:
+    """A Hugging Face folder checked against its config.json, from the safetensors headers (and the tied tensors).
+
+    Every tensor of `tensor_table(config)` is present with the expected shape and a float dtype; stored copies of
+    tied tensors equal what they are tied to; other stored tensors are `dropped` (known to be harmless: the NSP
+    head of BertForPreTraining, a pooler under an MLM head, the position_ids buffer) or `unused`, an error unless
+    the caller accepts them.
+    """
+
+    folder: Path
+    config: ModelConfig
+    architecture: str  # as config.json names it (BertForPreTraining loads as BertForMaskedLM)
+    tensors: dict[str, StoredTensor]  # table HF name -> stored tensor
+    stored: dict[str, StoredTensor]  # everything in the weight files
+    dropped: dict[str, str]  # stored name -> why it is not read
+    unused: tuple[str, ...]
+
+
+def read_checkpoint(folder: str | os.PathLike, *, allow_unused: bool = False) -> Checkpoint:
+    """The one validation of a checkpoint folder, shared by `load_pretrained` and `describe_pretrained` (so
+    `distil inspect` rejects what `distil export` rejects). Errors name the file and the tensor or field."""
+    folder = Path(folder)
+    if not folder.exists():
+        raise CheckpointFormatError(f"{folder}: no such folder; expected a Hugging Face folder ({CONFIG_FILE} + "
+                                    f"{WEIGHTS_FILE})")
+    if not folder.is_dir():
+        raise CheckpointFormatError(
+            f"{folder}: is a file; expected a Hugging Face folder ({CONFIG_FILE} + {WEIGHTS_FILE})"
+        )
+    config_path = folder / CONFIG_FILE
+    hf = _read_json(config_path)
+    config = config_from_hf(hf, config_path)
+    weight_files = _weight_files(folder)
+    files = ", ".join(str(f) for f in weight_files)
+    stored = _stored_tensors(weight_files)
+    find = _resolve_prefix(stored, config.family)
+    layers_note = (f" ({config_path.name} says num_hidden_layers={config.num_hidden_layers}; the weights hold layers "
+                   f"{_stored_layers(stored)})")
+
+    _, abstract_state = nnx.split(abstract_model(config))
+    expected = {".".join(str(part) for part in path): leaf for path, leaf in nnx.to_flat_state(abstract_state)}
+    tensors: dict[str, StoredTensor] = {}
+    for row in tensor_table(config):
+        name = find(row.hf_name)
+        if name not in stored:
+            layer = _stored_layers([row.hf_name])
+            note = layers_note if layer and layer[0] not in _stored_layers(stored) else ""
+            raise CheckpointFormatError(f"{files}: tensor {row.hf_name!r} is missing{note}")
+        tensor = stored[name]
+        if tensor.dtype not in _LOADABLE_DTYPES:
             raise CheckpointFormatError(
-                f"{file}: tensor {hf_name!r} has dtype {dtype}; expected one of {sorted(_LOADABLE_DTYPES)}"
+                f"{tensor.file}: tensor {row.hf_name!r} has dtype {tensor.dtype}; expected one of "
+                f"{sorted(_LOADABLE_DTYPES)}"
             )
-        return reader.get_tensor(stored)
+        want = _hf_shape(row.layout, expected[row.distil_path].shape)
+        if tensor.shape != want:
+            raise CheckpointFormatError(
+                f"{tensor.file}: tensor {row.hf_name!r} has shape {list(tensor.shape)}, expected {list(want)} "
+                f"(from {config_path})"
+            )
+        tensors[row.hf_name] = tensor
+    missing = set(expected) - {row.distil_path for row in tensor_table(config)}
+    if missing:  # the table and the model disagree: a bug in distil, not in the checkpoint
+        raise AssertionError(f"tensor_table does not cover {sorted(missing)}")
+
+    read_names = {find(row.hf_name) for row in tensor_table(config)}
+    for copy, original in _tied_copies(config).items():
+        name = find(copy)
+        if name in stored:
+            read_names.add(name)
+            copied, tied = stored[name].read(), tensors[original].read()
+            if copied.shape != tied.shape or not np.array_equal(copied.astype(tied.dtype), tied):
+                raise CheckpointFormatError(
+                    f"{stored[name].file}: tensor {name!r} differs from {original!r}; distil only supports tied "
+                    "decoders"
+                )
+    dropped, unused = {}, []
+    for name in sorted(set(stored) - read_names):
+        reason = _harmless_extra(name, config)
+        if reason is None:
+            unused.append(stored[name].name)
+        else:
+            dropped[stored[name].name] = reason
+    if unused and not allow_unused:
+        extra_layers = [i for i in _stored_layers(unused) if i >= config.num_hidden_layers]
+        note = layers_note if extra_layers else ""
+        raise CheckpointFormatError(
+            f"{files}: {len(unused)} tensor(s) that a {architecture_name(config)} of this config.json does not have: "
+            f"{_short_list(unused)}{note}; accept and drop them with --allow-unused (allow_unused=True)"
+        )
+    architecture = (hf.get("architectures") or [ARCHITECTURES[(config.family, None)]])[0]
+    return Checkpoint(folder, config, architecture, tensors, stored, dropped, tuple(unused))
 
 
-def read_config(folder: str | os.PathLike) -> ModelConfig:
-    """The `ModelConfig` of a Hugging Face folder, from its config.json alone (no weights are read)."""
-    config_path = Path(folder) / CONFIG_FILE
-    return config_from_hf(_read_json(config_path), config_path)
+def architecture_name(config: ModelConfig) -> str:
+    """The transformers class a config is written as (BertForMaskedLM, DistilBertModel, ...)."""
+    return ARCHITECTURES[(config.family, config.head)]
 
 
-def load_pretrained(folder: str | os.PathLike, *, dtype: str | None = None, param_dtype: str | None = None) -> Model:
+def _short_list(names, limit: int = 4) -> str:
+    names = list(names)
+    shown = ", ".join(repr(name) for name in names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def load_pretrained(
+    folder: str | os.PathLike,
+    *,
+    dtype: str | None = None,
+    param_dtype: str | None = None,
+    allow_unused: bool = False,
+) -> Model:
     """Reads a transformers BERT/DistilBERT folder into a distil model (`distil.models.Bert` or `DistilBert`).
 
     The result is callable as `model(input_ids, attention_mask=..., token_type_ids=None)` and returns an
     `EncoderOutput` with `.last_hidden_state`, `.hidden_states` and `.logits` (None without a head). Parameters
     are stored in the checkpoint's `dtype` and computed in float32 unless `dtype` / `param_dtype` override the
-    compute and storage dtypes ('float32', 'bfloat16', 'float16').
+    compute and storage dtypes ('float32', 'bfloat16', 'float16'). The folder is validated by `read_checkpoint`
+    first; `allow_unused` drops stored tensors the model does not have instead of refusing the checkpoint.
     """
-    folder = Path(folder)
-    config_path = folder / CONFIG_FILE
-    config = config_from_hf(_read_json(config_path), config_path)
+    checkpoint = read_checkpoint(folder, allow_unused=allow_unused)
+    config = checkpoint.config
     overrides = {k: v for k, v in (("dtype", dtype), ("param_dtype", param_dtype)) if v is not None}
     if overrides:
         config = config.replace(**overrides)
-    weight_files = _weight_files(folder)
-    located = _open_tensors(weight_files)
-    find = _resolve_prefix(located, config.family)
-    files = ", ".join(str(f) for f in weight_files)
-
+    storage_dtype = dtype_from_name(config.param_dtype, field="param_dtype")
     graphdef, abstract_state = nnx.split(abstract_model(config))
-    expected = {".".join(str(part) for part in path): leaf for path, leaf in nnx.to_flat_state(abstract_state)}
-    values: dict[str, np.ndarray] = {}
-    for row in tensor_table(config):
-        name = find(row.hf_name)
-        if name not in located:
-            raise CheckpointFormatError(f"{files}: tensor {row.hf_name!r} is missing")
-        file, stored = located[name]
-        tensor = _read_tensor(file, stored, row.hf_name)
-        target = expected[row.distil_path]
-        want = _hf_shape(row.layout, target.shape)
-        if tensor.shape != want:
-            raise CheckpointFormatError(
-                f"{file}: tensor {row.hf_name!r} has shape {list(tensor.shape)}, expected {list(want)} "
-                f"(from {config_path})"
-            )
-        values[row.distil_path] = _to_distil(row.layout, tensor, config).astype(jax.numpy.dtype(config.param_dtype))
-    _check_tied_decoder(config, located, find, values)
-
-    missing = set(expected) - set(values)
-    if missing:  # the table and the model disagree: a bug in distil, not in the checkpoint
-        raise AssertionError(f"tensor_table does not cover {sorted(missing)}")
+    values = {
+        row.distil_path: _to_distil(row.layout, checkpoint.tensors[row.hf_name].read(), config).astype(storage_dtype)
+        for row in tensor_table(config)
+    }
     flat = [
         (path, leaf.replace(jax.numpy.asarray(values[".".join(str(p) for p in path)])))
         for path, leaf in nnx.to_flat_state(abstract_state)
@@ -448,48 +609,52 @@ def load_pretrained(folder: str | os.PathLike, *, dtype: str | None = None, para
     return nnx.merge(graphdef, state)
 
 
-def _check_tied_decoder(config, located, find, values) -> None:
-    """A stored decoder weight must equal the word embeddings: distil always ties them."""
-    if config.head != "mlm":
-        return
-    embeddings = values["encoder.embeddings.word_embeddings.embedding"]
-    for name in _tied_decoder_names(config):
-        name = find(name)
-        if name in located:
-            file, stored = located[name]
-            decoder = _read_tensor(file, stored, name)
-            if decoder.shape != embeddings.shape or not np.array_equal(decoder.astype(embeddings.dtype), embeddings):
-                raise CheckpointFormatError(
-                    f"{file}: tensor {name!r} differs from the word embeddings; distil only supports tied decoders"
-                )
-
-
-def describe_pretrained(folder: str | os.PathLike) -> dict:
-    """A checkpoint's config, parameter counts per module and stored dtypes, read from config.json and the
-    safetensors headers alone (no tensor is loaded): what `distil inspect` prints."""
+def describe_pretrained(folder: str | os.PathLike, *, allow_unused: bool = False) -> dict:
+    """A checkpoint's config, parameter counts per module and stored dtypes, after `read_checkpoint`'s validation
+    (headers only, plus stored tied copies): what `distil inspect` prints."""
     from distil.models import parameter_count, parameter_counts_by_module
 
-    folder = Path(folder)
-    config_path = folder / CONFIG_FILE
-    config = config_from_hf(_read_json(config_path), config_path)
+    checkpoint = read_checkpoint(folder, allow_unused=allow_unused)
+    config = checkpoint.config
     stored_values_by_dtype: dict[str, int] = {}
-    stored_tensors = 0
-    for file in _weight_files(folder):
-        with safe_open(str(file), framework="np") as reader:
-            for name in reader.keys():
-                tensor = reader.get_slice(name)
-                dtype = tensor.get_dtype()
-                stored_values_by_dtype[dtype] = stored_values_by_dtype.get(dtype, 0) + int(np.prod(tensor.get_shape()))
-                stored_tensors += 1
+    for tensor in checkpoint.stored.values():
+        stored_values_by_dtype[tensor.dtype] = stored_values_by_dtype.get(tensor.dtype, 0) + int(np.prod(tensor.shape))
     return {
-        "folder": str(folder),
-        "architecture": ARCHITECTURES[(config.family, config.head)],
+        "folder": str(checkpoint.folder),
+        "architecture": architecture_name(config),
+        "stored_architecture": checkpoint.architecture,
         "config": dataclasses.asdict(config),
         "parameters": parameter_count(config),
         "parameters_by_module": parameter_counts_by_module(config),
-        "stored_tensors": stored_tensors,
+        "stored_tensors": len(checkpoint.stored),
         "stored_values_by_dtype": stored_values_by_dtype,
+        "dropped_tensors": checkpoint.dropped,
+        "unused_tensors": list(checkpoint.unused),
     }
+
+
+def check_tokenizer(
+    config: ModelConfig,
+    tokenizer,
+    *,
+    model: str = "the model",
+    tokenizer_name: str = "the tokenizer",
+    max_length: int | None = None,
+    max_length_name: str = "max_length",
+) -> None:
+    """A model and a tokenizer used together must share one vocabulary, and sequences of `max_length` tokens must
+    fit the model's position embeddings: otherwise ids index past the embedding table and losses come out NaN."""
+    size = tokenizer.get_vocab_size(with_added_tokens=True)
+    if size != config.vocab_size:
+        raise ValueError(
+            f"{model} has vocab_size {config.vocab_size:,} but {tokenizer_name} has {size:,} tokens; a model needs "
+            "the tokenizer of its own vocabulary"
+        )
+    if max_length is not None and max_length > config.max_position_embeddings:
+        raise ValueError(
+            f"{max_length_name} is {max_length} but {model} has max_position_embeddings "
+            f"{config.max_position_embeddings}; use at most that"
+        )
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -515,30 +680,23 @@ def save_pretrained(
     tokenizer=None,
     label_names: list[str] | None = None,
 ) -> Path:
-    """Writes `config.json` + `model.safetensors` (and the tokenizer files when `tokenizer` is given).
+    """Writes `config.json` + `model.safetensors` (and the tokenizer files when `tokenizer` is given, which must
+    have the model's vocabulary).
 
-    Everything is first written to a temporary folder beside the target and moved in only once complete, so a
-    failed export leaves an existing target folder untouched.
+    The folder is written as a whole (`distil.atomic.write_folder_atomically`): it ends up holding exactly the new
+    files, or after a failure what it held before, never a mix of both. An existing folder holding files distil
+    did not write is refused with an `OutputError`.
     """
-    folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
-    try:
-        tensors = hf_tensors(model)
-        save_file(tensors, str(staging / WEIGHTS_FILE), metadata={"format": "pt"})
+    if tokenizer is not None:
+        check_tokenizer(model.config, tokenizer)
+
+    def write(staging: Path) -> None:
+        save_file(hf_tensors(model), str(staging / WEIGHTS_FILE), metadata={"format": "pt"})
         config_text = json.dumps(config_to_hf(model.config, label_names), indent=2, sort_keys=True) + "\n"
         (staging / CONFIG_FILE).write_text(config_text, encoding="utf-8")
         if tokenizer is not None:
             from distil.tokenization import save_tokenizer
 
             save_tokenizer(tokenizer, staging, model_max_length=model.config.max_position_embeddings)
-        folder.mkdir(exist_ok=True)
-        for item in _files_in(staging):
-            os.replace(item, folder / item.name)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return folder
 
-
-def _files_in(folder: Path) -> Iterator[Path]:
-    return (item for item in sorted(folder.iterdir()) if item.is_file())
+    return write_folder_atomically(folder, write, what="model folder")

@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import itertools
 import json
+import subprocess
 import unicodedata
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from distil import tokenization
+from distil import atomic, tokenization
 from distil.data import binarize, embedded, nli, text
 
 LANGS = ("en", "de", "zh", "ar", "hi", "sw", "th", "ru")
@@ -160,11 +161,18 @@ def test_resume_after_interruption_gives_identical_output(tmp_path, vocab, corpu
     with pytest.raises(binarize.BinarizeError, match="not complete"):
         binarize.open_binarized(out)
     # What a kill in the middle of writing shard 2 leaves: a temp file and an unrecorded, truncated shard file.
-    (out / "tokens-00002.npy.tmp-12345").write_bytes(b"\x93NUMPY half")
+    # Beside them, a user's file and folder whose names merely look temporary: never deleted, never a crash.
+    killed = subprocess.Popen(["true"])
+    killed.wait()
+    (out / f".tokens-00002.npy.tmp-distil-{atomic._HOST}-{killed.pid}-k3j2h1x0").write_bytes(b"\x93NUMPY half")
     (out / "tokens-00002.npy").write_bytes((tmp_path / "fresh" / "tokens-00002.npy").read_bytes()[:100])
+    (out / "backup.tmp-2024.txt").write_text("a user's file")
+    (out / "old.tmp-1").mkdir()
     resumed = binarize.binarize(lines, vocab, out, max_length=64, num_workers=0, shard_size=50, progress=False)
     assert resumed.skipped_shards == 2 and resumed.encoded_lines == 100 and fresh.encoded_lines == 200
-    assert not list(out.glob("*.tmp-*"))
+    assert sorted(p.name for p in out.glob("*.tmp-*")) == ["backup.tmp-2024.txt", "old.tmp-1"]
+    (out / "backup.tmp-2024.txt").unlink()
+    (out / "old.tmp-1").rmdir()
     fresh_files, resumed_files = folder_arrays(tmp_path / "fresh"), folder_arrays(out)
     assert list(fresh_files) == list(resumed_files)
     assert all(np.array_equal(fresh_files[k], resumed_files[k]) for k in fresh_files)

@@ -48,11 +48,14 @@ def test_demo_runs_on_embedded_data(tmp_path, capsys):
     assert abs(models["teacher_mlm_loss"] - math.log(119_547)) < 0.5
     assert [row["examples"] for row in summary["xnli"].values()] == [150] * 15
     assert all(row["labels"] == [50, 50, 50] for row in summary["xnli"].values())
-    # A rerun reuses the binarised corpus and gives the same numbers.
+    # A rerun reuses the binarised corpus, says so, and gives the same numbers.
+    capsys.readouterr()
     assert cli.main(argv) == 0
     again = json.loads((workdir / "demo.json").read_text())
     assert again["masking"] == masking and again["models"] == models
-    assert "padding" in capsys.readouterr().out
+    out, err = capsys.readouterr()
+    assert "padding" in out and "(1 shard(s) reused from an earlier run)" in out
+    assert err == f"distil demo: reused 1 of 1 shard(s) of the corpus that an earlier run binarised in {workdir}/data\n"
     # A global batch larger than the corpus is an error naming the config field (the library names its argument).
     too_big = [arg for arg in argv if "global_batch" not in arg] + ["--config.batching.global_batch=100000"]
     assert cli.main(too_big) == 2

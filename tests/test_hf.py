@@ -103,6 +103,8 @@ def test_reads_legacy_names_and_stored_tied_decoder(tmp_path):
     config["architectures"] = ["BertForPreTraining"]
     (legacy_folder / "config.json").write_text(json.dumps(config))
     model = hf.load_pretrained(legacy_folder)
+    assert hf.read_checkpoint(legacy_folder).dropped == {
+        "cls.seq_relationship.weight": "next-sentence head of BertForPreTraining"}
     input_ids, attention_mask, token_types = padded_batch(97, LENGTHS, 16)
     ours = model(jnp.asarray(input_ids), jnp.asarray(attention_mask), jnp.asarray(token_types))
     reference = hf_outputs(reference_model, input_ids, attention_mask, token_types)
@@ -205,7 +207,6 @@ def test_failed_export_leaves_target_untouched(reference_folder, tmp_path, monke
     target = tmp_path / "target"
     hf.save_pretrained(model, target)
     before = {p.name: p.read_bytes() for p in target.iterdir()}
-    (target / "notes.txt").write_text("keep me")
 
     def broken_save(*args, **kwargs):
         raise OSError("disk full")
@@ -213,7 +214,42 @@ def test_failed_export_leaves_target_untouched(reference_folder, tmp_path, monke
     monkeypatch.setattr(hf, "save_file", broken_save)
     with pytest.raises(OSError, match="disk full"):
         hf.save_pretrained(model, target)
-    after = {p.name: p.read_bytes() for p in target.iterdir() if p.name != "notes.txt"}
-    assert after == before
-    assert (target / "notes.txt").read_text() == "keep me"
+    assert {p.name: p.read_bytes() for p in target.iterdir()} == before
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".target")] == []
+
+
+def test_config_fields_are_checked(reference_folder):
+    config_path = reference_folder / "config.json"
+    good = json.loads(config_path.read_text())
+    for change, message in [
+        ({"n_layers": 2.0}, r"field 'n_layers' must be an integer >= 1, got 2\.0"),
+        ({"vocab_size": -3}, r"field 'vocab_size' must be an integer >= 1, got -3"),
+        ({"dropout": 1.5}, r"field 'dropout' must be a probability in \[0, 1\), got 1\.5"),
+        ({"pad_token_id": 97}, r"field 'pad_token_id' is 97, expected an id below vocab_size 97"),
+        ({"architectures": "DistilBertForMaskedLM"}, r"field 'architectures' must be a list"),
+    ]:
+        config_path.write_text(json.dumps({**good, **change}))
+        with pytest.raises(hf.CheckpointFormatError, match=r"config\.json: " + message):
+            hf.read_checkpoint(reference_folder)
+    config_path.write_text("[]")
+    with pytest.raises(hf.CheckpointFormatError, match=r"config\.json: expected a JSON object \{\.\.\.\}, got list"):
+        hf.load_pretrained(reference_folder)
+
+
+def test_tensors_the_config_does_not_describe_are_refused_or_dropped_on_request(tmp_path):
+    """A config.json saying 2 layers over weights of 4 is refused, naming the extra layers; accepted on request."""
+    save_hf_model("BertForMaskedLM", tmp_path / "four", layers=4)
+    config = json.loads((tmp_path / "four" / "config.json").read_text())
+    (tmp_path / "four" / "config.json").write_text(json.dumps({**config, "num_hidden_layers": 2}))
+    with pytest.raises(hf.CheckpointFormatError, match=r"32 tensor\(s\) that a BertForMaskedLM of this config\.json "
+                       r"does not have: 'bert\.encoder\.layer\.2\..* says num_hidden_layers=2; the weights hold "
+                       r"layers \[0, 1, 2, 3\]\)"):
+        hf.load_pretrained(tmp_path / "four")
+    checkpoint = hf.read_checkpoint(tmp_path / "four", allow_unused=True)
+    assert len(checkpoint.unused) == 32 and checkpoint.config.num_hidden_layers == 2
+    assert hf.load_pretrained(tmp_path / "four", allow_unused=True).config.num_hidden_layers == 2
+
+    (tmp_path / "four" / "config.json").write_text(json.dumps({**config, "num_hidden_layers": 6}))
+    with pytest.raises(hf.CheckpointFormatError, match=r"tensor 'bert\.encoder\.layer\.4\..*' is missing "
+                       r"\(config\.json says num_hidden_layers=6; the weights hold layers \[0, 1, 2, 3\]\)"):
+        hf.describe_pretrained(tmp_path / "four")

@@ -50,6 +50,24 @@ def test_missing_and_empty_files_are_named(tmp_path):
         text.language_files(tmp_path / "empty_folder")
 
 
+def test_only_files_named_by_a_language_code_are_languages(tmp_path, caplog):
+    for name in ("en.txt", "sw.txt", "zh-Hans.txt", "pt_BR.txt", "ceb.txt", "README.txt", "notes.txt",
+                 "empty_en.txt", "en.txt.bak", "EN.txt", ".hidden.txt"):
+        (tmp_path / name).write_text("a line\n")
+    (tmp_path / "de.txt.d").mkdir()
+    with caplog.at_level("WARNING", logger="distil"):
+        sources = text.language_files(tmp_path)
+    assert list(sources) == ["ceb", "en", "pt_BR", "sw", "zh-Hans"]
+    assert caplog.messages == [f"{tmp_path}: skipped 6 file(s) not named <lang>.txt with a language code: EN.txt, "
+                               "README.txt, de.txt.d, empty_en.txt, en.txt.bak, notes.txt"]
+    with pytest.raises(text.TextSourceError, match=r"notes\.txt: the file name must be a language code"):
+        text.language_files(tmp_path / "notes.txt")
+    for name in ("en.txt", "sw.txt", "zh-Hans.txt", "pt_BR.txt", "ceb.txt"):
+        (tmp_path / name).unlink()
+    with pytest.raises(text.TextSourceError, match=r"holds no <lang>\.txt file \(e\.g\. en\.txt\) \(it holds EN\.txt"):
+        text.language_files(tmp_path)
+
+
 def test_language_folder_of_the_real_corpus():
     sources = text.language_files(embedded.embedded_corpus_dir())
     assert list(sources) == sorted(["ar", "bg", "de", "el", "en", "es", "fr", "hi", "ru", "sw", "th", "tr", "ur",

@@ -14,10 +14,12 @@ Layout of `out_dir` (read by `open_binarized`; `distil.data.batching` relies on 
   index.json          format, tokenizer path + sha256, vocab_size, max_length, shard_size, special ids, one entry
                       per finished shard (lines, input sha256, sequences, tokens, filter counts, done) and
                       `complete` once token_counts.npy is written.
-Shard k holds the sequences made from input lines [k*shard_size, (k+1)*shard_size). Each file is written to a
-temporary name and renamed; a shard enters index.json only after both of its files are in place. A rerun
-re-reads the input, checks each finished shard's lines against its recorded sha256 and skips it, and
-tokenises the rest; stray temporary files are deleted and unrecorded shard files overwritten.
+Shard k holds the sequences made from input lines [k*shard_size, (k+1)*shard_size). index.json is written before
+any shard; each file is written to a temporary name and renamed; a shard enters index.json only after both of its
+files are in place. A rerun re-reads the input, checks each finished shard's lines against its recorded sha256 and
+skips it, and tokenises the rest; temporaries a killed distil run left (`distil.atomic.remove_stale_temporaries`:
+never a user's file) are deleted and unrecorded shard files overwritten. A folder holding other files but no
+index.json is refused. An interrupted run (Ctrl-C, SIGKILL) can always be resumed by rerunning it.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import itertools
 import json
 import multiprocessing
 import os
+import signal
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -35,7 +38,7 @@ from pathlib import Path
 import numpy as np
 import tqdm
 
-from distil.atomic import write_atomically, write_text_atomically
+from distil.atomic import make_output_folder, remove_stale_temporaries, write_atomically, write_text_atomically
 from distil.data import text as text_sources
 from distil.tokenization import default_vocab_path, load_tokenizer, special_token_ids
 
@@ -150,7 +153,10 @@ def _encode_block(tokenizer, lines: Sequence[str], max_length: int, cls_id: int,
 _WORKER: dict = {}
 
 
-def _init_worker(tokenizer_json: str, max_length: int, cls_id: int, sep_id: int, unk_id: int) -> None:
+def _init_worker(parent_pid: int, tokenizer_json: str, max_length: int, cls_id: int, sep_id: int, unk_id: int):
+    # Ctrl-C reaches the whole process group: the parent handles it and terminates the pool, workers stay quiet.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _exit_with_parent(parent_pid)
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
     from tokenizers import Tokenizer
 
@@ -159,6 +165,32 @@ def _init_worker(tokenizer_json: str, max_length: int, cls_id: int, sep_id: int,
 
 def _encode_in_worker(lines: Sequence[str]) -> _EncodedBlock:
     return _encode_block(_WORKER["tokenizer"], lines, *_WORKER["args"])
+
+
+def _exit_with_parent(parent_pid: int) -> None:
+    """A worker whose parent is killed (SIGKILL) dies with it instead of finishing its block and printing a
+    BrokenPipeError traceback on the closed result pipe (Linux: PR_SET_PDEATHSIG; elsewhere a no-op)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent_pid:  # the parent died before prctl
+        os._exit(1)
+
+
+def _start_pool(num_workers: int, initargs: tuple):
+    """A spawn pool whose workers start with SIGINT blocked (a Ctrl-C during their start-up would print a traceback
+    from each) and then ignore it."""
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT}) if hasattr(signal, "pthread_sigmask") else None
+    try:
+        return multiprocessing.get_context("spawn").Pool(
+            num_workers, initializer=_init_worker, initargs=(os.getpid(), *initargs)
+        )
+    finally:
+        if mask is not None:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 
 
 # --------------------------------------------------------------------------------------------- files
@@ -196,9 +228,19 @@ def _check_shard_files(out_dir: Path, shard: dict) -> None:
 
 
 def _resume_index(out_dir: Path, header: dict) -> dict:
-    """The index of an earlier run into `out_dir` if its settings equal `header`'s, else a fresh index."""
+    """The index of an earlier run into `out_dir` if its settings equal `header`'s, else a fresh index (written at
+    once, so that every shard file ever written sits beside an index.json that proves the folder is distil's)."""
     if not (out_dir / INDEX_FILE).exists():
-        return {**header, "shards": [], "complete": False}
+        others = sorted(entry.name for entry in out_dir.iterdir() if not entry.name.startswith("."))
+        if others:
+            listed = ", ".join(others[:6]) + (" ..." if len(others) > 6 else "")
+            raise BinarizeError(
+                f"{out_dir}: holds files but no {INDEX_FILE} ({listed}); distil writes shards into a new or empty "
+                "folder, or resumes one it wrote"
+            )
+        index = {**header, "shards": [], "complete": False}
+        _save_index(out_dir, index)
+        return index
     index = _read_index(out_dir)
     for key in ("vocab_size", "max_length", "shard_size", "special_ids"):
         if index.get(key) != header[key]:
@@ -253,10 +295,8 @@ def binarize(
     if shard_size < 1 or num_workers < 0:
         raise BinarizeError(f"shard_size must be >= 1 and num_workers >= 0, got {shard_size} and {num_workers}")
     started = time.perf_counter()
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for stray in out_dir.glob("*.tmp-*"):  # half-written files of a killed run are never trusted
-        stray.unlink()
+    out_dir = make_output_folder(out_dir)
+    remove_stale_temporaries(out_dir)  # half-written files of a killed run are never trusted
 
     tokenizer = load_tokenizer(tokenizer_path)
     tokenizer.no_truncation()
@@ -277,11 +317,7 @@ def binarize(
     index["shards"] = [done[k] for k in sorted(done)]
     block_args = (max_length, special.cls, special.sep, special.unk)
 
-    pool = None
-    if num_workers > 0:
-        pool = multiprocessing.get_context("spawn").Pool(
-            num_workers, initializer=_init_worker, initargs=(tokenizer_json, *block_args)
-        )
+    pool = _start_pool(num_workers, (tokenizer_json, *block_args)) if num_workers > 0 else None
     lines_iter = _tagged_lines(texts)
     bar = tqdm.tqdm(desc=f"binarize {out_dir.name}", unit="tok", unit_scale=True, disable=not progress)
     encoded_tokens = encoded_lines = skipped = 0
@@ -483,6 +519,12 @@ def prepare(
       sources hold) deterministically from `seed`. Counting lines is one extra pass over the input.
     max_length, num_workers, shard_size, progress: as in `binarize`.
     """
+    if num_lines is not None and num_lines < 1:
+        raise BinarizeError(f"num_lines must be >= 1 (or None for all lines), got {num_lines}")
+    if seed < 0:
+        raise BinarizeError(f"seed must be >= 0, got {seed}")
+    if sampling_alpha is not None and not 0 <= sampling_alpha < float("inf"):
+        raise BinarizeError(f"sampling_alpha must be a finite number >= 0 (or None), got {sampling_alpha}")
     if os.fspath(source) == "wikipedia":
         if data_dir is None or not languages:
             raise BinarizeError("source='wikipedia' needs data_dir and languages (e.g. ['en', 'sw'])")

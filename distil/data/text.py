@@ -9,7 +9,9 @@ concatenation) or `mix_languages` (XLM-style sampling, p ∝ n^alpha, Lample & C
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
+import re
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
@@ -17,6 +19,8 @@ import numpy as np
 
 from distil.data import tfds_io
 from distil.lines import read_utf8_lines
+
+_log = logging.getLogger(__name__)
 
 # Lines drawn per language choice in `mix_languages`; only a speed knob, the drawn stream does not depend on it.
 _MIX_BLOCK = 4096
@@ -58,16 +62,40 @@ class TextFile:
         return read_lines(self.path)
 
 
+# A language code as corpus file names carry it: ISO 639-1 / 639-3 (`en`, `sw`, `ceb`), optionally with BCP 47
+# script or region subtags (`zh-Hans`, `pt_BR`) or tfds Wikipedia's variants (`zh-min-nan`, `be-tarask`).
+_LANGUAGE_CODE = re.compile(r"[a-z]{2,3}(?:[-_][A-Za-z0-9]{2,8})*")
+
+
+def is_language_code(name: str) -> bool:
+    return _LANGUAGE_CODE.fullmatch(name) is not None
+
+
 def language_files(path: str | os.PathLike) -> dict[str, TextFile]:
-    """A folder of `<lang>.txt` files (sorted by language), or one `<lang>.txt` file, as {lang: TextFile}."""
+    """A folder of `<lang>.txt` files (sorted by language), or one `<lang>.txt` file, as {lang: TextFile}.
+
+    Only files named by a language code are languages: a `README.txt` or `notes.txt` beside them is skipped and
+    named in a warning (logger `distil.data.text`), never trained on as a language. To read files of other names,
+    pass a {lang: path} mapping to `binarize`.
+    """
     path = Path(path)
     if path.is_file():
+        if not is_language_code(path.stem):
+            raise TextSourceError(
+                f"{path}: the file name must be a language code, <lang>.txt (e.g. en.txt, zh-Hans.txt); rename it"
+            )
         return {path.stem: TextFile(path)}
     if not path.is_dir():
         raise FileNotFoundError(f"text source {path} is neither a file nor a folder of <lang>.txt files")
-    files = sorted(path.glob("*.txt"))
+    entries = sorted(entry for entry in path.iterdir() if not entry.name.startswith("."))
+    files = [entry for entry in entries if entry.suffix == ".txt" and entry.is_file() and is_language_code(entry.stem)]
+    skipped = [entry.name for entry in entries if entry not in files]
     if not files:
-        raise TextSourceError(f"folder {path} holds no <lang>.txt file")
+        also = f" (it holds {', '.join(skipped[:6])}{' ...' if len(skipped) > 6 else ''})" if skipped else ""
+        raise TextSourceError(f"folder {path} holds no <lang>.txt file (e.g. en.txt){also}")
+    if skipped:
+        _log.warning("%s: skipped %d file(s) not named <lang>.txt with a language code: %s", path, len(skipped),
+                     ", ".join(skipped[:10]) + (" ..." if len(skipped) > 10 else ""))
     return {file.stem: TextFile(file) for file in files}
 
 
@@ -119,8 +147,8 @@ def language_sampling_probs(counts: Mapping[str, int], alpha: float = 0.7) -> di
     """
     if not counts:
         raise ValueError("language_sampling_probs needs at least one language, got no counts")
-    if not alpha >= 0:
-        raise ValueError(f"alpha must be >= 0, got {alpha}")
+    if not 0 <= alpha < float("inf"):
+        raise ValueError(f"alpha must be a finite number >= 0, got {alpha}")
     for lang, count in counts.items():
         if count < 0:
             raise ValueError(f"count of language {lang!r} must be >= 0, got {count}")

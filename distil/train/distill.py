@@ -184,7 +184,7 @@ def _teacher_config(config, vocab_size: int) -> ModelConfig | None:
     if teacher.source == "none":
         return None
     if teacher.source == "checkpoint":
-        return hf.read_config(teacher.checkpoint).replace(dtype=teacher.dtype)
+        return hf.read_checkpoint(teacher.checkpoint).config.replace(dtype=teacher.dtype)
     return ModelConfig(family="bert", vocab_size=vocab_size, hidden_size=teacher.hidden_size,
                        num_hidden_layers=teacher.num_hidden_layers, num_attention_heads=teacher.num_attention_heads,
                        intermediate_size=teacher.intermediate_size,
