@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Callable
 
 import jax
+import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
 from flax import nnx
@@ -31,7 +32,6 @@ from safetensors.numpy import save_file
 
 from distil.atomic import write_folder_atomically
 from distil.models import Model, ModelConfig, abstract_model
-from distil.models.config import dtype_from_name
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -595,7 +595,7 @@ def load_pretrained(
     overrides = {k: v for k, v in (("dtype", dtype), ("param_dtype", param_dtype)) if v is not None}
     if overrides:
         config = config.replace(**overrides)
-    storage_dtype = dtype_from_name(config.param_dtype, field="param_dtype")
+    storage_dtype = jnp.dtype(config.param_dtype)
     graphdef, abstract_state = nnx.split(abstract_model(config))
     values = {
         row.distil_path: _to_distil(row.layout, checkpoint.tensors[row.hf_name].read(), config).astype(storage_dtype)

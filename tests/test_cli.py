@@ -183,7 +183,7 @@ def test_a_vocabulary_or_length_mismatch_is_caught_before_running(teacher_folder
     assert_one_line_error(code, err, "export", f"{small_folders / 'bert'} (config.json) has vocab_size 97 but "
                           f"--tokenizer {default_vocab_path()} has 119,547 tokens")
     assert not (tmp_path / "out").exists()
-    demo = ["demo", "--workdir", tmp_path / "demo", "--config", REPO / "configs" / "demo.py"]
+    demo = ["demo", "--workdir", tmp_path / "demo", "--config", "demo"]
     code, _, err = run([*demo, f"--config.teacher.checkpoint={small_folders / 'bert'}"], capsys)
     assert_one_line_error(code, err, "demo", f"the teacher {small_folders / 'bert'} has vocab_size 97 but the "
                           f"tokenizer {default_vocab_path()} has 119,547 tokens")
