@@ -272,6 +272,20 @@ def test_train_wordpiece_on_corpus(tmp_path):
     assert [e.ids for e in reloaded.encode_batch(lines)] == [e.ids for e in encodings]
 
 
+def test_shipped_small_vocab_is_the_corpus_wordpiece():
+    """wordpiece-8k/vocab.txt is exactly what its README says: train_wordpiece on the 15 embedded corpus files."""
+    trained = tokenization.train_wordpiece(sorted(embedded.embedded_corpus_dir().glob("*.txt")), 8000,
+                                           limit_alphabet=2000)
+    tokens = sorted(trained.get_vocab(), key=trained.get_vocab().get)
+    assert embedded.embedded_wordpiece_vocab().read_bytes() == "".join(t + "\n" for t in tokens).encode("utf-8")
+    # Every corpus character is covered: the only [UNK]s are words longer than max_input_chars_per_word (100),
+    # unsegmented Thai runs, and they go once the limit is lifted.
+    lines = [line for f in sorted(embedded.embedded_corpus_dir().glob("*.txt"))
+             for line in f.read_text(encoding="utf-8").split("\n") if line]
+    unlimited = tokenization.load_tokenizer(embedded.embedded_wordpiece_vocab(), max_input_chars_per_word=1000)
+    assert sum(e.ids.count(100) for e in unlimited.encode_batch(lines)) == 0
+
+
 def test_bad_inputs_name_the_file_and_token(tmp_path):
     missing = tmp_path / "nowhere" / "vocab.txt"
     with pytest.raises(tokenization.TokenizerError, match=re.escape(str(missing))):

@@ -34,6 +34,12 @@ def embedded_corpus_file(language: str) -> Path:
     return embedded_corpus_dir() / f"{language}.txt"
 
 
+def embedded_wordpiece_vocab() -> Path:
+    """`wordpiece-8k/vocab.txt`: an 8,000-token cased WordPiece learned from the embedded corpus, for laptop-sized
+    runs (`distilmbert:runlocal`, tests) where mBERT's 119,547 rows would dominate the model."""
+    return _EMBEDDED_DIR / "wordpiece-8k" / "vocab.txt"
+
+
 def embedded_nli_train() -> Path:
     """English MultiNLI training sample, 3000 rows (1000 per label), text_a/text_b/label jsonl.
 

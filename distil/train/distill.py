@@ -329,6 +329,9 @@ def step_analysis(compiled) -> dict:
               "temp_bytes": "temp_size_in_bytes", "alias_bytes": "alias_size_in_bytes",
               "peak_bytes": "peak_memory_in_bytes"}
     out = {name: int(getattr(memory, attr, 0) or 0) for name, attr in fields.items()} if memory else {}
+    if memory:  # the CPU backend reports no peak; arguments + outputs + temporaries bound it
+        out["peak_bytes"] = max(out["peak_bytes"], out["argument_bytes"] + out["output_bytes"] + out["temp_bytes"]
+                                - out["alias_bytes"])
     out["flops"] = float((cost or {}).get("flops", 0.0))
     return out
 
@@ -455,12 +458,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
                 state, metrics = steps.get(local["input_ids"].shape[-1])(state, teacher_params, batch)
                 step += 1
                 metrics = jax.device_get(metrics)
-                bad = [name for name in ("loss", *objective.terms) if not np.isfinite(metrics[name])]
-                if bad:
-                    manager.wait_until_finished()
+                bad = [term for term in objective.terms if not np.isfinite(metrics[term])]
+                if bad or not np.isfinite(metrics["loss"]):
+                    manager.wait_until_finished()  # this state is never saved: the last checkpoint stays the last good
+                    name = bad[0] if bad else "total"
                     raise TrainingError(
-                        f"step {step}: the {bad[-1]} loss is {metrics[bad[-1]]}; stopped. The last good checkpoint "
-                        f"(step {manager.latest_step()}) is in {manager.directory}"
+                        f"step {step}: the {name} loss is {metrics[bad[0] if bad else 'loss']}; stopped. The last "
+                        f"good checkpoint (step {manager.latest_step()}) is in {manager.directory}"
                     )
                 progress.add_tokens(float(metrics["real_tokens"]))
                 if step % config.log_every_steps == 0 or step == num_steps:
