@@ -129,6 +129,7 @@ def get_config(arg=None):
     config.mesh.data = -1
     config.mesh.fsdp = 1
     config.mesh.tensor = 1
+    config.mesh.num_devices = -1  # -1: every visible device; n: the first n (e.g. 1 to compare with one device)
     config.sharding = ml_collections.ConfigDict()
     config.sharding.logical_axis_rules = STANDARD_LOGICAL_AXIS_RULES
     return config

@@ -98,8 +98,12 @@ def check_config(config: ml_collections.ConfigDict, *, num_devices: int, process
     if batching.global_batch % process_count:
         raise ConfigError(f"config.batching.global_batch={batching.global_batch} must be a multiple of the "
                           f"{process_count} processes")
+    if not (config.mesh.num_devices == -1 or 1 <= config.mesh.num_devices <= jax.device_count()):
+        raise ConfigError(f"config.mesh.num_devices must be -1 (all) or in [1, {jax.device_count()}], got "
+                          f"{config.mesh.num_devices}")
     try:
-        data, fsdp, _ = sharding.mesh_shape(dict(config.mesh), num_devices, prefix="config.mesh")
+        mesh_config = {axis: config.mesh[axis] for axis in sharding.MESH_AXES}
+        data, fsdp, _ = sharding.mesh_shape(mesh_config, num_devices, prefix="config.mesh")
     except sharding.MeshError as err:
         raise ConfigError(str(err)) from err
     micro = batching.global_batch // batching.micro_batches
@@ -357,10 +361,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     started = time.perf_counter()
 
     # Config checks, mesh.
-    check_config(config, num_devices=jax.device_count(), process_count=jax.process_count())
+    num_devices = jax.device_count() if config.mesh.num_devices == -1 else config.mesh.num_devices
+    check_config(config, num_devices=num_devices, process_count=jax.process_count())
     objective = _objective(config)
     rules = tuple(tuple(rule) for rule in config.sharding.logical_axis_rules)
-    mesh = sharding.make_mesh(dict(config.mesh))
+    mesh_config = {axis: config.mesh[axis] for axis in sharding.MESH_AXES}
+    devices = jax.devices() if config.mesh.num_devices == -1 else jax.devices()[: config.mesh.num_devices]
+    mesh = sharding.make_mesh(mesh_config, devices)
     tokenizer_path = config.tokenizer or default_vocab_path()
     tokenizer = load_tokenizer(tokenizer_path)
     vocab_size = tokenizer.get_vocab_size()

@@ -94,7 +94,7 @@ def make_train_step(
         if frozen:
             grads = nnx.map_state(lambda path, g: jnp.zeros_like(g) if path in frozen else g, grads)
         grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, state.params)
-        grad_norm = optax.global_norm(grads)
+        grad_norm = optax.tree.norm(grads)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
 
