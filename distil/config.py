@@ -141,6 +141,11 @@ def apply_override(config: ml_collections.ConfigDict, override: str, *, source: 
         raise ConfigError(f"{source}: config has no field config.{key} (known here: {known})")
     if isinstance(node[leaf], ml_collections.ConfigDict):
         raise ConfigError(f"{source}: config.{key} is a section; set one of its fields")
+    if isinstance(node[leaf], str):
+        # A string field takes the text as written ('none', '1e-3', a path), unquoted if it was quoted.
+        parsed = _parse_value(value_text)
+        node[leaf] = parsed if isinstance(parsed, str) and value_text[:1] in "'\"" else value_text
+        return
     node[leaf] = _coerce(_parse_value(value_text), node[leaf], key, source)
 
 
