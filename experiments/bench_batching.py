@@ -52,7 +52,7 @@ def epoch_padding(source: batching.GroupedBatchSource, pad_to_multiple: int) -> 
     """Padding fraction of epoch 0, from the plan and the lengths alone (no tokens read)."""
     positions = real = 0
     for step in range(source.batches_per_epoch):
-        lengths = source.lengths[source.global_rows(step)]
+        lengths = source.lengths[source.global_rows(step)[:, 0]]
         length = batching.padded_length(
             lengths.max(), pad_to_multiple=pad_to_multiple, max_length=source.max_length,
             fixed_length=source.fixed_length,

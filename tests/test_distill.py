@@ -323,3 +323,42 @@ def test_teacher_from_a_hugging_face_folder(tmp_path):
     with pytest.raises(ConfigError, match=r"config.tokenizer has 119547 tokens but the teacher has vocab_size=8000"):
         train_and_evaluate(runlocal("teacher.source=checkpoint", f"teacher.checkpoint={tmp_path / 'teacher'}",
                                     "student.teacher_layers=(0, 1)", "tokenizer="), tmp_path / "mismatch")
+
+
+def test_losses_of_a_packed_batch_equal_those_unpacked():
+    """The recipe's terms over packed rows equal (as sum and count) the same sequences in their own padded rows."""
+    teacher, student = _models("teacher_layers")
+    objective = Objective(alpha_mse=1.0)
+    rng = np.random.default_rng(7)
+    sizes = [[6, 9, 4], [11, 7], [15]]
+    length = 20
+    packed = {name: np.zeros((3, length), np.int32) for name in
+              ("input_ids", "segment_ids", "position_ids", "mlm_labels")}
+    alone = {name: np.zeros((6, length), np.int32) for name in ("input_ids", "mlm_labels")}
+    index = 0
+    for row, row_sizes in enumerate(sizes):
+        start = 0
+        for segment, size in enumerate(row_sizes, 1):
+            tokens = rng.integers(5, TINY["vocab_size"], size=size)
+            labels = np.where(rng.random(size) < 0.3, tokens, IGNORE_INDEX)
+            span = slice(start, start + size)
+            packed["input_ids"][row, span], packed["mlm_labels"][row, span] = tokens, labels
+            packed["segment_ids"][row, span], packed["position_ids"][row, span] = segment, np.arange(size)
+            alone["input_ids"][index, :size], alone["mlm_labels"][index, :size] = tokens, labels
+            alone["mlm_labels"][index, size:] = IGNORE_INDEX
+            start, index = start + size, index + 1
+        packed["mlm_labels"][row, start:] = IGNORE_INDEX
+    packed["attention_mask"] = (packed["segment_ids"] > 0).astype(np.int32)
+    alone["attention_mask"] = (alone["input_ids"] > 0).astype(np.int32)
+
+    def terms(batch, **packing):
+        out_t = teacher(batch["input_ids"], batch["attention_mask"], **packing)
+        out_s = student.model(batch["input_ids"], batch["attention_mask"], **packing)
+        return objective.sums(out_s, out_t, batch)
+
+    packed_terms = terms(packed, segment_ids=packed["segment_ids"], position_ids=packed["position_ids"])
+    alone_terms = terms(alone)
+    assert set(packed_terms) == {"ce", "mlm", "cos", "mse"}
+    for term in packed_terms:
+        np.testing.assert_allclose(packed_terms[term][0], alone_terms[term][0], rtol=2e-5, atol=1e-5, err_msg=term)
+        assert float(packed_terms[term][1]) == float(alone_terms[term][1]), term

@@ -156,3 +156,38 @@ def test_sinusoidal_positions_match_transformers():
     ours = create_model(distilmbert_base(**{**TINY, "num_hidden_layers": 1}, sinusoidal_pos_embds=True))
     np.testing.assert_allclose(np.asarray(ours.encoder.embeddings.position_embeddings.embedding[...]), reference,
                                atol=1e-6)
+
+
+@pytest.mark.parametrize("family", ["bert", "distilbert"])
+def test_packed_rows_encode_each_sequence_as_alone(family):
+    """Several sequences in one row (segment ids, positions restarting) give every sequence exactly the hidden states
+    and MLM logits it gets alone in its own padded row."""
+    extra = dict(type_vocab_size=0, add_pooler=False) if family == "distilbert" else dict(add_pooler=False)
+    config = ModelConfig(family=family, **{**TINY, "num_hidden_layers": 3}, head="mlm", **extra)
+    model = create_model(config, seed=4)
+    rng = np.random.default_rng(3)
+    lengths = [[7, 5, 9], [12, 3], [20]]  # three packed rows of at most 24 tokens
+    length = 24
+    packed = {name: np.zeros((3, length), np.int32) for name in ("input_ids", "segment_ids", "position_ids")}
+    sequences = []
+    for row, row_lengths in enumerate(lengths):
+        start = 0
+        for segment, size in enumerate(row_lengths, 1):
+            tokens = rng.integers(5, 97, size=size).astype(np.int32)
+            sequences.append((row, start, tokens))
+            packed["input_ids"][row, start:start + size] = tokens
+            packed["segment_ids"][row, start:start + size] = segment
+            packed["position_ids"][row, start:start + size] = np.arange(size)
+            start += size
+    real = (packed["segment_ids"] > 0).astype(np.int32)
+    out = model(jnp.asarray(packed["input_ids"]), jnp.asarray(real), segment_ids=jnp.asarray(packed["segment_ids"]),
+                position_ids=jnp.asarray(packed["position_ids"]))
+    for row, start, tokens in sequences:
+        alone_ids = np.zeros((1, length), np.int32)
+        alone_ids[0, :len(tokens)] = tokens
+        alone = model(jnp.asarray(alone_ids), jnp.asarray((alone_ids > 0).astype(np.int32)))
+        span = slice(start, start + len(tokens))
+        for got, want in zip(out.hidden_states, alone.hidden_states):
+            np.testing.assert_allclose(np.asarray(got[row, span]), np.asarray(want[0, :len(tokens)]), atol=2e-5)
+        np.testing.assert_allclose(np.asarray(out.logits[row, span]), np.asarray(alone.logits[0, :len(tokens)]),
+                                   atol=2e-5)

@@ -145,6 +145,73 @@ def epoch_batches(
     return plan[batch_rng.permutation(num_batches)]
 
 
+def pack_sequences(lengths: np.ndarray, order: np.ndarray, max_length: int) -> list[list[int]]:
+    """Rows of at most `max_length` tokens, each a list of sequence indices (T5X / MaxText-style packing).
+
+    Best fit in visiting order: each sequence goes to the open row whose free space fits it most tightly, or opens a
+    new row. Rows keep the visiting order inside them; a row is a pure function of (lengths, order), so every
+    process computes the same rows.
+    """
+    rows: list[list[int]] = []
+    by_space: list[list[int]] = [[] for _ in range(max_length + 1)]  # free space -> rows with that much free
+    has_space = np.zeros(max_length + 1, dtype=bool)
+    for index in order:
+        length = int(lengths[index])
+        fitting = np.flatnonzero(has_space[length:])
+        if fitting.size:
+            space = length + int(fitting[0])
+            row = by_space[space].pop()
+            has_space[space] = bool(by_space[space])
+        else:
+            row, space = len(rows), max_length
+            rows.append([])
+        rows[row].append(int(index))
+        left = space - length
+        if left:
+            by_space[left].append(row)
+            has_space[left] = True
+    return rows
+
+
+def epoch_rows(
+    lengths: np.ndarray,
+    *,
+    composition: str,
+    global_batch: int,
+    micro_batches: int,
+    seed: int,
+    epoch: int,
+    max_length: int,
+    drop_remainder: bool,
+) -> np.ndarray:
+    """The update plan of one epoch: int64 [updates, global_batch, segments] sequence indices, -1 = none.
+
+    Row r of an update is micro-batch r // (global_batch / micro_batches). `composition` says how rows are made:
+      "update":      one sequence per row, the whole update length-grouped (`epoch_batches` of global_batch);
+      "micro_batch": one sequence per row, each micro-batch length-grouped and an update `micro_batches` micro-batches
+                     from different bins, as the reference's gradient accumulation over per-GPU grouped batches;
+      "packed":      several sequences per row (`pack_sequences` in the epoch's visiting order), segments > 1.
+    """
+    micro_rows = global_batch // micro_batches
+    if composition == "update":
+        return epoch_batches(lengths, global_batch=global_batch, seed=seed, epoch=epoch, max_length=max_length,
+                             drop_remainder=drop_remainder)[:, :, None]
+    if composition == "micro_batch":
+        micro = epoch_batches(lengths, global_batch=micro_rows, seed=seed, epoch=epoch, max_length=max_length,
+                              drop_remainder=drop_remainder)
+        updates = len(micro) // micro_batches
+        return micro[: updates * micro_batches].reshape(updates, global_batch)[:, :, None]
+    if composition == "packed":
+        rows = pack_sequences(lengths, epoch_permutation(len(lengths), seed, epoch), max_length)
+        segments = max(len(row) for row in rows)
+        table = np.full((len(rows), segments), -1, dtype=np.int64)
+        for r, row in enumerate(rows):
+            table[r, : len(row)] = row
+        updates = len(rows) // global_batch
+        return table[: updates * global_batch].reshape(updates, global_batch, segments)
+    raise ValueError(f"composition must be 'update', 'micro_batch' or 'packed', got {composition!r}")
+
+
 # ---------------------------------------------------------------------------------------------------- padding
 
 
@@ -211,17 +278,21 @@ class GroupedBatchSource:
 
     Args:
       sequences: token ids per index with `.lengths` (e.g. `open_binarized(dir)`).
-      global_batch: sequences per step summed over all processes.
-      max_length: the longest sequence allowed; also HF's `k` of the length bins.
+      global_batch: rows per step (one optimizer update) summed over all processes.
+      max_length: the longest sequence (or packed row) allowed; also HF's `k` of the length bins.
       seed: with the epoch, fixes every epoch's order.
       pad_to_multiple, fixed_length: see `padded_length`.
       group_by_length: False gives plain shuffled batches (the baseline for `padding_fraction`).
       drop_remainder: see `epoch_batches`.
       num_epochs: steps run out after this many epochs; None never runs out.
+      micro_batches: an update's rows are this many micro-batches of global_batch / micro_batches rows.
+      composition: "update", "micro_batch" or "packed" (`epoch_rows`).
       process_index, process_count: this process's share; default `jax.process_index()/process_count()`.
 
-    A `global_batch` that does not fit (not a multiple of `process_count`, larger than an epoch) raises
-    `GlobalBatchError`, so a caller that read it from a config can name the config field.
+    Process p yields its slice of every micro-batch (rows [p * m, (p + 1) * m) of each, m = micro rows / processes),
+    micro-batch after micro-batch, so a micro-batch is the same set of sequences whatever the number of processes.
+    A `global_batch` that does not fit (not a multiple of `process_count` x micro_batches, larger than an epoch)
+    raises `GlobalBatchError`, so a caller that read it from a config can name the config field.
     """
 
     def __init__(
@@ -236,6 +307,8 @@ class GroupedBatchSource:
         group_by_length: bool = True,
         drop_remainder: bool = True,
         num_epochs: int | None = None,
+        micro_batches: int = 1,
+        composition: str = "update",
         process_index: int | None = None,
         process_count: int | None = None,
     ):
@@ -249,13 +322,17 @@ class GroupedBatchSource:
         self.group_by_length = group_by_length
         self.drop_remainder = drop_remainder
         self.num_epochs = num_epochs
+        self.micro_batches = micro_batches
+        self.composition = composition
         self.process_index = jax.process_index() if process_index is None else process_index
         self.process_count = jax.process_count() if process_count is None else process_count
 
-        if global_batch <= 0 or global_batch % self.process_count:
+        if composition not in ("update", "micro_batch", "packed"):
+            raise ValueError(f"composition must be 'update', 'micro_batch' or 'packed', got {composition!r}")
+        if micro_batches <= 0 or global_batch <= 0 or global_batch % (micro_batches * self.process_count):
             raise GlobalBatchError(
-                f"global_batch={global_batch} must be a positive multiple of the number of processes "
-                f"({self.process_count}): each process yields global_batch // process_count rows"
+                f"global_batch={global_batch} must be a positive multiple of micro_batches ({micro_batches}) x the "
+                f"number of processes ({self.process_count}): each process yields its share of every micro-batch"
             )
         if not 0 <= self.process_index < self.process_count:
             raise ValueError(f"process_index={self.process_index} is outside [0, {self.process_count})")
@@ -269,63 +346,98 @@ class GroupedBatchSource:
                 f"sequence {index} has {self.lengths[index]} tokens, more than max_length={max_length}; "
                 "split or truncate sequences when binarizing"
             )
-        self.batches_per_epoch = batches_per_epoch(len(self.lengths), global_batch, drop_remainder)
+        self.micro_rows = global_batch // micro_batches
+        self._plans: collections.OrderedDict[int, np.ndarray] = collections.OrderedDict()
+        self._plans_lock = threading.Lock()  # grain reads steps from several threads
+        if composition == "update":
+            self.batches_per_epoch = batches_per_epoch(len(self.lengths), global_batch, drop_remainder)
+        elif composition == "micro_batch":
+            self.batches_per_epoch = batches_per_epoch(len(self.lengths), self.micro_rows, True) // micro_batches
+        else:  # packing: the number of rows depends on the order; every epoch gets epoch 0's number of updates
+            self.batches_per_epoch = len(self._make_plan(0))
         if self.batches_per_epoch == 0:
             raise GlobalBatchError(
                 f"{len(self.lengths)} sequences do not fill one batch of global_batch={global_batch}"
             )
         self.local_batch = global_batch // self.process_count
-        self._local_rows = slice(self.process_index * self.local_batch, (self.process_index + 1) * self.local_batch)
-        self._plans: collections.OrderedDict[int, np.ndarray] = collections.OrderedDict()
-        self._plans_lock = threading.Lock()  # grain reads steps from several threads
+        self.local_micro_rows = self.micro_rows // self.process_count
 
     def __len__(self) -> int:
         if self.num_epochs is None:
             return _UNBOUNDED_STEPS
         return self.num_epochs * self.batches_per_epoch
 
+    def _make_plan(self, epoch: int) -> np.ndarray:
+        if not self.group_by_length:
+            plan = epoch_batches(self.lengths, global_batch=self.global_batch, seed=self.seed, epoch=epoch,
+                                 max_length=self.max_length, group_by_length=False,
+                                 drop_remainder=self.drop_remainder)[:, :, None]
+        else:
+            plan = epoch_rows(self.lengths, composition=self.composition, global_batch=self.global_batch,
+                              micro_batches=self.micro_batches, seed=self.seed, epoch=epoch,
+                              max_length=self.max_length, drop_remainder=self.drop_remainder)
+        if self.composition == "packed" and epoch and len(plan) != self.batches_per_epoch:
+            fill = np.full((max(self.batches_per_epoch - len(plan), 0),) + plan.shape[1:], -1, dtype=np.int64)
+            plan = np.concatenate([plan, fill])[: self.batches_per_epoch]
+        return plan
+
     def epoch_plan(self, epoch: int) -> np.ndarray:
-        """`epoch_batches` of this source, kept for the two most recent epochs (prefetch crosses epochs)."""
+        """int64 [updates, global_batch, segments] (`epoch_rows`), kept for the two most recent epochs (prefetch
+        crosses epochs)."""
         with self._plans_lock:
             if epoch not in self._plans:
-                self._plans[epoch] = epoch_batches(
-                    self.lengths,
-                    global_batch=self.global_batch,
-                    seed=self.seed,
-                    epoch=epoch,
-                    max_length=self.max_length,
-                    group_by_length=self.group_by_length,
-                    drop_remainder=self.drop_remainder,
-                )
+                self._plans[epoch] = self._make_plan(epoch)
                 while len(self._plans) > 2:
                     self._plans.popitem(last=False)
             return self._plans[epoch]
 
     def global_rows(self, step: int) -> np.ndarray:
-        """int64 [global_batch] sequence indices of the step's global batch (-1 = fill row)."""
+        """int64 [global_batch, segments] sequence indices of the step's global batch (-1 = none)."""
         if not 0 <= step < len(self):
             raise IndexError(f"step {step} is outside [0, {len(self)}) ({self.num_epochs} epochs)")
         epoch, position = divmod(step, self.batches_per_epoch)
         return self.epoch_plan(epoch)[position]
 
+    def local_rows(self, step: int) -> np.ndarray:
+        """This process's rows of the step: [local_batch, segments], its slice of each micro-batch in turn."""
+        by_micro = self.global_rows(step).reshape(self.micro_batches, self.micro_rows, -1)
+        start = self.process_index * self.local_micro_rows
+        return by_micro[:, start : start + self.local_micro_rows].reshape(self.local_batch, -1)
+
+    def _sequence(self, index: int) -> np.ndarray:
+        token_ids = self.sequences[int(index)]
+        if len(token_ids) != self.lengths[index]:
+            raise ValueError(
+                f"sequence {index} has {len(token_ids)} tokens but sequences.lengths[{index}] = {self.lengths[index]}"
+            )
+        return np.asarray(token_ids)
+
     def __getitem__(self, step: int) -> dict[str, np.ndarray]:
-        """`{'input_ids', 'attention_mask': int32 [local_batch, L], 'lengths': int32 [local_batch]}`."""
+        """`{'input_ids', 'attention_mask': int32 [local_batch, L], 'lengths': int32 [local_batch]}`; packed rows also
+        carry `segment_ids` (1, 2, ... per sequence, 0 = padding) and `position_ids` (restarting per sequence)."""
         rows = self.global_rows(step)
         # L comes from the lengths of the whole global batch, known to every process without reading tokens.
-        longest = self.lengths[rows[rows >= 0]].max(initial=0)
+        row_lengths = np.where(rows >= 0, self.lengths[np.maximum(rows, 0)], 0).sum(-1)
         length = padded_length(
-            longest, pad_to_multiple=self.pad_to_multiple, max_length=self.max_length, fixed_length=self.fixed_length
+            row_lengths.max(initial=0), pad_to_multiple=self.pad_to_multiple, max_length=self.max_length,
+            fixed_length=self.fixed_length,
         )
-        sequences = []
-        for index in rows[self._local_rows]:
-            token_ids = self.sequences[int(index)] if index >= 0 else np.zeros(0, np.int32)
-            if index >= 0 and len(token_ids) != self.lengths[index]:
-                raise ValueError(
-                    f"sequence {index} has {len(token_ids)} tokens but sequences.lengths[{index}] = "
-                    f"{self.lengths[index]}"
-                )
-            sequences.append(token_ids)
-        return pad_batch(sequences, length)
+        local = self.local_rows(step)
+        if self.composition != "packed":
+            sequences = [self._sequence(index) if index >= 0 else np.zeros(0, np.int32) for index in local[:, 0]]
+            return pad_batch(sequences, length)
+        tokens, segment_ids, position_ids = [], [], []
+        for row in local:
+            parts = [self._sequence(index) for index in row if index >= 0]
+            tokens.append(np.concatenate(parts) if parts else np.zeros(0, np.int32))
+            segment_ids.append(np.concatenate([np.full(len(p), i + 1) for i, p in enumerate(parts)] or [[]]))
+            position_ids.append(np.concatenate([np.arange(len(p)) for p in parts] or [[]]))
+        batch = pad_batch(tokens, length)
+        for name, values in (("segment_ids", segment_ids), ("position_ids", position_ids)):
+            batch[name] = np.zeros((len(local), length), dtype=np.int32)
+            for r, row_values in enumerate(values):
+                batch[name][r, : len(row_values)] = row_values
+        return batch
 
 
 # ---------------------------------------------------------------------------------------------------- iteration

@@ -37,9 +37,10 @@ class Bert(nnx.Module):
         else:
             self.classifier = None
 
-    def __call__(self, input_ids, attention_mask=None, token_type_ids=None, *, dropout_rngs=None,
-                 output_attentions=False, output_qkv=False) -> EncoderOutput:
-        encoded = self.encoder(input_ids, attention_mask, token_type_ids, dropout_rngs=dropout_rngs,
+    def __call__(self, input_ids, attention_mask=None, token_type_ids=None, *, segment_ids=None, position_ids=None,
+                 dropout_rngs=None, output_attentions=False, output_qkv=False) -> EncoderOutput:
+        encoded = self.encoder(input_ids, attention_mask, token_type_ids, segment_ids=segment_ids,
+                               position_ids=position_ids, dropout_rngs=dropout_rngs,
                                output_attentions=output_attentions, output_qkv=output_qkv)
         last_hidden = encoded.last_hidden_state
         logits = None

@@ -27,13 +27,14 @@ class DistilBert(nnx.Module):
         else:
             self.pre_classifier = self.classifier = None
 
-    def __call__(self, input_ids, attention_mask=None, token_type_ids=None, *, dropout_rngs=None,
-                 output_attentions=False, output_qkv=False) -> EncoderOutput:
+    def __call__(self, input_ids, attention_mask=None, token_type_ids=None, *, segment_ids=None, position_ids=None,
+                 dropout_rngs=None, output_attentions=False, output_qkv=False) -> EncoderOutput:
         """`token_type_ids` is accepted for a uniform call signature and must be None (DistilBERT has none)."""
         if token_type_ids is not None:
             raise ValueError("DistilBERT has no token type embeddings; pass token_type_ids=None")
-        encoded = self.encoder(input_ids, attention_mask, dropout_rngs=dropout_rngs,
-                               output_attentions=output_attentions, output_qkv=output_qkv)
+        encoded = self.encoder(input_ids, attention_mask, segment_ids=segment_ids, position_ids=position_ids,
+                               dropout_rngs=dropout_rngs, output_attentions=output_attentions,
+                               output_qkv=output_qkv)
         last_hidden = encoded.last_hidden_state
         logits = None
         if self.mlm_head is not None:

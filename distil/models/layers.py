@@ -173,13 +173,18 @@ class Embeddings(nnx.Module):
         self.layer_norm = layer_norm(config, rngs=rngs)
         self.dropout = nnx.Dropout(config.hidden_dropout)
 
-    def __call__(self, input_ids, token_type_ids=None, *, dropout_rngs: nnx.Rngs | None = None):
+    def __call__(self, input_ids, token_type_ids=None, position_ids=None, *, dropout_rngs: nnx.Rngs | None = None):
+        """position_ids: [batch, length] (packed rows restart at 0 per sequence); default 0, 1, 2, ..."""
         length = input_ids.shape[1]
         if length > self.config.max_position_embeddings:
             raise ValueError(
                 f"input length {length} exceeds max_position_embeddings={self.config.max_position_embeddings}"
             )
-        embedded = lookup(self.word_embeddings, input_ids) + self.position_embeddings(jnp.arange(length))[None]
+        if position_ids is None:
+            positions = self.position_embeddings(jnp.arange(length))[None]
+        else:
+            positions = lookup(self.position_embeddings, position_ids)
+        embedded = lookup(self.word_embeddings, input_ids) + positions
         if self.token_type_embeddings is not None:
             if token_type_ids is None:
                 token_type_ids = jnp.zeros_like(input_ids)
@@ -235,7 +240,9 @@ class SelfAttention(nnx.Module):
         key = constrain(self.key(hidden), head_axes)
         value = constrain(self.value(hidden), head_axes)
         scores = jnp.einsum("bqhd,bkhd->bhqk", query, key).astype(jnp.float32) / math.sqrt(self.config.head_dim)
-        scores = jnp.where(attention_mask[:, None, None, :].astype(bool), scores, jnp.finfo(jnp.float32).min)
+        # attention_mask: [batch, key] (padding) or [batch, query, key] (packed rows: block-diagonal by segment).
+        keys = attention_mask[:, None, None, :] if attention_mask.ndim == 2 else attention_mask[:, None, :, :]
+        scores = jnp.where(keys.astype(bool), scores, jnp.finfo(jnp.float32).min)
         fp32_probs = jax.nn.softmax(scores, axis=-1)  # [batch, heads, query, key]
         probs = self.dropout(fp32_probs.astype(value.dtype), deterministic=dropout_rngs is None, rngs=dropout_rngs)
         context = constrain(jnp.einsum("bhqk,bkhd->bqhd", probs, value), head_axes)
@@ -289,12 +296,17 @@ class Encoder(nnx.Module):
         self.embeddings = Embeddings(config, rngs=rngs)
         self.layers = nnx.List([TransformerLayer(config, rngs=rngs) for _ in range(config.num_hidden_layers)])
 
-    def __call__(self, input_ids, attention_mask=None, token_type_ids=None, *, dropout_rngs=None,
-                 output_attentions=False, output_qkv=False) -> EncoderOutput:
+    def __call__(self, input_ids, attention_mask=None, token_type_ids=None, *, segment_ids=None, position_ids=None,
+                 dropout_rngs=None, output_attentions=False, output_qkv=False) -> EncoderOutput:
+        """segment_ids: [batch, length] for packed rows (1, 2, ... per sequence, 0 = padding): a token attends only
+        to tokens of its own sequence, so each packed sequence is encoded exactly as it would be alone (with its
+        `position_ids` restarting at 0)."""
         if attention_mask is None:
             attention_mask = jnp.ones_like(input_ids)
+        if segment_ids is not None:  # [batch, query, key]
+            attention_mask = (segment_ids[:, :, None] == segment_ids[:, None, :]) & (segment_ids[:, None, :] > 0)
         with_internals = bool(output_attentions or output_qkv)
-        hidden = self.embeddings(input_ids, token_type_ids, dropout_rngs=dropout_rngs)
+        hidden = self.embeddings(input_ids, token_type_ids, position_ids, dropout_rngs=dropout_rngs)
         hidden_states, attentions, qkv = [hidden], [], []
         for layer in self.layers:
             hidden = layer(hidden, attention_mask, dropout_rngs=dropout_rngs, with_internals=with_internals)

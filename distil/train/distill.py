@@ -29,7 +29,7 @@ from flax import nnx
 from distil import hf, losses, sharding
 from distil.atomic import write_text_atomically
 from distil.config import ConfigError
-from distil.data.batching import GroupedBatchSource
+from distil.data.batching import GlobalBatchError, GroupedBatchSource
 from distil.data.binarize import load_token_counts, open_binarized, prepare
 from distil.data.embedded import embedded_corpus_dir
 from distil.data.masking import mask_batch, token_probs_from_counts
@@ -112,6 +112,13 @@ def check_config(config: ml_collections.ConfigDict, *, num_devices: int, process
                           f"split evenly over the data x fsdp = {data * fsdp} devices of config.mesh")
     if micro % process_count:
         raise ConfigError(f"a micro-batch of {micro} sequences must split evenly over the {process_count} processes")
+    if config.batching.composition not in ("update", "micro_batch", "packed"):
+        raise ConfigError(f"config.batching.composition must be 'update', 'micro_batch' or 'packed', got "
+                          f"{config.batching.composition!r}")
+    group = config.masking.group_size
+    if group <= 0 or (micro // process_count) % group:
+        raise ConfigError(f"config.masking.group_size={group} must divide the {micro // process_count} rows of a "
+                          f"micro-batch on each of the {process_count} processes")
     if config.num_steps < 0 or config.num_epochs <= 0 and not config.num_steps:
         raise ConfigError(f"config.num_steps ({config.num_steps}) must be > 0, or config.num_epochs > 0")
     if config.log_every_steps <= 0 or config.checkpoint.every_steps <= 0:
@@ -266,32 +273,37 @@ def corpus_fingerprint(sequences, token_counts: np.ndarray) -> str:
 
 
 class MaskUpdate:
-    """Host-side transform of one step's rows: MLM masking per micro-batch (as the reference masks each GPU batch of
-    5 sequences), then `[micro_batches, rows, length]`. Masking is a function of (seed, step, micro-batch, process),
-    so a resumed run masks exactly as the uninterrupted one."""
+    """Host-side transform of one step's rows: MLM masking, then `[micro_batches, rows, length]` arrays.
 
-    def __init__(self, token_probs, specials, vocab_size: int, masking, *, seed: int, micro_batches: int):
+    The reference masks each GPU's batch (5 sequences) on its own: ceil(0.15 x its real tokens) targets. Here a
+    micro-batch is masked in groups of `group_size` consecutive rows, each group from its own stream
+    (seed, step, micro-batch, global group index). A process holds whole groups of every micro-batch, so the masks
+    are the same whatever the number of processes (and a resumed run masks exactly as the uninterrupted one).
+    """
+
+    def __init__(self, token_probs, specials, vocab_size: int, masking, *, seed: int, micro_batches: int,
+                 group_size: int, first_group: int):
         self.token_probs, self.specials, self.vocab_size = token_probs, specials, vocab_size
         self.masking, self.seed, self.micro_batches = masking, seed, micro_batches
+        self.group_size, self.first_group = group_size, first_group
 
     def __call__(self, step: int, rows: dict) -> dict:
-        length = rows["input_ids"].shape[1]
-        split = {name: rows[name].reshape(self.micro_batches, -1, *rows[name].shape[1:])
-                 for name in ("input_ids", "attention_mask", "lengths")}
-        masked, labels = [], []
+        split = {name: value.reshape(self.micro_batches, -1, *value.shape[1:]) for name, value in rows.items()}
+        masked, labels = np.empty_like(split["input_ids"]), np.empty_like(split["input_ids"])
         for micro in range(self.micro_batches):
-            ids, mlm_labels = mask_batch(
-                split["input_ids"][micro], split["lengths"][micro], self.token_probs, seed=self.seed,
-                step=step * self.micro_batches + micro, process_index=jax.process_index(),
-                mask_id=self.specials.mask, vocab_size=self.vocab_size, mlm_mask_prop=self.masking.mlm_mask_prop,
-                word_mask=self.masking.word_mask, word_keep=self.masking.word_keep,
-                word_rand=self.masking.word_rand,
-            )
-            masked.append(ids)
-            labels.append(mlm_labels)
-        del length
-        return {"input_ids": np.stack(masked), "attention_mask": split["attention_mask"],
-                "mlm_labels": np.stack(labels)}
+            for start in range(0, split["input_ids"].shape[1], self.group_size):
+                group = slice(start, start + self.group_size)
+                masked[micro, group], labels[micro, group] = mask_batch(
+                    split["input_ids"][micro, group], split["lengths"][micro, group], self.token_probs,
+                    seed=self.seed, step=step * self.micro_batches + micro,
+                    process_index=self.first_group + start // self.group_size,  # the stream: the global group
+                    mask_id=self.specials.mask, vocab_size=self.vocab_size,
+                    mlm_mask_prop=self.masking.mlm_mask_prop, word_mask=self.masking.word_mask,
+                    word_keep=self.masking.word_keep, word_rand=self.masking.word_rand,
+                )
+        batch = {"input_ids": masked, "attention_mask": split["attention_mask"], "mlm_labels": labels}
+        batch.update({name: split[name] for name in ("segment_ids", "position_ids") if name in split})
+        return batch
 
 
 # ------------------------------------------------------------------------------------------------------ step
@@ -300,8 +312,10 @@ class MaskUpdate:
 class CompiledSteps:
     """The jitted step compiled ahead of use, once per padded length, with its memory and FLOPs logged."""
 
-    def __init__(self, jitted, state, teacher_params, batch_sharding, micro_batches: int, micro_rows: int, log):
+    def __init__(self, jitted, state, teacher_params, batch_sharding, micro_batches: int, micro_rows: int, log,
+                 batch_names: tuple[str, ...]):
         self.jitted, self.state, self.teacher_params = jitted, state, teacher_params
+        self.batch_names = batch_names
         self.batch_sharding, self.micro_batches, self.micro_rows = batch_sharding, micro_batches, micro_rows
         self.log = log
         self.compiled: dict[int, object] = {}
@@ -309,8 +323,7 @@ class CompiledSteps:
 
     def abstract_batch(self, length: int) -> dict:
         shape = (self.micro_batches, self.micro_rows, length)
-        return {name: jax.ShapeDtypeStruct(shape, jnp.int32, sharding=self.batch_sharding)
-                for name in ("input_ids", "attention_mask", "mlm_labels")}
+        return {name: jax.ShapeDtypeStruct(shape, jnp.int32, sharding=self.batch_sharding) for name in self.batch_names}
 
     def get(self, length: int):
         if length not in self.compiled:
@@ -392,20 +405,25 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     token_probs = token_probs_from_counts(token_counts, [specials.pad, specials.unk, specials.cls, specials.sep,
                                                          specials.mask], smoothing=config.masking.mlm_smoothing)
     batching = config.batching
-    source = GroupedBatchSource(sequences, global_batch=batching.global_batch, max_length=config.data.max_length,
-                                seed=config.seed, pad_to_multiple=batching.pad_to_multiple,
-                                group_by_length=batching.group_by_length)
+    try:
+        source = GroupedBatchSource(sequences, global_batch=batching.global_batch,
+                                    max_length=config.data.max_length, seed=config.seed,
+                                    pad_to_multiple=batching.pad_to_multiple, group_by_length=batching.group_by_length,
+                                    micro_batches=batching.micro_batches, composition=batching.composition)
+    except GlobalBatchError as err:
+        raise ConfigError(f"config.batching.global_batch={batching.global_batch}: {err}") from err
     num_steps = config.num_steps or config.num_epochs * source.batches_per_epoch
     mask_update = MaskUpdate(token_probs, specials, vocab_size, config.masking, seed=config.seed,
-                             micro_batches=batching.micro_batches)
+                             micro_batches=batching.micro_batches, group_size=config.masking.group_size,
+                             first_group=source.process_index * source.local_micro_rows // config.masking.group_size)
     dataset = grain.MapDataset.source(source).map_with_index(mask_update).to_iter_dataset(
         grain.ReadOptions(num_threads=2, prefetch_buffer_size=4))
     iterator = iter(dataset)
     data_settings = {
         "seed": config.seed, "global_batch": batching.global_batch, "micro_batches": batching.micro_batches,
         "max_length": config.data.max_length, "pad_to_multiple": batching.pad_to_multiple,
-        "group_by_length": batching.group_by_length, "masking": dict(config.masking),
-        "corpus": corpus_fingerprint(sequences, token_counts), "process_count": jax.process_count(),
+        "group_by_length": batching.group_by_length, "composition": batching.composition,
+        "masking": dict(config.masking), "corpus": corpus_fingerprint(sequences, token_counts),
     }
 
     with sharding.activation_rules(mesh, rules):
@@ -436,8 +454,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
                                      attention_heads=student_config.num_attention_heads, frozen=frozen)
         jitted = jax.jit(train_step, in_shardings=(state_shardings, teacher_shardings, batch_sharding),
                          out_shardings=(state_shardings, replicated), donate_argnums=0)
+        batch_names = ("input_ids", "attention_mask", "mlm_labels") + (
+            ("segment_ids", "position_ids") if batching.composition == "packed" else ())
         steps = CompiledSteps(jitted, state, teacher_params, batch_sharding, batching.micro_batches,
-                              batching.global_batch // batching.micro_batches, _log)
+                              batching.global_batch // batching.micro_batches, _log, batch_names)
         ahead = steps.get(config.data.max_length)  # the longest padded length: the step's worst-case memory
         del ahead
 

@@ -1,6 +1,7 @@
 """The distillation step: one pure function `(state, teacher_params, batch) -> (state, metrics)`, jitted once.
 
-An update's batch is `[accum, micro, length]` (input_ids already masked on the host, attention_mask, mlm_labels).
+An update's batch is `[accum, micro, length]` (input_ids already masked on the host, attention_mask, mlm_labels;
+packed rows add segment_ids and position_ids).
 A `lax.scan` runs the micro-batches: teacher forward (no dropout, frozen: its parameters are an input, never
 differentiated, and its outputs pass through `stop_gradient`), student forward with dropout, the objective's terms
 divided by the whole update's counts (`Objective.counts`), and float32 gradients summed. So the update is the
@@ -55,17 +56,15 @@ def make_train_step(
 
     def micro_loss(params, teacher_params, micro, dropout_key, totals):
         student = nnx.merge(student_graphdef, params)
+        # Packed rows carry segment and position ids; both models then attend within each sequence only.
+        packing = {name: micro[name] for name in ("segment_ids", "position_ids") if name in micro}
+        outputs = dict(output_attentions=objective.needs_attentions, output_qkv=objective.needs_qkv, **packing)
         teacher_out = None
         if teacher_graphdef is not None:
             teacher = nnx.merge(teacher_graphdef, teacher_params)
-            teacher_out = jax.lax.stop_gradient(teacher(
-                micro["input_ids"], micro["attention_mask"],
-                output_attentions=objective.needs_attentions, output_qkv=objective.needs_qkv,
-            ))
-        student_out = student.model(
-            micro["input_ids"], micro["attention_mask"], dropout_rngs=nnx.Rngs(dropout=dropout_key),
-            output_attentions=objective.needs_attentions, output_qkv=objective.needs_qkv,
-        )
+            teacher_out = jax.lax.stop_gradient(teacher(micro["input_ids"], micro["attention_mask"], **outputs))
+        student_out = student.model(micro["input_ids"], micro["attention_mask"],
+                                    dropout_rngs=nnx.Rngs(dropout=dropout_key), **outputs)
         term_sums = {term: loss_sum for term, (loss_sum, _) in
                      objective.sums(student_out, teacher_out, micro,
                                     hidden_projection=student.hidden_projection).items()}
