@@ -330,3 +330,51 @@ def test_two_processes_assemble_the_global_batch(tmp_path):
             assert result["local_rows"] == 8
             assert result["global_shape"] == list(expected["input_ids"].shape)
             np.testing.assert_array_equal(np.asarray(result["checksums"]), checksums)
+
+
+# ---------------------------------------------------------------------------------------------------- composition
+
+
+def test_pack_sequences_best_fit_by_hand():
+    lengths = np.array([5, 4, 3, 6, 2, 8, 1])
+    # max 10, visiting order 0..6: [5] -> [5,4] (space 1) -> 3 opens [3] -> 6 fits [3] (space 1) -> 2 opens [2]
+    # -> 8 fits [2] exactly -> 1 goes to a tightest (space-1) row: the one that reached that space last, [3,6].
+    rows = batching.pack_sequences(lengths, np.arange(7), max_length=10)
+    assert rows == [[0, 1], [2, 3, 6], [4, 5]]
+
+
+def test_packed_updates_hold_every_sequence_once_in_full_rows(corpus):
+    source = batching.GroupedBatchSource(corpus, global_batch=8, micro_batches=2, max_length=128, seed=4,
+                                         composition="packed", pad_to_multiple=128)
+    seen = []
+    for step in range(source.batches_per_epoch):
+        batch = source[step]
+        rows = source.global_rows(step)
+        for row in range(8):
+            indices = [int(i) for i in rows[row] if i >= 0]
+            seen += indices
+            tokens = np.concatenate([corpus[i] for i in indices])
+            n = len(tokens)
+            np.testing.assert_array_equal(batch["input_ids"][row, :n], tokens)
+            assert batch["lengths"][row] == n <= 128 and not batch["attention_mask"][row, n:].any()
+            expected_segments = np.concatenate([np.full(len(corpus[i]), s + 1) for s, i in enumerate(indices)])
+            np.testing.assert_array_equal(batch["segment_ids"][row, :n], expected_segments)
+            np.testing.assert_array_equal(batch["position_ids"][row, :n],
+                                          np.concatenate([np.arange(len(corpus[i])) for i in indices]))
+    assert len(seen) == len(set(seen)) > 0.95 * len(corpus)  # only the last partial update's rows are left out
+    assert batching.padding_fraction(source[s] for s in range(source.batches_per_epoch)) < 0.05
+
+
+def test_micro_batch_composition_groups_each_micro_batch(corpus):
+    options = dict(global_batch=32, micro_batches=4, max_length=128, seed=9, composition="micro_batch")
+    whole = batching.GroupedBatchSource(corpus, **options)
+    groups = batching.length_groups(corpus.lengths, 128)
+    mixed = 0
+    for step in range(whole.batches_per_epoch):
+        micro = whole.global_rows(step)[:, 0].reshape(4, 8)
+        mixed += sum(len(set(groups[m])) > 1 for m in micro)  # only leftover micro-batches mix bins
+        # Every process holds its slice of every micro-batch, so a micro-batch is the same on any process count.
+        hosts = [batching.GroupedBatchSource(corpus, process_index=p, process_count=2, **options) for p in range(2)]
+        local = [host.local_rows(step)[:, 0].reshape(4, 4) for host in hosts]
+        np.testing.assert_array_equal(np.concatenate(local, axis=1), micro)
+    assert mixed <= 2 * whole.batches_per_epoch * 4 // 10  # most micro-batches come from one length bin

@@ -362,3 +362,81 @@ def test_losses_of_a_packed_batch_equal_those_unpacked():
     for term in packed_terms:
         np.testing.assert_allclose(packed_terms[term][0], alone_terms[term][0], rtol=2e-5, atol=1e-5, err_msg=term)
         assert float(packed_terms[term][1]) == float(alone_terms[term][1]), term
+
+
+def test_masks_do_not_depend_on_the_number_of_processes():
+    """Each process masks whole row groups of every micro-batch from the group's own stream: the two halves masked
+    by two processes are, row for row, what one process masks."""
+    from distil.data.masking import token_probs_from_counts
+    from distil.tokenization import special_token_ids, load_tokenizer
+    from distil.data.embedded import embedded_wordpiece_vocab
+    from distil.train.distill import MaskUpdate
+
+    specials = special_token_ids(load_tokenizer(embedded_wordpiece_vocab()))
+    probs = token_probs_from_counts(np.ones(8000, np.int64), [0, 100, 101, 102, 103])
+    batch = _batch(accum=2, rows=8, length=16, seed=3)
+    rows = {"input_ids": batch["input_ids"].reshape(16, 16), "attention_mask": batch["attention_mask"].reshape(16, 16)}
+    rows["lengths"] = rows["attention_mask"].sum(1).astype(np.int32)
+    masking = load_config("distilmbert:runlocal").masking
+
+    def mask(process: int, count: int) -> dict:
+        local_rows = 8 // count
+        local = {name: value.reshape(2, 8, *value.shape[1:])[:, process * local_rows:(process + 1) * local_rows]
+                 .reshape(2 * local_rows, *value.shape[1:]) for name, value in rows.items()}
+        update = MaskUpdate(probs, specials, 8000, masking, seed=0, micro_batches=2, group_size=2,
+                            first_group=process * local_rows // 2)
+        return update(5, local)
+
+    whole = mask(0, 1)
+    halves = [mask(p, 2) for p in range(2)]
+    for name in ("input_ids", "mlm_labels"):
+        np.testing.assert_array_equal(np.concatenate([h[name] for h in halves], axis=1), whole[name])
+    assert (whole["mlm_labels"] != IGNORE_INDEX).sum() > 0
+
+
+def test_two_processes_equal_one_and_resume_in_one(tmp_path):
+    """2 processes x 4 CPU devices (jax.distributed on 127.0.0.1, each reading and masking its own rows) log the
+    losses of 1 process x 8 devices, and a checkpoint they wrote resumes in one process to the same next losses."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    overrides = [*FAST, "num_steps=4", "checkpoint.every_steps=2"]
+    worker = Path(__file__).parent / "hosts" / "distill_worker.py"
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu",
+           "PYTHONPATH": str(REPO)}
+    workdir = tmp_path / "two"
+    processes = [subprocess.Popen([sys.executable, str(worker), str(port), str(i), str(workdir), *overrides], env=env,
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
+    deadline = time.monotonic() + 300
+    try:  # a dead or stuck peer fails the test instead of hanging it
+        while any(p.poll() is None for p in processes) and time.monotonic() < deadline:
+            if any(p.poll() not in (None, 0) for p in processes):
+                break
+            time.sleep(0.2)
+    finally:
+        for process in processes:
+            process.kill()
+    logs = [process.communicate()[0] for process in processes]
+    assert all(p.returncode == 0 for p in processes), "\n\n".join(logs)[-4000:]
+
+    reference_dir = tmp_path / "one"
+    train_and_evaluate(runlocal("num_steps=4", "checkpoint.every_steps=2"), reference_dir)
+    reference = read_metrics(reference_dir / "metrics.jsonl")
+    two = read_metrics(workdir / "metrics.jsonl")
+    assert [row["step"] for row in two] == [1, 2, 3, 4]
+    for got, want in zip(two, reference):
+        for key in METRIC_KEYS:
+            np.testing.assert_allclose(got[key], want[key], rtol=2e-5, err_msg=f"step {want['step']} {key}")
+
+    # Resume the 2-process checkpoint of step 2 in one process: steps 3 and 4 as the 1-process run logged them.
+    import shutil
+
+    shutil.rmtree(workdir / "checkpoints" / "4")
+    train_and_evaluate(runlocal("num_steps=4", "checkpoint.every_steps=2"), workdir)
+    resumed = read_metrics(workdir / "metrics.jsonl")
+    assert [row["step"] for row in resumed] == [1, 2, 3, 4]
+    for got, want in zip(resumed[2:], reference[2:]):
+        for key in METRIC_KEYS:
+            np.testing.assert_allclose(got[key], want[key], rtol=2e-5, err_msg=f"resumed step {want['step']} {key}")

@@ -16,6 +16,7 @@ pre-emption point; either way the loop saves with `force=True` and exits 0.
 
 from __future__ import annotations
 
+import json
 import signal
 import threading
 from pathlib import Path
@@ -74,14 +75,29 @@ def restore(manager: ocp.CheckpointManager, abstract_state, iterator, settings: 
         return None, 0
     saved_settings = manager.restore(step, args=ocp.args.Composite(settings=ocp.args.JsonRestore()))["settings"]
     check_settings(saved_settings, settings, manager.directory)
-    restored = manager.restore(
-        step,
-        args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract_state),
-            data=grain.checkpoint.CheckpointRestore(iterator),
-        ),
-    )
+    data_dir = Path(manager.directory) / str(step) / "data"
+    own = data_dir / f"process_{jax.process_index()}-of-{jax.process_count()}.json"
+    if own.exists():
+        restored = manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract_state), data=grain.checkpoint.CheckpointRestore(iterator)))
+    else:  # written by another number of processes
+        restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))
+        iterator.set_state(_shared_iterator_state(data_dir))
     return restored["state"], step
+
+
+def _shared_iterator_state(data_dir: Path) -> dict:
+    """The iterator position of a checkpoint written by a different number of processes.
+
+    Every process of a run walks the same global plan (`GroupedBatchSource`: a step's rows and masks do not depend
+    on the process count), so their saved positions are one position, which any process count can resume from.
+    """
+    states = {path.name: json.loads(path.read_text()) for path in sorted(data_dir.glob("process_*-of-*.json"))}
+    distinct = {json.dumps(state, sort_keys=True) for state in states.values()}
+    if len(distinct) != 1:
+        raise ResumeError(f"{data_dir}: the processes that wrote this checkpoint saved different iterator states "
+                          f"({', '.join(sorted(states))}); it can only resume with the same number of processes")
+    return json.loads(distinct.pop())
 
 
 def abstract_with_shardings(state_shapes, shardings):

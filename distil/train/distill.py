@@ -262,7 +262,10 @@ def prepare_corpus(config, tokenizer_path, out_dir: Path) -> None:
     corpus = embedded_corpus_dir() if config.data.corpus == "embedded" else config.data.corpus
     prepare(corpus, out_dir, tokenizer_path=tokenizer_path, languages=list(config.data.languages) or None,
             data_dir=config.data.tfds_data_dir or None, sampling_alpha=config.data.sampling_alpha, seed=config.seed,
-            max_length=config.data.max_length, progress=jax.process_index() == 0)
+            max_length=config.data.max_length, progress=jax.process_index() == 0,
+            # tokenizers' own threads, no worker processes: forking after JAX (and jax.distributed) started is
+            # unsafe, and in-process was the fastest on small hosts anyway (experiments/bench_binarize.py).
+            num_workers=0)
 
 
 def corpus_fingerprint(sequences, token_counts: np.ndarray) -> str:
