@@ -13,10 +13,11 @@ Effective batch: the reference runs 5 sequences per GPU x 50 accumulation steps 
 2,000-4,000 sequences per update, each micro-batch length-grouped; measured on the embedded corpus' lengths that is
 72K-88K real tokens per update (coefficient of variation 0.026). distil packs sequences into rows of 512 tokens
 (`batching.composition = "packed"`: attention stays within each sequence, positions restart, so every sequence is
-encoded as it would be alone): 160 rows = ~80K real tokens, ~4,000 sequences, in every update (CV < 0.01, ~1%
-padding), as 10 micro-batches of 16 rows (2 per device on 8 devices). `composition = "micro_batch"` reproduces the
-reference's composition exactly (global_batch then counts sequences, e.g. 4000 in 50 micro-batches), at the cost of
-padding each update to its longest micro-batch. The number of steps is not written here: it is 3 epochs of the
+encoded as it would be alone): 160 rows = ~81K real tokens in every update (CV 0.001, 0.8% padding; ~2,000
+sequences at the embedded corpus' lengths, fewer of Wikipedia's longer ones), as 10 micro-batches of 16 rows (2 per
+device on 8 devices). `composition = "micro_batch"` keeps the reference's length-grouped micro-batches (global_batch
+then counts sequences, e.g. 2000 in 50 micro-batches) but pads each update to its longest micro-batch (68% padding
+at these lengths: experiments/bench_batch_composition.py). The number of steps is not written here: it is 3 epochs of the
 prepared corpus, converted once from its size by the trainer (`num_steps` > 0 overrides).
 
 Variants (`:runlocal`): the embedded 15-language corpus and its 8,000-token WordPiece vocabulary
