@@ -264,7 +264,29 @@ def cmd_distill(args) -> int:
     from distil.train.distill import train_and_evaluate
 
     config = load_config(args.config, args.overrides)
+    if args.dry_run:
+        return _dry_run(config)
+    if not args.workdir:
+        raise ValueError("--workdir is required (where checkpoints, metrics.jsonl and student/ go)")
     train_and_evaluate(config, args.workdir)
+    return 0
+
+
+def _dry_run(config) -> int:
+    """Compiles the step for the configured mesh on as many fake CPU devices, without data or weights."""
+    import os
+
+    from distil.train.distill import describe_analysis, dry_run, dry_run_devices
+
+    devices = dry_run_devices(config)
+    # XLA reads these when its CPU client starts, which nothing has asked for yet in this process.
+    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={devices}"
+    os.environ["JAX_PLATFORMS"] = "cpu"
+    result = dry_run(config)
+    print(f"dry run: mesh {result['mesh']}, {result['micro_batches']} micro-batches of {result['rows_per_device']} "
+          f"rows per device x {result['max_length']} tokens; teacher {result['teacher_parameters']:,} and student "
+          f"{result['student_parameters']:,} parameters")
+    print(describe_analysis(result))
     return 0
 
 
@@ -332,7 +354,10 @@ def build_parser() -> argparse.ArgumentParser:
     distill.add_argument("--config", default="distilmbert",
                          help="config file[:variant], or a shipped config's name[:variant] (default: %(default)s; "
                               "e.g. distilmbert:runlocal)")
-    distill.add_argument("--workdir", required=True, help="checkpoints, metrics.jsonl, student/ go here")
+    distill.add_argument("--workdir", help="checkpoints, metrics.jsonl, student/ go here (required unless --dry_run)")
+    distill.add_argument("--dry_run", action="store_true",
+                         help="compile the step for the configured mesh (fake CPU devices) and print its per-device "
+                              "memory and FLOPs; reads no data and no weights")
     distill.set_defaults(run=cmd_distill, takes_config=True,
                          interrupted="; rerun the same command to resume from the last checkpoint")
     return parser

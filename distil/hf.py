@@ -488,6 +488,13 @@ class Checkpoint:
     unused: tuple[str, ...]
 
 
+def read_config(folder: str | os.PathLike) -> ModelConfig:
+    """The `ModelConfig` of a Hugging Face folder from its config.json alone: no weight file is opened (the memory
+    dry run needs only shapes; `read_checkpoint` validates the weights)."""
+    config_path = Path(folder) / CONFIG_FILE
+    return config_from_hf(_read_json(config_path), config_path)
+
+
 def read_checkpoint(folder: str | os.PathLike, *, allow_unused: bool = False) -> Checkpoint:
     """The one validation of a checkpoint folder, shared by `load_pretrained` and `describe_pretrained` (so
     `distil inspect` rejects what `distil export` rejects). Errors name the file and the tensor or field."""

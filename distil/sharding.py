@@ -174,6 +174,13 @@ def create_sharded(
     return nnx.merge(graphdef, state)
 
 
+def abstract_with_shardings(shapes, shardings):
+    """`jax.ShapeDtypeStruct` leaves carrying their shardings: targets to restore onto, or inputs to compile for
+    without allocating anything (`jit(...).lower(...)`)."""
+    return jax.tree.map(lambda shape, where: jax.ShapeDtypeStruct(shape.shape, shape.dtype, sharding=where),
+                        shapes, shardings)
+
+
 # ---------------------------------------------------------------------------------------------------- batches
 
 

@@ -440,3 +440,28 @@ def test_two_processes_equal_one_and_resume_in_one(tmp_path):
     for got, want in zip(resumed[2:], reference[2:]):
         for key in METRIC_KEYS:
             np.testing.assert_allclose(got[key], want[key], rtol=2e-5, err_msg=f"resumed step {want['step']} {key}")
+
+
+def test_dry_run_compiles_the_step_without_data_or_weights(tmp_path, capsys):
+    """The teacher folder holds a config.json and no weights: the dry run needs only shapes. With parameters
+    replicated (data 8), each device holds the teacher, the student and Adam's two moments (float32)."""
+    from distil import cli
+    from distil.train.distill import dry_run
+
+    teacher = tmp_path / "teacher"
+    teacher.mkdir()
+    transformers.BertConfig(vocab_size=8000, hidden_size=64, num_hidden_layers=4, num_attention_heads=4,
+                            intermediate_size=256, max_position_embeddings=128,
+                            architectures=["BertForMaskedLM"]).to_json_file(teacher / "config.json")
+    config = runlocal("teacher.source=checkpoint", f"teacher.checkpoint={teacher}", "mesh.data=8")
+    result = dry_run(config)
+    assert not (tmp_path / "teacher" / "model.safetensors").exists()
+    expected_arguments = 4 * (result["teacher_parameters"] + 3 * result["student_parameters"])
+    assert expected_arguments <= result["argument_bytes"] <= 1.05 * expected_arguments
+    assert result["peak_bytes"] >= result["argument_bytes"] + result["temp_bytes"] > result["argument_bytes"]
+    assert result["flops"] > 0 and result["rows_per_device"] == 1 and result["mesh"]["data"] == 8
+
+    code = cli.main(["distill", "--config", "distilmbert:runlocal", "--dry_run", "--config.mesh.data=2",
+                     "--config.mesh.fsdp=2", "--config.mesh.tensor=2"])
+    out = capsys.readouterr().out
+    assert code == 0 and "dry run: mesh {'data': 2, 'fsdp': 2, 'tensor': 2}" in out and "MiB peak" in out

@@ -70,9 +70,10 @@ def get_config(arg=None):
     config.masking.word_keep = 0.1
     config.masking.word_rand = 0.1
     config.masking.mlm_smoothing = 0.7
-    # Rows masked together (ceil(0.15 x their real tokens) targets), as the reference's 5 sequences per GPU batch;
-    # a process holds whole groups, so masks do not depend on the number of processes.
-    config.masking.group_size = 4 if runlocal else 5
+    # Rows masked together (ceil(0.15 x their real tokens) targets), as the reference masks each GPU's batch of 5
+    # sequences (~200 tokens): one packed row of 512 is the closest unit. A process holds whole groups, so masks do
+    # not depend on the number of processes.
+    config.masking.group_size = 4 if runlocal else 1
 
     # source: "checkpoint" (a Hugging Face BertForMaskedLM/BertForPreTraining folder), "random" (a BERT of the sizes
     # below; for tests and laptops), or "none" (no teacher: plain MLM pre-training of the student).

@@ -100,12 +100,6 @@ def _shared_iterator_state(data_dir: Path) -> dict:
     return json.loads(distinct.pop())
 
 
-def abstract_with_shardings(state_shapes, shardings):
-    """`jax.ShapeDtypeStruct` leaves carrying the shardings to restore onto."""
-    return jax.tree.map(lambda shape, sharding: jax.ShapeDtypeStruct(shape.shape, shape.dtype, sharding=sharding),
-                        state_shapes, shardings)
-
-
 class PreemptionGuard:
     """Turns SIGTERM into a flag (`requested`) that the training loop polls between steps; restores the previous
     handler on exit. Only the main thread may install signal handlers; elsewhere it is a no-op."""

@@ -33,13 +33,15 @@ from distil.data.batching import GlobalBatchError, GroupedBatchSource
 from distil.data.binarize import load_token_counts, open_binarized, prepare
 from distil.data.embedded import embedded_corpus_dir
 from distil.data.masking import mask_batch, token_probs_from_counts
-from distil.models import ModelConfig, create_model, model_class, student_config_for
+from distil.models import (ModelConfig, abstract_model, create_model, mbert_base, model_class, parameter_count,
+                           student_config_for)
 from distil.models.extract import init_student_from_teacher
 from distil.tokenization import default_vocab_path, load_tokenizer, special_token_ids
 from distil.train import checkpoints
 from distil.train.metrics import MetricsWriter, Progress
 from distil.train.objective import TEACHER_TERMS, TERMS, Objective
-from distil.train.state import OptimizerSettings, create_train_state, learning_rate_schedule, make_optimizer
+from distil.train.state import (OptimizerSettings, abstract_train_state, create_train_state,
+                                learning_rate_schedule, make_optimizer)
 from distil.train.step import DistillStudent, frozen_paths, make_train_step
 
 CONFIG_FILE = "config.json"
@@ -61,7 +63,8 @@ def _objective(config: ml_collections.ConfigDict) -> Objective:
     return Objective(**fields)
 
 
-def check_config(config: ml_collections.ConfigDict, *, num_devices: int, process_count: int) -> None:
+def check_config(config: ml_collections.ConfigDict, *, num_devices: int, process_count: int,
+                 dry_run: bool = False) -> None:
     """Errors that need no model or data: fail before anything is built, naming the key and what was expected."""
     loss = config.loss
     if not loss.temperature > 0:
@@ -75,7 +78,7 @@ def check_config(config: ml_collections.ConfigDict, *, num_devices: int, process
     if config.teacher.source not in ("checkpoint", "random", "none"):
         raise ConfigError(f"config.teacher.source must be 'checkpoint', 'random' or 'none', got "
                           f"{config.teacher.source!r}")
-    if config.teacher.source == "checkpoint" and not config.teacher.checkpoint:
+    if config.teacher.source == "checkpoint" and not config.teacher.checkpoint and not dry_run:
         raise ConfigError("config.teacher.checkpoint is empty: set it to a Hugging Face BERT folder "
                           "(e.g. bert-base-multilingual-cased downloaded beforehand), or use teacher.source='random'")
     if config.teacher.source == "none":
@@ -98,7 +101,7 @@ def check_config(config: ml_collections.ConfigDict, *, num_devices: int, process
     if batching.global_batch % process_count:
         raise ConfigError(f"config.batching.global_batch={batching.global_batch} must be a multiple of the "
                           f"{process_count} processes")
-    if not (config.mesh.num_devices == -1 or 1 <= config.mesh.num_devices <= jax.device_count()):
+    if not (config.mesh.num_devices == -1 or 1 <= config.mesh.num_devices <= jax.device_count() or dry_run):
         raise ConfigError(f"config.mesh.num_devices must be -1 (all) or in [1, {jax.device_count()}], got "
                           f"{config.mesh.num_devices}")
     try:
@@ -194,8 +197,10 @@ def _teacher_config(config, vocab_size: int) -> ModelConfig | None:
     teacher = config.teacher
     if teacher.source == "none":
         return None
+    if teacher.source == "checkpoint" and not teacher.checkpoint:  # a dry run of the recipe: mBERT's shapes
+        return mbert_base(vocab_size=vocab_size, head="mlm", add_pooler=False, dtype=teacher.dtype)
     if teacher.source == "checkpoint":
-        return hf.read_checkpoint(teacher.checkpoint).config.replace(dtype=teacher.dtype)
+        return hf.read_config(teacher.checkpoint).replace(dtype=teacher.dtype)  # weights: validated when loaded
     return ModelConfig(family="bert", vocab_size=vocab_size, hidden_size=teacher.hidden_size,
                        num_hidden_layers=teacher.num_hidden_layers, num_attention_heads=teacher.num_attention_heads,
                        intermediate_size=teacher.intermediate_size,
@@ -312,6 +317,44 @@ class MaskUpdate:
 # ------------------------------------------------------------------------------------------------------ step
 
 
+@dataclasses.dataclass
+class StepParts:
+    init_params: object  # traced (teacher_params) -> the trainable nnx.State
+    student_graphdef: nnx.GraphDef
+    tx: object
+    jitted: object  # the step under jax.jit with in/out shardings and donated state
+    batch_sharding: jax.sharding.NamedSharding
+    batch_names: tuple[str, ...]
+
+
+def _step_parts(config, objective: Objective, student_config: ModelConfig, teacher_config, teacher_graphdef,
+                teacher_params, num_steps: int, mesh, rules) -> StepParts:
+    """Everything the step is made of, from concrete or abstract (`jax.ShapeDtypeStruct`) teacher parameters: the
+    training run and the memory dry run build it the same way."""
+    init_params, build_student = _student_initializer(config, student_config, teacher_graphdef, teacher_config)
+    student_graphdef, abstract_params = nnx.split(nnx.eval_shape(build_student, teacher_params), nnx.Param)
+    settings = OptimizerSettings(
+        learning_rate=config.optimizer.learning_rate, num_steps=num_steps,
+        warmup_steps=math.ceil(config.optimizer.warmup_fraction * num_steps), b1=config.optimizer.b1,
+        b2=config.optimizer.b2, eps=config.optimizer.eps, weight_decay=config.optimizer.weight_decay,
+        clip_norm=config.optimizer.clip_norm or None,
+    )
+    tx = make_optimizer(settings)
+    _, state_shardings = abstract_train_state(init_params, (teacher_params,), tx, seed=config.seed, mesh=mesh,
+                                              rules=rules)
+    frozen = frozen_paths(abstract_params) if student_config.sinusoidal_pos_embds else set()
+    train_step = make_train_step(student_graphdef, teacher_graphdef, objective, tx, learning_rate_schedule(settings),
+                                 attention_heads=student_config.num_attention_heads, frozen=frozen)
+    batch_sharding = sharding.logical_to_sharding((None, "batch", "length"), mesh, rules)
+    teacher_shardings = None if teacher_params is None else jax.tree.map(lambda x: x.sharding, teacher_params)
+    replicated = jax.sharding.NamedSharding(mesh, jax.P())
+    jitted = jax.jit(train_step, in_shardings=(state_shardings, teacher_shardings, batch_sharding),
+                     out_shardings=(state_shardings, replicated), donate_argnums=0)
+    batch_names = ("input_ids", "attention_mask", "mlm_labels") + (
+        ("segment_ids", "position_ids") if config.batching.composition == "packed" else ())
+    return StepParts(init_params, student_graphdef, tx, jitted, batch_sharding, batch_names)
+
+
 class CompiledSteps:
     """The jitted step compiled ahead of use, once per padded length, with its memory and FLOPs logged."""
 
@@ -334,6 +377,9 @@ class CompiledSteps:
             compiled = self.jitted.lower(self.state, self.teacher_params, self.abstract_batch(length)).compile()
             self.compiled[length] = compiled
             self.analysis[length] = step_analysis(compiled)
+            # XLA's cost analysis counts a loop body once: the step's FLOPs are its micro-batch scan's times the trip
+            # count (the optimizer update outside the loop is then over-counted, ~0.2% at the recipe's sizes).
+            self.analysis[length]["flops"] *= self.micro_batches
             self.analysis[length]["compile_seconds"] = time.perf_counter() - started
             self.log(f"compiled the step for length {length} in {self.analysis[length]['compile_seconds']:.1f}s: "
                      + describe_analysis(self.analysis[length]))
@@ -360,7 +406,8 @@ def describe_analysis(analysis: dict) -> str:
     mib = 2**20
     return (f"per device {analysis.get('argument_bytes', 0) / mib:,.0f} MiB arguments, "
             f"{analysis.get('temp_bytes', 0) / mib:,.0f} MiB temporaries, "
-            f"{analysis.get('peak_bytes', 0) / mib:,.0f} MiB peak; {analysis['flops'] / 1e9:,.1f} GFLOP per step")
+            f"{analysis.get('peak_bytes', 0) / mib:,.0f} MiB peak; {analysis['flops'] / 1e9:,.1f} GFLOP per step "
+            "per device")
 
 
 # ------------------------------------------------------------------------------------------------------ main
@@ -433,41 +480,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
         # Teacher: frozen, sharded by the same rules, an input of the step (never in the optimizer or checkpoint).
         teacher_graphdef, teacher_params = _load_teacher(config, teacher_config, mesh, rules)
 
-        # Student (and loss-side parameters) and optimizer state, created sharded.
-        init_params, build_student = _student_initializer(config, student_config, teacher_graphdef, teacher_config)
-        student_graphdef = nnx.graphdef(nnx.eval_shape(lambda: build_student(teacher_params)))
-        settings = OptimizerSettings(
-            learning_rate=config.optimizer.learning_rate, num_steps=num_steps,
-            warmup_steps=math.ceil(config.optimizer.warmup_fraction * num_steps), b1=config.optimizer.b1,
-            b2=config.optimizer.b2, eps=config.optimizer.eps, weight_decay=config.optimizer.weight_decay,
-            clip_norm=config.optimizer.clip_norm or None,
-        )
-        tx = make_optimizer(settings)
-        state, state_shardings = create_train_state(init_params, (teacher_params,), tx, seed=config.seed, mesh=mesh,
-                                                    rules=rules)
-        frozen = frozen_paths(state.params) if student_config.sinusoidal_pos_embds else set()
-
-        # The step: jitted with explicit shardings, donated state.
-        batch_sharding = sharding.logical_to_sharding((None, "batch", "length"), mesh, rules)
-        teacher_shardings = (None if teacher_params is None
-                             else jax.tree.map(lambda x: x.sharding, teacher_params))
-        replicated = jax.sharding.NamedSharding(mesh, jax.P())
-        train_step = make_train_step(student_graphdef, teacher_graphdef, objective, tx,
-                                     learning_rate_schedule(settings),
-                                     attention_heads=student_config.num_attention_heads, frozen=frozen)
-        jitted = jax.jit(train_step, in_shardings=(state_shardings, teacher_shardings, batch_sharding),
-                         out_shardings=(state_shardings, replicated), donate_argnums=0)
-        batch_names = ("input_ids", "attention_mask", "mlm_labels") + (
-            ("segment_ids", "position_ids") if batching.composition == "packed" else ())
-        steps = CompiledSteps(jitted, state, teacher_params, batch_sharding, batching.micro_batches,
-                              batching.global_batch // batching.micro_batches, _log, batch_names)
+        # Student (and loss-side parameters) and optimizer state, created sharded; the step, jitted once.
+        parts = _step_parts(config, objective, student_config, teacher_config, teacher_graphdef, teacher_params,
+                            num_steps, mesh, rules)
+        state, state_shardings = create_train_state(parts.init_params, (teacher_params,), parts.tx, seed=config.seed,
+                                                    mesh=mesh, rules=rules)
+        steps = CompiledSteps(parts.jitted, state, teacher_params, parts.batch_sharding, batching.micro_batches,
+                              batching.global_batch // batching.micro_batches, _log, parts.batch_names)
         ahead = steps.get(config.data.max_length)  # the longest padded length: the step's worst-case memory
         del ahead
 
         # Checkpoints: resume if the workdir holds one.
         manager = checkpoints.make_manager(workdir / "checkpoints", every_steps=config.checkpoint.every_steps,
                                            keep=config.checkpoint.keep, async_save=config.checkpoint.async_save)
-        abstract_state = checkpoints.abstract_with_shardings(jax.eval_shape(lambda: state), state_shardings)
+        abstract_state = sharding.abstract_with_shardings(jax.eval_shape(lambda: state), state_shardings)
         restored, start_step = checkpoints.restore(manager, abstract_state, iterator, data_settings)
         if restored is not None:
             state = restored
@@ -484,7 +510,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
             step = start_step
             while step < num_steps:
                 local = next(iterator)
-                batch = sharding.make_global_batch(local, batch_sharding)
+                batch = sharding.make_global_batch(local, parts.batch_sharding)
                 state, metrics = steps.get(local["input_ids"].shape[-1])(state, teacher_params, batch)
                 step += 1
                 metrics = jax.device_get(metrics)
@@ -514,7 +540,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
         metrics_writer.close()
 
     # The student as a Hugging Face folder, with the tokenizer.
-    student = nnx.merge(student_graphdef, _host_params(state.params)).model
+    student = nnx.merge(parts.student_graphdef, _host_params(state.params)).model
     if jax.process_index() == 0:
         hf.save_pretrained(student, workdir / STUDENT_DIR, tokenizer=tokenizer)
     summary = {
@@ -526,6 +552,64 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
         write_text_atomically(workdir / "summary.json", json.dumps(summary, indent=2) + "\n")
         _log(f"wrote {workdir / STUDENT_DIR} (Hugging Face folder), {workdir / 'metrics.jsonl'}")
     return summary
+
+
+# --------------------------------------------------------------------------------------------------- dry run
+
+
+def dry_run_devices(config: ml_collections.ConfigDict) -> int:
+    """How many devices the configured mesh has: the product of its axes, or `mesh.num_devices` with a -1 axis."""
+    sizes = [config.mesh[axis] for axis in sharding.MESH_AXES]
+    if -1 not in sizes:
+        return math.prod(sizes)
+    if config.mesh.num_devices < 1:
+        raise ConfigError("a dry run needs the mesh's size: set every config.mesh axis, or config.mesh.num_devices "
+                          "with one axis -1")
+    return config.mesh.num_devices
+
+
+def dry_run(config: ml_collections.ConfigDict) -> dict:
+    """Compiles the configured step for the configured mesh without data or weights and returns its per-device memory
+    and FLOPs (`step_analysis`). The teacher's shapes come from its config.json (mBERT's when no folder is set); the
+    step is compiled for `data.max_length`, the worst case. Needs `dry_run_devices(config)` devices (fake CPU
+    devices: `distil distill --dry_run` sets XLA_FLAGS itself): CPU's memory analysis, a close guide for TPU/GPU
+    (their fusion and layouts differ)."""
+    num_devices = dry_run_devices(config)
+    if jax.device_count() < num_devices:
+        raise ConfigError(f"config.mesh needs {num_devices} devices and {jax.device_count()} are visible; run with "
+                          f"XLA_FLAGS=--xla_force_host_platform_device_count={num_devices} JAX_PLATFORMS=cpu")
+    check_config(config, num_devices=num_devices, process_count=1, dry_run=True)
+    objective = _objective(config)
+    rules = tuple(tuple(rule) for rule in config.sharding.logical_axis_rules)
+    mesh_config = {axis: config.mesh[axis] for axis in sharding.MESH_AXES}
+    mesh = sharding.make_mesh(mesh_config, jax.devices()[:num_devices])
+    vocab_size = load_tokenizer(config.tokenizer or default_vocab_path()).get_vocab_size()
+    teacher_config = _teacher_config(config, vocab_size)
+    student_config = _student_config(config, teacher_config, vocab_size)
+    _check_models(config, objective, teacher_config, student_config, vocab_size)
+    with sharding.activation_rules(mesh, rules):
+        teacher_graphdef = teacher_params = None
+        if teacher_config is not None:
+            teacher_graphdef, shapes = nnx.split(abstract_model(teacher_config))
+            teacher_params = sharding.abstract_with_shardings(shapes, sharding.state_shardings(shapes, mesh, rules))
+        parts = _step_parts(config, objective, student_config, teacher_config, teacher_graphdef, teacher_params,
+                            max(config.num_steps, 1), mesh, rules)
+        state, _ = abstract_train_state(parts.init_params, (teacher_params,), parts.tx, seed=config.seed, mesh=mesh,
+                                        rules=rules)
+        batching = config.batching
+        steps = CompiledSteps(parts.jitted, state, teacher_params, parts.batch_sharding, batching.micro_batches,
+                              batching.global_batch // batching.micro_batches, lambda message: None,
+                              parts.batch_names)
+        steps.get(config.data.max_length)
+    analysis = steps.analysis[config.data.max_length]
+    micro_rows = batching.global_batch // batching.micro_batches
+    batch_devices = mesh.shape["data"] * mesh.shape["fsdp"]
+    return {
+        "mesh": dict(mesh.shape), "devices": num_devices, "global_batch": batching.global_batch,
+        "micro_batches": batching.micro_batches, "rows_per_device": micro_rows // batch_devices,
+        "max_length": config.data.max_length, "teacher_parameters": parameter_count(teacher_config)
+        if teacher_config else 0, "student_parameters": parameter_count(student_config), **analysis,
+    }
 
 
 def _host_params(params: nnx.State) -> nnx.State:

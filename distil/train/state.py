@@ -87,6 +87,27 @@ def state_shardings(abstract_state: TrainState, tx: optax.GradientTransformation
     return TrainState(step=replicated, rng=replicated, params=param_shardings, opt_state=opt_shardings)
 
 
+def _initializer(init_params: Callable[..., nnx.State], tx: optax.GradientTransformation, seed: int):
+    def init(*args) -> TrainState:
+        params = init_params(*args)
+        return TrainState(step=jnp.zeros((), jnp.int32), rng=jax.random.key_data(jax.random.key(seed)),
+                          params=params, opt_state=tx.init(params))
+
+    return init
+
+
+def abstract_train_state(
+    init_params: Callable[..., nnx.State], init_args: tuple, tx: optax.GradientTransformation, *, seed: int, mesh,
+    rules,
+) -> tuple[TrainState, TrainState]:
+    """(state of `jax.ShapeDtypeStruct`s carrying their shardings, shardings), nothing allocated: what a restore
+    targets and what a memory dry run compiles for."""
+    with sharding.activation_rules(mesh, rules):
+        shapes = jax.eval_shape(_initializer(init_params, tx, seed), *init_args)
+        shardings = state_shardings(shapes, tx, mesh, rules)
+    return sharding.abstract_with_shardings(shapes, shardings), shardings
+
+
 def create_train_state(
     init_params: Callable[..., nnx.State],
     init_args: tuple,
@@ -99,14 +120,7 @@ def create_train_state(
     """(state, shardings): `init_params(*init_args)` and the optimizer state created in one jitted function whose
     outputs are placed by `state_shardings`, so no parameter is ever whole on one host. `init_params` runs traced
     (it may copy from a sharded teacher given in `init_args`)."""
-
-    def init(*args):
-        params = init_params(*args)
-        return TrainState(step=jnp.zeros((), jnp.int32), rng=jax.random.key_data(jax.random.key(seed)),
-                          params=params, opt_state=tx.init(params))
-
+    _, shardings = abstract_train_state(init_params, init_args, tx, seed=seed, mesh=mesh, rules=rules)
     with sharding.activation_rules(mesh, rules):
-        abstract_state = jax.eval_shape(init, *init_args)
-        shardings = state_shardings(abstract_state, tx, mesh, rules)
-        state = jax.jit(init, out_shardings=shardings)(*init_args)
+        state = jax.jit(_initializer(init_params, tx, seed), out_shardings=shardings)(*init_args)
     return state, shardings
