@@ -266,6 +266,12 @@ def cmd_distill(args) -> int:
     config = load_config(args.config, args.overrides)
     if args.dry_run:
         return _dry_run(config)
+    if args.distributed or args.coordinator:
+        import jax
+
+        # On a TPU pod slice, under SLURM or on GKE, initialize() finds the processes itself; --coordinator names the
+        # first host's address where it does not.
+        jax.distributed.initialize(coordinator_address=args.coordinator)
     if not args.workdir:
         raise ValueError("--workdir is required (where checkpoints, metrics.jsonl and student/ go)")
     train_and_evaluate(config, args.workdir)
@@ -287,6 +293,40 @@ def _dry_run(config) -> int:
           f"rows per device x {result['max_length']} tokens; teacher {result['teacher_parameters']:,} and student "
           f"{result['student_parameters']:,} parameters")
     print(describe_analysis(result))
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------------ sweep
+
+
+def cmd_sweep(args) -> int:
+    from distil import launch
+
+    config, points = launch.load_sweep(args.sweep)
+    root = args.workdir or f"runs/{Path(args.sweep).stem}"
+    if args.launcher == "local":
+        record = launch.run_local(config, points, Path(root))
+        failed = [name for name, entry in record.items() if entry["status"] != "finished"]
+        print(f"{len(points) - len(failed)} of {len(points)} point(s) finished in {root}"
+              + (f"; failed: {', '.join(failed)} (see {root}/sweep.json)" if failed else ""))
+        return 1 if failed else 0
+    if args.launcher == "print":
+        print(launch.print_points(config, points, root))
+    elif args.launcher == "tpu":
+        print(launch.tpu_commands(config, points, root, tpu=args.tpu, zone=args.zone, repo_dir=args.repo_dir))
+    elif args.launcher == "xpk":
+        print(launch.xpk_commands(config, points, root, cluster=args.cluster, device_type=args.device_type,
+                                  num_slices=args.num_slices, docker_image=args.docker_image))
+    else:
+        from distil.atomic import write_text_atomically
+
+        out = Path(args.out or root)
+        out.mkdir(parents=True, exist_ok=True)
+        for name, script in launch.slurm_scripts(config, points, root, nodes=args.nodes,
+                                                 gpus_per_node=args.gpus_per_node, repo_dir=args.repo_dir,
+                                                 partition=args.partition).items():
+            write_text_atomically(out / name, script)
+            print(f"sbatch {out / name}")
     return 0
 
 
@@ -355,11 +395,30 @@ def build_parser() -> argparse.ArgumentParser:
                          help="config file[:variant], or a shipped config's name[:variant] (default: %(default)s; "
                               "e.g. distilmbert:runlocal)")
     distill.add_argument("--workdir", help="checkpoints, metrics.jsonl, student/ go here (required unless --dry_run)")
+    distill.add_argument("--distributed", action="store_true",
+                         help="one process per host: jax.distributed.initialize() before anything else")
+    distill.add_argument("--coordinator", help="HOST:PORT of process 0, where the cluster does not say it")
     distill.add_argument("--dry_run", action="store_true",
                          help="compile the step for the configured mesh (fake CPU devices) and print its per-device "
                               "memory and FLOPs; reads no data and no weights")
     distill.set_defaults(run=cmd_distill, takes_config=True,
                          interrupted="; rerun the same command to resume from the last checkpoint")
+    sweep = commands.add_parser("sweep", help="run or launch every point of a sweep file")
+    sweep.add_argument("sweep", help="a sweep file (CONFIG = 'name[:variant]', get_sweep() -> override dicts)")
+    sweep.add_argument("--launcher", choices=("local", "print", "tpu", "slurm", "xpk"), default="print")
+    sweep.add_argument("--workdir", help="root of the points' workdirs (default runs/<sweep name>)")
+    sweep.add_argument("--repo-dir", default="~/distil", help="the checkout on the hosts (tpu, slurm)")
+    sweep.add_argument("--tpu", default="my-tpu", help="TPU VM name (tpu)")
+    sweep.add_argument("--zone", default="us-central2-b", help="its zone (tpu)")
+    sweep.add_argument("--nodes", type=int, default=2, help="nodes per run (slurm)")
+    sweep.add_argument("--gpus-per-node", type=int, default=8, help="(slurm)")
+    sweep.add_argument("--partition", help="(slurm)")
+    sweep.add_argument("--out", help="where the sbatch scripts go (slurm; default the workdir root)")
+    sweep.add_argument("--cluster", default="my-cluster", help="GKE cluster (xpk)")
+    sweep.add_argument("--device-type", default="v4-32", help="TPU type (v4-32) or GPU type (h100-80gb-8) (xpk)")
+    sweep.add_argument("--num-slices", type=int, default=1, help="(xpk)")
+    sweep.add_argument("--docker-image", default="python:3.11", help="an image with distil installed (xpk)")
+    sweep.set_defaults(run=cmd_sweep, interrupted="; rerun the same command: finished points are skipped, an interrupted one resumes")
     return parser
 
 
