@@ -20,7 +20,8 @@ then counts sequences, e.g. 2000 in 50 micro-batches) but pads each update to it
 at these lengths: experiments/bench_batch_composition.py). The number of steps is not written here: it is 3 epochs of the
 prepared corpus, converted once from its size by the trainer (`num_steps` > 0 overrides).
 
-Variants (`:runlocal`): the embedded 15-language corpus and its 8,000-token WordPiece vocabulary
+Hardware variants `:tpu=v4-32` and `:gpu=8xh100` set the mesh, micro-batches and precision for that slice
+(`HARDWARE` below). Variant `:runlocal`: the embedded 15-language corpus and its 8,000-token WordPiece vocabulary
 (`distil/data/embedded/wordpiece-8k`), sequences of 128 padded to multiples of 32 (4 compiled lengths), a small
 random BERT teacher (4 layers, width 64) instead of a checkpoint, a 2-layer student from its layers 0 and 3, 32
 sequences per update in 2 micro-batches, 60 steps. It reads no file from outside the repository.
@@ -32,12 +33,27 @@ from distil.data.embedded import embedded_wordpiece_vocab
 from distil.sharding import STANDARD_LOGICAL_AXIS_RULES
 
 
+# Hardware variants (`:tpu=v4-32`, `:gpu=8xh100`): mesh, rows per device, accumulation and precision for that slice.
+# Per-device memory from `distil distill --config distilmbert --dry_run` (experiments/dry_run_table.py, README).
+HARDWARE = {
+    # 16 TPU v4 chips (32 GiB HBM each), 4 hosts: parameters and Adam moments split 4 ways (fsdp), batch 16 ways;
+    # 160 rows / 16 chips = 10 rows per chip per update, in 2 micro-batches of 5 with bf16 activations.
+    "tpu=v4-32": dict(data=4, fsdp=4, tensor=1, micro_batches=2, dtype="bfloat16"),
+    # 8 H100 (80 GB) in one node: plain data parallelism (the student and its moments fit every GPU), 160 rows =
+    # 20 per GPU per update in 2 micro-batches of 10, bf16 activations with float32 parameters and losses.
+    "gpu=8xh100": dict(data=8, fsdp=1, tensor=1, micro_batches=2, dtype="bfloat16"),
+}
+
+
 def get_config(arg=None):
     variants = set(filter(None, (arg or "").split(",")))
-    unknown = variants - {"runlocal"}
+    unknown = variants - {"runlocal", *HARDWARE}
     if unknown:
-        raise ValueError(f"unknown variant(s) {sorted(unknown)}; known: runlocal")
+        raise ValueError(f"unknown variant(s) {sorted(unknown)}; known: runlocal, {', '.join(HARDWARE)}")
     runlocal = "runlocal" in variants
+    hardware = [HARDWARE[name] for name in sorted(variants & set(HARDWARE))]
+    if len(hardware) > 1 or (hardware and runlocal):
+        raise ValueError("choose at most one of runlocal and the hardware variants")
 
     config = ml_collections.ConfigDict()
     config.seed = 0
@@ -145,4 +161,8 @@ def get_config(arg=None):
     config.mesh.num_devices = -1  # -1: every visible device; n: the first n (e.g. 1 to compare with one device)
     config.sharding = ml_collections.ConfigDict()
     config.sharding.logical_axis_rules = STANDARD_LOGICAL_AXIS_RULES
+    for slice_ in hardware:
+        config.mesh.data, config.mesh.fsdp, config.mesh.tensor = slice_["data"], slice_["fsdp"], slice_["tensor"]
+        config.batching.micro_batches = slice_["micro_batches"]
+        config.student.dtype = config.teacher.dtype = slice_["dtype"]
     return config
