@@ -63,18 +63,24 @@ def resolve_config_spec(spec: str) -> tuple[Path, str | None]:
                       f"{SHIPPED_CONFIGS_DIR})")
 
 
+def import_file(path: Path, what: str):
+    """Imports a Python file (a config or a sweep) as a module; an error inside it names the file."""
+    module_spec = importlib.util.spec_from_file_location(f"distil_{what}_{path.stem}", path)
+    module = importlib.util.module_from_spec(module_spec)
+    try:
+        module_spec.loader.exec_module(module)
+    except Exception as err:
+        raise ConfigError(f"{path}: importing the {what} failed: {type(err).__name__}: {err}") from err
+    return module
+
+
 def load_config(spec: str, overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
     """Imports the config file, calls `get_config(arg)`, applies overrides ('model.hidden_size=64' or
     '--config.model.hidden_size=64') and returns the config, locked against new keys.
 
     `spec` is `file.py[:arg]` or a shipped config's `name[:arg]` (see `resolve_config_spec`)."""
     path, arg = resolve_config_spec(spec)
-    module_spec = importlib.util.spec_from_file_location(f"distil_config_{path.stem}", path)
-    module = importlib.util.module_from_spec(module_spec)
-    try:
-        module_spec.loader.exec_module(module)
-    except Exception as err:
-        raise ConfigError(f"{path}: importing the config failed: {type(err).__name__}: {err}") from err
+    module = import_file(path, "config")
     if not hasattr(module, "get_config"):
         raise ConfigError(f"{path}: defines no get_config(arg)")
     config = module.get_config(arg) if arg is not None else module.get_config()

@@ -18,7 +18,6 @@ host of a slice or cluster; `jax.distributed.initialize()` (`distil distill --di
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import itertools
 import json
 import os
@@ -30,7 +29,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Mapping, Sequence
 
 from distil.atomic import write_text_atomically
-from distil.config import ConfigError
+from distil.config import ConfigError, import_file
 
 LAUNCHERS = ("local", "print", "tpu", "slurm", "xpk")
 Point = dict[str, object]
@@ -55,12 +54,7 @@ def load_sweep(path: str | os.PathLike) -> tuple[str, list[Point]]:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: sweep file not found")
-    spec = importlib.util.spec_from_file_location(f"distil_sweep_{path.stem}", path)
-    module = importlib.util.module_from_spec(spec)
-    try:
-        spec.loader.exec_module(module)
-    except Exception as err:
-        raise ConfigError(f"{path}: importing the sweep failed: {type(err).__name__}: {err}") from err
+    module = import_file(path, "sweep")
     if not isinstance(getattr(module, "CONFIG", None), str) or not callable(getattr(module, "get_sweep", None)):
         raise ConfigError(f"{path}: a sweep file defines CONFIG = 'name[:variant]' and get_sweep() -> list of dicts")
     points = module.get_sweep()
