@@ -250,9 +250,9 @@ def cmd_demo(args) -> int:
 
     config = load_config(args.config, args.overrides)
     summary = run_demo(config, args.workdir)
-    print((Path(args.workdir) / "demo.md").read_text(encoding="utf-8"))
-    print(f"wrote {Path(args.workdir) / 'demo.json'}, {Path(args.workdir) / 'demo.md'}, "
-          f"{summary['workdir']}/{{teacher,student}}/ (Hugging Face folders)")
+    workdir = Path(summary["workdir"])
+    print(f"wrote {workdir / 'report.md'} (+ loss_curves.png, xnli_results.{{json,md,png}}, demo.json); the student "
+          f"is {workdir / 'student' / 'student'} (a Hugging Face folder); {summary['total_seconds']:.0f} s")
     return 0
 
 
