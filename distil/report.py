@@ -154,9 +154,9 @@ def split_table(runs: Sequence[Mapping], split: str, *, with_card: bool) -> str:
     header = ["model", *languages, "avg", "avg (card 6)"]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
 
-    def row(name: str, values: Mapping[str, float], stds: Mapping[str, float] = {}, average=None, average_std=0.0,
-            card=None) -> str:
-        cells = [_cell(values.get(language), stds.get(language, 0.0)) for language in languages]
+    def row(name: str, values: Mapping[str, float], stds: Mapping[str, float] | None = None, average=None,
+            average_std=0.0, card=None) -> str:
+        cells = [_cell(values.get(language), (stds or {}).get(language, 0.0)) for language in languages]
         return "| " + " | ".join([name, *cells, _cell(average, average_std), _cell(card)]) + " |"
 
     def ratio_row(name: str, student: Mapping[str, float], teacher: Mapping[str, float], average=None) -> str:
@@ -199,9 +199,10 @@ def results_markdown(runs: Sequence[Mapping]) -> str:
         seeds = ", ".join(f"{seed['seed']} (step {seed.get('selected_step', '?')})" for seed in run["seeds"])
         examples = run.get("eval_examples", {})
         sizes = ", ".join(f"{split} {sorted(set(examples[split].values()))}" for split in SPLITS if split in examples)
+        trained_on = ", ".join(run.get("train_languages", ["en"]))
         parts.append(f"- **{run['model']}**: {run.get('architecture', run['family'])}, "
                      f"{run.get('parameters', 0):,} parameters, init `{run.get('init') or 'random'}`; "
-                     f"{run.get('train_examples', '?')} training examples ({', '.join(run.get('train_languages', ['en']))}); "
+                     f"{run.get('train_examples', '?')} training examples ({trained_on}); "
                      f"examples per language: {sizes}; seeds (selected step): {seeds}")
     return "\n".join(parts) + "\n"
 

@@ -24,10 +24,10 @@ import torch
 import transformers
 from flax import nnx
 
-from conftest import TEST_DATA, padded_batch
+from conftest import TEST_DATA
 from hf_reference import tiny_hf_config
 from distil import cli, hf, report
-from distil.config import ConfigError, load_config
+from distil.config import load_config
 from distil.data import nli
 from distil.data.embedded import embedded_nli_train, embedded_wordpiece_vocab, embedded_xnli_dir
 from distil.models import ModelConfig, create_model
@@ -165,18 +165,21 @@ def test_initialisation_and_head_match_transformers(architecture, tmp_path):
     same weights (real XNLI pairs, token types for BERT, padding in the batch)."""
     family = "bert" if architecture.startswith("Bert") else "distilbert"
     torch.manual_seed(0)
-    reference = getattr(transformers, architecture)(tiny_hf_config(family, vocab_size=VOCAB, max_position_embeddings=64))
+    hf_config = tiny_hf_config(family, vocab_size=VOCAB, max_position_embeddings=64)
+    reference = getattr(transformers, architecture)(hf_config)
     with torch.no_grad():
         for parameter in reference.parameters():
             parameter.add_(0.05 * torch.randn_like(parameter))
     reference.save_pretrained(tmp_path / "pretrained")
 
     variant = "mbert_xnli:runlocal" if family == "bert" else "distilmbert_xnli:runlocal"
-    start, _, _ = xnli.starting_model(_config(f"init={tmp_path / 'pretrained'}", f"tokenizer={embedded_wordpiece_vocab()}",
-                                              "max_length=64", variant=variant))
+    config = _config(f"init={tmp_path / 'pretrained'}", f"tokenizer={embedded_wordpiece_vocab()}", "max_length=64",
+                     variant=variant)
+    start, _, _ = xnli.starting_model(config)
     assert start.config.head == "classification" and start.config.num_labels == 3
     model = xnli.initial_model(start, seed=1)
-    classifier_class = getattr(transformers, f"{'Bert' if family == 'bert' else 'DistilBert'}ForSequenceClassification")
+    classifier_class = getattr(transformers, architecture.replace("ForPreTraining", "ForSequenceClassification")
+                               .replace("ForMaskedLM", "ForSequenceClassification"))
     hf_loaded = classifier_class.from_pretrained(tmp_path / "pretrained", num_labels=3)
     ours = hf.hf_tensors(model)
     theirs = {name: tensor.detach().numpy() for name, tensor in hf_loaded.state_dict().items()}
@@ -286,18 +289,18 @@ def test_rerun_reuses_finished_seeds(finetuned, task, capsys):
 
 def test_every_reader_maps_labels_on_known_rows(tmp_path, monkeypatch):
     """Each `config.train.format` / `config.eval.format` reaches its reader, with labels in NLI_LABELS order."""
-    rows = xnli.read_train_examples(_config())  # the embedded MultiNLI sample (text_a/text_b/label)
-    assert len(rows) == 3000
+    rows = xnli.read_train_examples(_config("train.max_examples=0"))  # the embedded MultiNLI sample
+    assert len(rows) == 3000 and len(xnli.read_train_examples(_config())) == 1000  # runlocal takes the first 1,000
     assert (rows[1].premise, rows[1].label, rows[2].label) == ("yeah or working in the system", 0, 1)
-    glue = xnli.read_train_examples(_config("train.format=glue_mnli",
-                                            f"train.path={TEST_DATA / 'multinli' / 'mnli_train_glue_format_kshot_48.tsv'}"))
+    glue_file = TEST_DATA / "multinli" / "mnli_train_glue_format_kshot_48.tsv"
+    glue = xnli.read_train_examples(_config("train.format=glue_mnli", f"train.path={glue_file}"))
     assert (glue[0].premise, glue[0].label) == ("Price caps may sound more attractive with every passing rate case.", 0)
     mt = tmp_path / "mt"
     mt.mkdir()
     for language in ("en", "de"):
         (mt / f"multinli.train.{language}.tsv").write_text(
             f"premise\thypo\tlabel\nA {language}\tB\tcontradictory\nC\tD\tneutral\n", encoding="utf-8")
-    translated = xnli.read_train_examples(_config("train.format=xnli_mt", f"train.path={mt / 'multinli.train.en.tsv'}",
+    translated = xnli.read_train_examples(_config("train.format=xnli_mt", f"train.path={mt}/multinli.train.en.tsv",
                                                   "train_languages=('de',)", f"train.xnli_mt_dir={mt}"))
     assert [(e.premise, e.label, e.language) for e in translated] == [
         ("A en", 2, "en"), ("C", 1, "en"), ("A de", 2, "de"), ("C", 1, "de")]
@@ -308,7 +311,7 @@ def test_every_reader_maps_labels_on_known_rows(tmp_path, monkeypatch):
     assert (dev_en.premise, dev_en.hypothesis, dev_en.label) == (
         "And he said, Mama, I'm home.", "He called his mom as soon as the school bus dropped him off.", 1)
     assert [e.label for e in embedded["test", "ar"][:3]] == [2, 0, 1]
-    original = xnli.read_eval_examples(_config("eval.format=xnli_original", f"eval.path={TEST_DATA / 'xnli_original'}",
+    original = xnli.read_eval_examples(_config("eval.format=xnli_original", f"eval.path={TEST_DATA}/xnli_original",
                                                "eval.languages=('ar','sw')"))
     assert (original["dev", "ar"][0].hypothesis, original["dev", "ar"][0].label) == (
         "اتصل بأمه حالما أوصلته حافلة المدرسية.", 1)
@@ -358,11 +361,11 @@ def _bad_inputs(task: Path, tmp_path: Path) -> dict:
         "unfinished": ([f"init={tmp_path / 'unfinished'}"],
                        r"a distil workdir whose distillation has not finished \(no student/ yet\)"),
         "language": ([f"eval.path={partial}"],
-                     rf"config.eval.languages: no evaluation file for language 'fr': {partial / 'dev-fr.tsv'} is missing"),
+                     rf"config.eval.languages: no evaluation file for language 'fr': {partial}/dev-fr.tsv is missing"),
         "label": ([f"train.path={bad_label}"], rf"{bad_label}:2: unknown MultiNLI label 'maybe'; expected one of "
                                                r"\['contradiction', 'entailment', 'neutral'\]"),
-        "max_length": (["max_length=65"], rf"config.max_length is 65 but config.init {task / 'distill_run' / 'student'} "
-                                          r"has max_position_embeddings 64"),
+        "max_length": (["max_length=65"], rf"config.max_length is 65 but config.init {task}/distill_run/student has "
+                                          r"max_position_embeddings 64"),
         "empty_init": (["init=", "allow_random_init=False"], r"config.init is empty"),
         "inside_init": ([], r"is or lies inside the model folder"),
     }

@@ -12,7 +12,8 @@ Data: by default the embedded samples (3,000 English MultiNLI pairs; 150 dev and
 so a run needs no download. For the full benchmark, e.g.
     --config.train.format=multinli_jsonl --config.train.path=~/data/multinli_1.0/multinli_1.0_train.jsonl
     --config.eval.format=xnli_original --config.eval.path=~/data/XNLI-1.0
-Translate-train (beyond zero-shot): --config.train_languages="('de','fr')" --config.train.xnli_mt_dir=~/data/XNLI-MT-1.0/multinli
+Translate-train (beyond zero-shot):
+    --config.train_languages="('de','fr')" --config.train.xnli_mt_dir=~/data/XNLI-MT-1.0/multinli
 
 `:runlocal` fine-tunes a small random model (or `--config.init=DIR`) on the embedded data: a 2-core laptop runs it
 in well under a minute. Numbers from a random model are at chance level; it exercises the pipeline, not the method.

@@ -1,7 +1,8 @@
 """DistilmBERT on XNLI, zero-shot: fine-tune a distilled student on English NLI, evaluate 15 languages.
 
     distil xnli --config distilmbert_xnli --workdir runs/xnli_student --config.init=runs/distilmbert
-    distil xnli --config distilmbert_xnli --workdir runs/xnli_card --config.init=~/models/distilbert-base-multilingual-cased
+    distil xnli --config distilmbert_xnli --workdir runs/xnli_card \
+        --config.init=~/models/distilbert-base-multilingual-cased
     distil xnli --config distilmbert_xnli:runlocal --workdir runs/xnli_local   # a small random DistilBERT
 
 `config.init` is a `distil distill` workdir (its student/ export) or any Hugging Face DistilBERT folder. The recipe

@@ -420,6 +420,24 @@ def evaluate(eval_step, params, eval_set: EvalSet, *, global_batch: int, pad_to_
     return {language: (int(correct[index]), int(count[index])) for index, language in enumerate(eval_set.languages)}
 
 
+def compile_steps(graphdef, state, state_shardings, *, tx, learning_rate, frozen, batch_shardings, example_batch,
+                  eval_shardings, num_languages, replicated) -> dict:
+    """{"train": the train step jitted with explicit shardings and donated state, compiled ahead (its memory and
+    FLOPs logged), "eval": the eval step jitted (compiled per padded length on first use), "analysis": ...}."""
+    train_step = make_train_step(graphdef, tx, learning_rate, frozen=frozen)
+    jitted = jax.jit(train_step, in_shardings=(state_shardings, batch_shardings),
+                     out_shardings=(state_shardings, replicated), donate_argnums=0)
+    abstract_batch = {name: jax.ShapeDtypeStruct(array.shape, jnp.int32, sharding=batch_shardings[name])
+                      for name, array in example_batch.items()}
+    begun = time.perf_counter()
+    compiled = jitted.lower(state, abstract_batch).compile()
+    analysis = step_analysis(compiled)
+    _log(f"compiled the train step in {time.perf_counter() - begun:.1f}s: {describe_analysis(analysis)}")
+    eval_step = jax.jit(make_eval_step(graphdef, num_languages), in_shardings=(state_shardings.params, eval_shardings),
+                        out_shardings=(replicated, replicated))
+    return {"train": compiled, "eval": eval_step, "analysis": analysis}
+
+
 # -------------------------------------------------------------------------------------------- state and seeds
 
 
@@ -559,21 +577,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
             graphdef = nnx.graphdef(nnx.eval_shape(build))
             if not compiled:
                 frozen = frozen_paths(state.params) if model_config.sinusoidal_pos_embds else set()
-                train_step = make_train_step(graphdef, tx, learning_rate_schedule(settings), frozen=frozen)
-                jitted = jax.jit(train_step, in_shardings=(state_shardings, batch_shardings),
-                                 out_shardings=(state_shardings, replicated), donate_argnums=0)
-                abstract_batch = {name: jax.ShapeDtypeStruct(array.shape, jnp.int32, sharding=batch_shardings[name])
-                                  for name, array in example_batch.items()}
-                begun = time.perf_counter()
-                compiled["train"] = jitted.lower(state, abstract_batch).compile()
-                analysis = step_analysis(compiled["train"])
-                _log(f"compiled the train step in {time.perf_counter() - begun:.1f}s: {describe_analysis(analysis)}")
-                compiled["eval"] = jax.jit(make_eval_step(graphdef, len(languages)),
-                                           in_shardings=(state_shardings.params,
-                                                         shardings_like(take_rows(selection_set.encoded,
-                                                                                  np.zeros(1, np.int64)))),
-                                           out_shardings=(replicated, replicated))
-                compiled["analysis"] = analysis
+                compiled.update(compile_steps(
+                    graphdef, state, state_shardings, tx=tx, learning_rate=learning_rate_schedule(settings),
+                    frozen=frozen, batch_shardings=batch_shardings, example_batch=example_batch,
+                    eval_shardings=shardings_like(take_rows(selection_set.encoded, np.zeros(1, np.int64))),
+                    num_languages=len(languages), replicated=replicated))
             train_step, eval_step = compiled["train"], compiled["eval"]
 
             def accuracies_on(eval_set: EvalSet, params) -> dict[str, tuple[int, int]]:
