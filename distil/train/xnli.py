@@ -105,6 +105,8 @@ def check_config(config: ml_collections.ConfigDict, *, num_devices: int, process
     if not config.optimizer.learning_rate > 0 or not 0 <= config.optimizer.warmup_fraction <= 1:
         raise ConfigError("config.optimizer.learning_rate must be > 0 and config.optimizer.warmup_fraction in "
                           f"[0, 1], got {config.optimizer.learning_rate} and {config.optimizer.warmup_fraction}")
+    if config.eval.pad_to_multiple < 1:
+        raise ConfigError(f"config.eval.pad_to_multiple must be >= 1, got {config.eval.pad_to_multiple}")
     if config.train.max_examples < 0:
         raise ConfigError(f"config.train.max_examples must be >= 0 (0: all), got {config.train.max_examples}")
     try:
