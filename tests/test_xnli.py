@@ -30,6 +30,7 @@ from distil import cli, hf, report
 from distil.config import load_config
 from distil.data import nli
 from distil.data.embedded import embedded_nli_train, embedded_wordpiece_vocab, embedded_xnli_dir
+from distil.data.nli_batches import EvalSet
 from distil.models import ModelConfig, create_model
 from distil.tokenization import load_tokenizer
 from distil.train import xnli
@@ -117,7 +118,7 @@ def test_accuracy_and_averages_by_hand():
                            for i, label in enumerate(values)] for language, values in labels.items()}
     encoded = {language: nli.encode_nli(rows, TOKENIZER, max_length=64, with_token_types=False)
                for language, rows in examples.items()}
-    eval_set = xnli.EvalSet.pool(encoded, ("en", "de"))
+    eval_set = EvalSet.pool(encoded, ("en", "de"))
     batches = list(eval_set.batches(8, 32))
     assert [int(b["weights"].sum()) for b in batches] == [8, 5] and len(batches[-1]["weights"]) == 8
     assert {b["input_ids"].shape[1] for b in batches} <= {32, 64}  # cut to the longest row, rounded up to 32
@@ -140,19 +141,6 @@ def test_accuracy_and_averages_by_hand():
     assert aggregated["std"]["dev"] == pytest.approx({"en": 0.1 * 2 ** 0.5, "de": 0.0})
     assert aggregated["average"] == pytest.approx({"dev": 0.5, "test": 0.55})  # (0.45 + 0.55) / 2, (0.4 + 0.7) / 2
     assert aggregated["std"]["average"]["test"] == pytest.approx(0.3 / 2 ** 0.5)
-
-
-def test_training_batches_visit_every_example_once_per_epoch():
-    encoded = {"labels": np.arange(70, dtype=np.int32) % 3, "input_ids": np.arange(70, dtype=np.int32)[:, None] + 1}
-    source = xnli.NliBatches(encoded, global_batch=32, seed=5, num_epochs=2)
-    assert len(source) == 6  # 3 batches per epoch, the last with 26 fill rows
-    for epoch in range(2):
-        batches = [source[step] for step in range(3 * epoch, 3 * epoch + 3)]
-        ids = np.concatenate([b["input_ids"][b["weights"] == 1, 0] for b in batches])
-        assert sorted(ids) == list(range(1, 71))
-        fill = np.concatenate([b["input_ids"][b["weights"] == 0, 0] for b in batches])
-        assert len(fill) == 26 and not fill.any()
-    assert not np.array_equal(source[0]["input_ids"], source[3]["input_ids"])  # a new order each epoch
 
 
 # ---------------------------------------------------------------------------------------------- transformers
