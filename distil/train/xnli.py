@@ -47,7 +47,7 @@ from distil.data import nli
 from distil.data.batching import batches_per_epoch
 from distil.data.embedded import embedded_nli_train, embedded_wordpiece_vocab, embedded_xnli_dir
 from distil.data.nli_batches import EvalSet, NliBatches, take_rows
-from distil.models import ModelConfig, model_class, parameter_count
+from distil.models import ModelConfig, abstract_model, model_class, parameter_count
 from distil.tokenization import default_vocab_path, load_tokenizer
 from distil.train import checkpoints
 from distil.train.distill import TrainingError, describe_analysis, step_analysis
@@ -134,6 +134,15 @@ class Start:
     pretrained: dict[str, np.ndarray]
     folder: Path | None
     name: str
+
+    def describe(self) -> str:
+        """Where the parameters come from, as transformers' "newly initialized" warning says it."""
+        if self.folder is None:
+            return "every parameter random"
+        paths = [".".join(map(str, path)) for path, _ in nnx.to_flat_state(nnx.state(abstract_model(self.config),
+                                                                                      nnx.Param))]
+        new = sorted({path.split(".")[0] for path in paths if path not in self.pretrained})
+        return f"{len(self.pretrained)} tensors from {self.folder}, new: {', '.join(new)}"
 
 
 def resolve_init(init: str) -> Path:
@@ -448,10 +457,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     every = config.eval_every_steps or steps_per_epoch
     selection_steps = sorted({step for step in range(every, num_steps + 1, every)} | {num_steps})
     truncated = int((train["attention_mask"][:, -1] == 1).sum())
-    _log(f"distil xnli: {start.name} ({parameter_count(model_config):,} parameters) on {num_examples} training "
-         f"pairs ({truncated} cut to config.max_length={config.max_length}); {num_steps} steps of "
-         f"{config.batch_size}; English dev at steps {selection_steps[:6]}{' ...' if len(selection_steps) > 6 else ''}"
-         f"; seeds {tuple(config.seeds)}")
+    _log(f"distil xnli: {start.name} ({parameter_count(model_config):,} parameters; {start.describe()})")
+    shown = f"{selection_steps[:6]}{' ...' if len(selection_steps) > 6 else ''}"
+    _log(f"  {num_examples} training pairs ({truncated} cut to config.max_length={config.max_length}); {num_steps} "
+         f"steps of {config.batch_size}; English dev at steps {shown}; seeds {tuple(config.seeds)}")
     workdir = make_output_folder(workdir, "workdir")
     if jax.process_index() == 0:
         write_text_atomically(workdir / CONFIG_FILE, config.to_json_best_effort(indent=2) + "\n")
