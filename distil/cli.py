@@ -5,6 +5,9 @@
     distil extract TEACHER DST            initialise a DistilBERT student from teacher layers
     distil prepare SOURCE OUT             binarise a text corpus into token shards + token counts
     distil demo                           the end-to-end demo on the embedded default data
+    distil distill --workdir DIR          distil a student from a teacher (or MLM pre-training)
+    distil xnli --workdir DIR             fine-tune on English NLI, evaluate zero-shot on the 15 XNLI languages
+    distil report RUN_DIR... --out DIR    merge XNLI results of several runs into one table and plot
 
 Every command reports bad input as one line naming the file, field or flag and what was expected, and exits 2;
 Ctrl-C exits 130 with one line (what was finished is kept: `prepare` and `demo` resume, an export leaves DST as it
@@ -327,6 +330,26 @@ def cmd_sweep(args) -> int:
                                                  partition=args.partition).items():
             write_text_atomically(out / name, script)
             print(f"sbatch {out / name}")
+# ------------------------------------------------------------------------------------------------ xnli / report
+
+
+def cmd_xnli(args) -> int:
+    from distil.config import load_config
+    from distil.train.xnli import train_and_evaluate
+
+    config = load_config(args.config, args.overrides)
+    results = train_and_evaluate(config, args.workdir)
+    if "stopped_at" not in results:
+        print((Path(args.workdir) / "xnli_results.md").read_text(encoding="utf-8"))
+    return 0
+
+
+def cmd_report(args) -> int:
+    from distil.report import merge_reports
+
+    paths = merge_reports(args.runs, args.out)
+    print(paths["md"].read_text(encoding="utf-8"))
+    print(f"wrote {paths['json']}, {paths['md']}, {paths['png']}")
     return 0
 
 
@@ -419,6 +442,20 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--num-slices", type=int, default=1, help="(xpk)")
     sweep.add_argument("--docker-image", default="python:3.11", help="an image with distil installed (xpk)")
     sweep.set_defaults(run=cmd_sweep, interrupted="; rerun the same command: finished points are skipped, an interrupted one resumes")
+    xnli = commands.add_parser("xnli", help="fine-tune on English NLI, evaluate zero-shot on the 15 XNLI languages",
+                               epilog="Any --config.KEY=VALUE overrides a field of the config (e.g. "
+                                      "--config.init=DIR). Rerunning on a workdir resumes an interrupted seed and "
+                                      "reuses finished ones.")
+    xnli.add_argument("--config", default="distilmbert_xnli",
+                      help="config file[:variant], or a shipped config's name[:variant] (default: %(default)s; "
+                           "e.g. mbert_xnli, distilmbert_xnli:runlocal)")
+    xnli.add_argument("--workdir", required=True, help="xnli_results.{json,md,png} and one folder per seed go here")
+    xnli.set_defaults(run=cmd_xnli, takes_config=True,
+                      interrupted="; rerun the same command to resume (finished seeds are kept)")
+    report = commands.add_parser("report", help="merge several runs' XNLI results into one table and plot")
+    report.add_argument("runs", nargs="+", metavar="RUN_DIR", help="workdirs of distil xnli (or xnli_results.json)")
+    report.add_argument("--out", required=True, help="folder for xnli_report.{json,md,png}")
+    report.set_defaults(run=cmd_report, interrupted="")
     return parser
 
 
@@ -466,8 +503,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return exit.code if isinstance(exit.code, int) else 2
         command, interrupted = args.command, args.interrupted
         if overrides and not getattr(args, "takes_config", False):
-            raise ValueError(f"{overrides[0]}: distil {command} takes no config; only distil demo reads "
-                             "--config.KEY=VALUE overrides")
+            raise ValueError(f"{overrides[0]}: distil {command} takes no config; only distil demo, distill "
+                             "and xnli read --config.KEY=VALUE overrides")
         args.overrides = overrides
         with _console_log(command):
             return args.run(args)

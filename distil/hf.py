@@ -616,6 +616,37 @@ def load_pretrained(
     return nnx.merge(graphdef, state)
 
 
+def pretrained_parameters(checkpoint: Checkpoint, config: ModelConfig, *,
+                          modules: tuple[str, ...] = ("encoder", "pooler")) -> dict[str, np.ndarray]:
+    """What transformers' `from_pretrained` copies from a checkpoint into a model with another head: every
+    parameter of a model of `config` (the checkpoint's family and sizes, any head) under one of `modules` that the
+    checkpoint stores, by distil path (`encoder.layers.0.attention.query.kernel`), in distil's layout and
+    `config.param_dtype`.
+
+    Parameters the checkpoint does not store are absent, for the caller to initialise: a new classification head,
+    and BERT's pooler when the checkpoint has none (a BertForMaskedLM saved by transformers; BertForPreTraining
+    and BertModel folders store it, and `load_pretrained` drops it only because an MLM head does not use it).
+    """
+    if checkpoint.config.family != config.family:
+        raise CheckpointFormatError(f"{checkpoint.folder}: holds a {checkpoint.architecture}, not a {config.family} "
+                                    "model")
+    find = _resolve_prefix(checkpoint.stored, config.family)
+    _, abstract_state = nnx.split(abstract_model(config))
+    expected = {".".join(str(part) for part in path): leaf for path, leaf in nnx.to_flat_state(abstract_state)}
+    values = {}
+    for row in tensor_table(config):
+        name = find(row.hf_name)
+        if row.distil_path.split(".")[0] not in modules or name not in checkpoint.stored:
+            continue
+        tensor = checkpoint.stored[name]
+        want = _hf_shape(row.layout, expected[row.distil_path].shape)
+        if tensor.shape != want or tensor.dtype not in _LOADABLE_DTYPES:
+            raise CheckpointFormatError(f"{tensor.file}: tensor {name!r} has shape {list(tensor.shape)} and dtype "
+                                        f"{tensor.dtype}, expected {list(want)} and a float dtype")
+        values[row.distil_path] = _to_distil(row.layout, tensor.read(), config).astype(jnp.dtype(config.param_dtype))
+    return values
+
+
 def describe_pretrained(folder: str | os.PathLike, *, allow_unused: bool = False) -> dict:
     """A checkpoint's config, parameter counts per module and stored dtypes, after `read_checkpoint`'s validation
     (headers only, plus stored tied copies): what `distil inspect` prints."""
