@@ -16,10 +16,14 @@ the update's token count (and so its gradient noise) close to the reference's la
 steps is not written here: it is 3 epochs of the prepared corpus, converted once from its size by the trainer
 (`num_steps` > 0 overrides).
 
-Variants (`:runlocal`): the embedded 15-language corpus and its 8,000-token WordPiece vocabulary
+Variants, combinable (`:runlocal,languages=en,fr,de`). `languages=L1,L2,...`: distil into a student with a trimmed
+vocabulary (`distil.trim`): the data are those languages of the corpus, the teacher's (mBERT's) vocabulary is cut to
+the tokens they use in memory before distillation, and the student starts from the trimmed teacher. `runlocal`:
+the embedded 15-language corpus and its 8,000-token WordPiece vocabulary
 (`distil/data/embedded/wordpiece-8k`), sequences of 128 padded to multiples of 32 (4 compiled lengths), a small
 random BERT teacher (4 layers, width 64) instead of a checkpoint, a 2-layer student from its layers 0 and 3, 32
-sequences per update in 2 micro-batches, 60 steps. It reads no file from outside the repository.
+sequences per update in 2 micro-batches, 60 steps. It reads no file from outside the repository. With
+`languages=` it keeps mBERT's vocabulary (that is what gets trimmed) instead of the 8,000-token one.
 """
 
 import ml_collections
@@ -28,23 +32,44 @@ from distil.data.embedded import embedded_wordpiece_vocab
 from distil.sharding import STANDARD_LOGICAL_AXIS_RULES
 
 
+def parse_variants(arg):
+    """`runlocal,languages=en,fr,de` -> ({'runlocal'}, {'languages': ['en', 'fr', 'de']}): a `key=value` item
+    takes the comma-separated items after it that are not variants themselves."""
+    flags, values, key = set(), {}, None
+    for item in filter(None, (arg or "").split(",")):
+        if "=" in item:
+            key, _, value = item.partition("=")
+            if key not in ("languages",):
+                raise ValueError(f"unknown variant {key!r}; known: runlocal, languages=LANG,LANG,...")
+            values[key] = [value] if value else []
+        elif item in ("runlocal",):
+            flags.add(item)
+            key = None
+        elif key is not None:
+            values[key].append(item)
+        else:
+            raise ValueError(f"unknown variant {item!r}; known: runlocal, languages=LANG,LANG,...")
+    if "languages" in values and not values["languages"]:
+        raise ValueError("variant languages= names no language; e.g. distilmbert:languages=en,fr,de")
+    return flags, values
+
+
 def get_config(arg=None):
-    variants = set(filter(None, (arg or "").split(",")))
-    unknown = variants - {"runlocal"}
-    if unknown:
-        raise ValueError(f"unknown variant(s) {sorted(unknown)}; known: runlocal")
+    variants, values = parse_variants(arg)
     runlocal = "runlocal" in variants
+    languages = tuple(values.get("languages", ()))
 
     config = ml_collections.ConfigDict()
     config.seed = 0
     # vocab.txt / tokenizer.json / folder; "" is the shipped mBERT vocabulary (119,547 tokens). runlocal uses an
     # 8,000-token WordPiece of the embedded corpus: mBERT's rows would be 95% of a width-64 model and its step time.
-    config.tokenizer = str(embedded_wordpiece_vocab()) if runlocal else ""
+    # With `languages=`, mBERT's vocabulary is trimmed (below), so runlocal keeps it too.
+    config.tokenizer = str(embedded_wordpiece_vocab()) if runlocal and not languages else ""
 
     config.data = ml_collections.ConfigDict()
     config.data.corpus = "embedded" if runlocal else "wikipedia"  # "embedded", a folder of <lang>.txt, "wikipedia"
     config.data.tfds_data_dir = ""  # for corpus="wikipedia"
-    config.data.languages = ()  # () keeps every language of the corpus
+    config.data.languages = languages  # () keeps every language of the corpus
     config.data.sampling_alpha = 0.7  # p(lang) ∝ lines^alpha, as mBERT
     config.data.max_length = 128 if runlocal else 512
 
@@ -105,6 +130,15 @@ def get_config(arg=None):
     config.loss.minilm_student_layer = -1  # MiniLM-v2: the student's last layer ...
     config.loss.minilm_teacher_layer = -1  # ... against one teacher layer (MiniLM-v2 uses an upper-middle one)
     config.loss.minilm_relation_heads = 4 if runlocal else 12
+
+    # Vocabulary trimming (`languages=`): before distillation the teacher is cut to the tokens the training corpus
+    # (config.data.corpus in config.data.languages) uses, plus the single characters of its scripts (distil.trim).
+    # The student starts from the trimmed teacher, the data are binarised with the trimmed tokenizer, and the KL is
+    # over the kept vocabulary: the trimmed teacher's softmax is the full one restricted to it and renormalised.
+    config.trim = ml_collections.ConfigDict()
+    config.trim.enabled = bool(languages)
+    config.trim.min_count = 1  # keep tokens the corpus uses at least this often
+    config.trim.single_chars = True  # keep the single-character pieces of the corpus' scripts
 
     config.optimizer = ml_collections.ConfigDict()
     config.optimizer.learning_rate = 5e-4
