@@ -222,8 +222,8 @@ def _load_teacher(config, teacher_config: ModelConfig | None, mesh, rules, kept_
     if config.teacher.source == "checkpoint" or kept_ids is not None:
         if config.teacher.source == "checkpoint":
             teacher = hf.load_pretrained(config.teacher.checkpoint, dtype=config.teacher.dtype)
-        else:
-            teacher = create_model(teacher_config, seed=config.seed + 1)
+        else:  # the same random teacher as without trimming
+            teacher = create_model(teacher_config, seed=config.seed + 1, mesh=mesh, rules=rules)
         if kept_ids is not None:
             teacher = trim.trim_model(teacher, kept_ids)
         graphdef, params = nnx.split(teacher)
