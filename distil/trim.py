@@ -134,7 +134,12 @@ def corpus_token_counts(
     languages = list(languages) if languages else None
     path = Path(corpus)
     if os.fspath(corpus) != "wikipedia" and (path / binarize.INDEX_FILE).is_file():
-        index = json.loads((path / binarize.INDEX_FILE).read_text(encoding="utf-8"))
+        try:
+            index = json.loads((path / binarize.INDEX_FILE).read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise TrimError(f"{path / binarize.INDEX_FILE}: not valid JSON ({err})") from None
+        if not isinstance(index, dict):
+            raise TrimError(f"{path / binarize.INDEX_FILE}: expected the JSON object distil prepare writes")
         corpus_languages = sorted({lang for shard in index.get("shards", []) for lang in shard.get("languages", {})})
         if index.get("vocab_size") != vocab_size:
             raise TrimError(f"{path / binarize.INDEX_FILE}: the corpus was binarised with a vocabulary of "

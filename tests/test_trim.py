@@ -213,6 +213,26 @@ def test_a_binarised_corpus_gives_the_tokens_it_counts(mbert, tmp_path):
         trim.corpus_token_counts(tmp_path / "bin", mbert, languages=["en"])
 
 
+def test_tfds_wikipedia_is_read_per_language(mbert, monkeypatch):
+    """The `wikipedia` source goes through `distil.data.text.WikipediaSource` (tested with tfds in test_text.py);
+    here a stand-in yields the embedded corpus' lines, so the counts must equal the text folder's."""
+    from distil.data import text
+
+    class FakeWikipedia:
+        def __init__(self, language, data_dir, date):
+            self.language = language
+
+        def __iter__(self):
+            return iter(corpus_lines(self.language))
+
+    monkeypatch.setattr(text, "WikipediaSource", FakeWikipedia)
+    from_wikipedia = trim.corpus_token_counts("wikipedia", mbert, languages=["sw", "tr"], data_dir="unused")
+    from_folder = trim.corpus_token_counts(embedded_corpus_dir(), mbert, languages=["sw", "tr"])
+    assert list(from_wikipedia.counts) == ["sw", "tr"]
+    for language in ("sw", "tr"):
+        np.testing.assert_array_equal(from_wikipedia.counts[language], from_folder.counts[language])
+
+
 # ------------------------------------------------------------------------------------ distillation on kept ids
 
 TINY = dict(vocab_size=61, hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=48,
@@ -284,6 +304,10 @@ def test_a_trimmed_runlocal_distillation_runs_end_to_end(tmp_path):
     np.testing.assert_array_equal(trim.read_kept_ids(workdir / "student"), kept_ids)
     student = transformers.AutoModelForMaskedLM.from_pretrained(workdir / "student")
     assert type(student).__name__ == "DistilBertForMaskedLM" and student.config.vocab_size == len(kept_ids)
+    # A trimmed student trims again (a DistilBERT folder, ids relative to its own vocabulary).
+    assert cli.main(["trim", str(workdir / "student"), str(tmp_path / "en"), "--corpus", str(embedded_corpus_dir()),
+                     "--languages", "en"]) == 0
+    assert len(trim.read_kept_ids(tmp_path / "en")) < len(kept_ids)
 
 
 def test_the_languages_variant_parses_with_runlocal():
