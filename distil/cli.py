@@ -4,6 +4,7 @@
     distil export SRC DST                 write a model as a Hugging Face folder (dtype, tokenizer)
     distil extract TEACHER DST            initialise a DistilBERT student from teacher layers
     distil prepare SOURCE OUT             binarise a text corpus into token shards + token counts
+    distil trim SRC DST --corpus CORPUS   keep only the vocabulary a corpus of the target languages uses
     distil demo                           the end-to-end demo on the embedded default data
     distil distill --workdir DIR          distil a student from a teacher (or MLM pre-training)
     distil xnli --workdir DIR             fine-tune on English NLI, evaluate zero-shot on the 15 XNLI languages
@@ -242,6 +243,55 @@ def cmd_prepare(args) -> int:
     return 0
 
 
+# ------------------------------------------------------------------------------------------------------- trim
+
+
+def _megabytes(count: int) -> str:
+    return f"{count / 1e6:,.1f} MB"
+
+
+def _print_trim_summary(summary) -> None:
+    from distil.atomic import MANIFEST
+
+    vocabulary = summary.vocabulary
+    folder = summary.folder
+    files = ", ".join(sorted(p.name for p in folder.iterdir() if p.name != MANIFEST))
+    print(f"wrote {folder} ({summary.architecture}): {files}")
+    reasons = vocabulary.kept_by_reason
+    scripts = ", ".join(vocabulary.scripts) or "none"
+    print(f"  vocabulary {vocabulary.source_vocab_size:,} -> {vocabulary.vocab_size:,} tokens: {reasons['special']} "
+          f"special, {reasons['corpus']:,} used >= {vocabulary.min_count} time(s) by {summary.corpus}, "
+          f"{reasons['single_chars']:,} more single characters (scripts {scripts}, and no-script characters), "
+          f"{reasons['keep_vocab']:,} more from --keep-vocab")
+    before, after = summary.parameters_before, summary.parameters_after
+    print(f"  parameters {before:,} -> {after:,} ({100 * (after - before) / before:+.1f}%); model.safetensors "
+          f"{_megabytes(summary.weight_bytes_before)} -> {_megabytes(summary.weight_bytes_after)}")
+    rows = []
+    for language, row in summary.languages.items():
+        tokens = max(row["tokens"], 1)
+        rows.append(f"{language} {100 * row['became_unk'] / tokens:.2f}%"
+                    + (f" (+{100 * row['resegmented'] / tokens:.2f}% re-split)" if row["resegmented"] else ""))
+    print("  corpus tokens that became [UNK]: " + ", ".join(rows))
+    before_unk = {lang: row["unk_before"] / max(row["tokens"], 1) for lang, row in summary.languages.items()}
+    if any(before_unk.values()):
+        print("  (already [UNK] with the full vocabulary: "
+              + ", ".join(f"{lang} {100 * share:.2f}%" for lang, share in before_unk.items()) + ")")
+    print(f"  new id -> old id: {folder / 'kept_ids.json'}")
+
+
+def cmd_trim(args) -> int:
+    from distil.trim import trim_folder
+
+    summary = trim_folder(
+        args.source, args.destination, args.corpus,
+        languages=args.languages.split(",") if args.languages else None,
+        min_count=args.min_count, keep_vocab=args.keep_vocab, single_chars=not args.no_single_chars,
+        data_dir=args.data_dir, allow_unused=args.allow_unused,
+    )
+    _print_trim_summary(summary)
+    return 0
+
+
 # ------------------------------------------------------------------------------------------------------- demo
 
 DEFAULT_DEMO_CONFIG = "demo"  # distil/configs/demo.py, found by name installed or not (distil.config)
@@ -403,6 +453,22 @@ def build_parser() -> argparse.ArgumentParser:
     prepare.add_argument("--shard-size", type=_int_at_least(1), default=100_000,
                          help="input lines per shard, the unit a rerun resumes from (default 100000)")
     prepare.set_defaults(run=cmd_prepare, interrupted="; finished shards are kept, rerun the same command to resume")
+
+    trim = commands.add_parser("trim", help="keep only the vocabulary a corpus of the target languages uses")
+    trim.add_argument("source", help="a Hugging Face folder with its tokenizer (teacher or student)")
+    trim.add_argument("destination", help="folder to write (new, empty, or written by distil; replaced as a whole)")
+    trim.add_argument("--corpus", required=True,
+                      help="a folder of <lang>.txt files, 'wikipedia' (tfds, with --data-dir), or a folder written "
+                           "by distil prepare with the model's tokenizer")
+    trim.add_argument("--languages", help="comma-separated languages of the corpus to keep (default: all)")
+    trim.add_argument("--min-count", type=_int_at_least(1), default=1,
+                      help="keep tokens used at least this often (default 1)")
+    trim.add_argument("--keep-vocab", help="a file of tokens to keep as well, one per line")
+    trim.add_argument("--no-single-chars", action="store_true",
+                      help="do not keep the single-character pieces of the corpus' scripts")
+    trim.add_argument("--data-dir", help="tensorflow-datasets data_dir (corpus 'wikipedia')")
+    trim.add_argument("--allow-unused", **allow_unused)
+    trim.set_defaults(run=cmd_trim, interrupted="; the destination is unchanged")
 
     demo = commands.add_parser("demo", help="run the demo on the embedded default data",
                                epilog="Any --config.KEY=VALUE overrides a field of the config.")

@@ -717,9 +717,11 @@ def save_pretrained(
     *,
     tokenizer=None,
     label_names: list[str] | None = None,
+    extra_files: dict[str, str] | None = None,
 ) -> Path:
     """Writes `config.json` + `model.safetensors` (and the tokenizer files when `tokenizer` is given, which must
-    have the model's vocabulary).
+    have the model's vocabulary). `extra_files` maps further file names to their UTF-8 text (e.g. the
+    `kept_ids.json` of a trimmed vocabulary, `distil.trim`), written in the same folder and the same atomic step.
 
     The folder is written as a whole (`distil.atomic.write_folder_atomically`): it ends up holding exactly the new
     files, or after a failure what it held before, never a mix of both. An existing folder holding files distil
@@ -736,5 +738,9 @@ def save_pretrained(
             from distil.tokenization import save_tokenizer
 
             save_tokenizer(tokenizer, staging, model_max_length=model.config.max_position_embeddings)
+        for name, text in (extra_files or {}).items():
+            if Path(name).name != name or (staging / name).exists():
+                raise ValueError(f"extra file name {name!r} must be a plain file name not written otherwise")
+            (staging / name).write_text(text, encoding="utf-8")
 
     return write_folder_atomically(folder, write, what="model folder")

@@ -21,10 +21,14 @@ at these lengths: experiments/bench_batch_composition.py). The number of steps i
 prepared corpus, converted once from its size by the trainer (`num_steps` > 0 overrides).
 
 Hardware variants `:tpu=v4-32` and `:gpu=8xh100` set the mesh, micro-batches and precision for that slice
-(`HARDWARE` below). Variant `:runlocal`: the embedded 15-language corpus and its 8,000-token WordPiece vocabulary
+(`HARDWARE` below). Variants combine (`:runlocal,languages=en,fr,de`). `languages=L1,L2,...`: distil into a student
+with a trimmed vocabulary (`distil.trim`): the data are those languages of the corpus, the teacher's (mBERT's)
+vocabulary is cut to the tokens they use in memory before distillation, and the student starts from the trimmed
+teacher. `runlocal`: the embedded 15-language corpus and its 8,000-token WordPiece vocabulary
 (`distil/data/embedded/wordpiece-8k`), sequences of 128 padded to multiples of 32 (4 compiled lengths), a small
 random BERT teacher (4 layers, width 64) instead of a checkpoint, a 2-layer student from its layers 0 and 3, 32
-sequences per update in 2 micro-batches, 60 steps. It reads no file from outside the repository.
+sequences per update in 2 micro-batches, 60 steps. It reads no file from outside the repository. With
+`languages=` it keeps mBERT's vocabulary (that is what gets trimmed) instead of the 8,000-token one.
 """
 
 import ml_collections
@@ -45,13 +49,36 @@ HARDWARE = {
 }
 
 
+def parse_variants(arg):
+    """`runlocal,languages=en,fr,de` -> ({'runlocal'}, {'languages': ['en', 'fr', 'de']}): a `key=value` item
+    takes the comma-separated items after it that are not variants themselves."""
+    flags, values, key = set(), {}, None
+    for item in filter(None, (arg or "").split(",")):
+        if "=" in item:
+            key, _, value = item.partition("=")
+            if key not in ("languages", "tpu", "gpu"):
+                raise ValueError(f"unknown variant {key!r}; known: runlocal, languages=LANG,LANG,..., "
+                                 f"{', '.join(HARDWARE)}")
+            values[key] = [value] if value else []
+        elif item in ("runlocal",):
+            flags.add(item)
+            key = None
+        elif key is not None:
+            values[key].append(item)
+        else:
+            raise ValueError(f"unknown variant {item!r}; known: runlocal, languages=LANG,LANG,...")
+    if "languages" in values and not values["languages"]:
+        raise ValueError("variant languages= names no language; e.g. distilmbert:languages=en,fr,de")
+    return flags, values
+
+
 def get_config(arg=None):
-    variants = set(filter(None, (arg or "").split(",")))
-    unknown = variants - {"runlocal", *HARDWARE}
-    if unknown:
-        raise ValueError(f"unknown variant(s) {sorted(unknown)}; known: runlocal, {', '.join(HARDWARE)}")
+    variants, values = parse_variants(arg)
     runlocal = "runlocal" in variants
-    hardware = [HARDWARE[name] for name in sorted(variants & set(HARDWARE))]
+    languages = tuple(values.get("languages", ()))
+    hardware = [HARDWARE.get(f"{key}={','.join(values[key])}") for key in ("tpu", "gpu") if key in values]
+    if None in hardware:
+        raise ValueError(f"unknown hardware variant; known: {', '.join(HARDWARE)}")
     if len(hardware) > 1 or (hardware and runlocal):
         raise ValueError("choose at most one of runlocal and the hardware variants")
 
@@ -59,12 +86,13 @@ def get_config(arg=None):
     config.seed = 0
     # vocab.txt / tokenizer.json / folder; "" is the shipped mBERT vocabulary (119,547 tokens). runlocal uses an
     # 8,000-token WordPiece of the embedded corpus: mBERT's rows would be 95% of a width-64 model and its step time.
-    config.tokenizer = str(embedded_wordpiece_vocab()) if runlocal else ""
+    # With `languages=`, mBERT's vocabulary is trimmed (below), so runlocal keeps it too.
+    config.tokenizer = str(embedded_wordpiece_vocab()) if runlocal and not languages else ""
 
     config.data = ml_collections.ConfigDict()
     config.data.corpus = "embedded" if runlocal else "wikipedia"  # "embedded", a folder of <lang>.txt, "wikipedia"
     config.data.tfds_data_dir = ""  # for corpus="wikipedia"
-    config.data.languages = ()  # () keeps every language of the corpus
+    config.data.languages = languages  # () keeps every language of the corpus
     config.data.sampling_alpha = 0.7  # p(lang) ∝ lines^alpha, as mBERT
     config.data.max_length = 128 if runlocal else 512
 
@@ -134,6 +162,15 @@ def get_config(arg=None):
     config.loss.minilm_student_layer = -1  # MiniLM-v2: the student's last layer ...
     config.loss.minilm_teacher_layer = -1  # ... against one teacher layer (MiniLM-v2 uses an upper-middle one)
     config.loss.minilm_relation_heads = 4 if runlocal else 12
+
+    # Vocabulary trimming (`languages=`): before distillation the teacher is cut to the tokens the training corpus
+    # (config.data.corpus in config.data.languages) uses, plus the single characters of its scripts (distil.trim).
+    # The student starts from the trimmed teacher, the data are binarised with the trimmed tokenizer, and the KL is
+    # over the kept vocabulary: the trimmed teacher's softmax is the full one restricted to it and renormalised.
+    config.trim = ml_collections.ConfigDict()
+    config.trim.enabled = bool(languages)
+    config.trim.min_count = 1  # keep tokens the corpus uses at least this often
+    config.trim.single_chars = True  # keep the single-character pieces of the corpus' scripts
 
     config.optimizer = ml_collections.ConfigDict()
     config.optimizer.learning_rate = 5e-4

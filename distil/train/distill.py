@@ -26,7 +26,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from distil import hf, losses, sharding
+from distil import hf, losses, sharding, trim
 from distil.atomic import write_text_atomically
 from distil.config import ConfigError
 from distil.data.batching import GlobalBatchError, GroupedBatchSource
@@ -46,6 +46,7 @@ from distil.train.step import DistillStudent, frozen_paths, make_train_step
 
 CONFIG_FILE = "config.json"
 STUDENT_DIR = "student"
+TRIM_DIR = "trim"  # the trimmed tokenizer and kept_ids.json of a config.trim run
 
 
 class TrainingError(RuntimeError):
@@ -126,6 +127,8 @@ def check_config(config: ml_collections.ConfigDict, *, num_devices: int, process
         raise ConfigError(f"config.num_steps ({config.num_steps}) must be > 0, or config.num_epochs > 0")
     if config.log_every_steps <= 0 or config.checkpoint.every_steps <= 0:
         raise ConfigError("config.log_every_steps and config.checkpoint.every_steps must be > 0")
+    if config.get("trim") is not None and config.trim.enabled and config.trim.min_count < 1:
+        raise ConfigError(f"config.trim.min_count must be >= 1, got {config.trim.min_count}")
     if not 0 <= config.optimizer.warmup_fraction <= 1:
         raise ConfigError(f"config.optimizer.warmup_fraction must be in [0, 1], got {config.optimizer.warmup_fraction}")
 
@@ -223,12 +226,18 @@ def _student_config(config, teacher_config: ModelConfig | None, vocab_size: int)
                        **family_fields)
 
 
-def _load_teacher(config, teacher_config: ModelConfig | None, mesh, rules):
-    """(graphdef, params placed by the rules) or (None, None) without a teacher."""
+def _load_teacher(config, teacher_config: ModelConfig | None, mesh, rules, kept_ids=None):
+    """(graphdef, params placed by the rules) or (None, None) without a teacher. With `kept_ids` (config.trim) the
+    teacher of `teacher_config`'s full vocabulary is trimmed to those rows before it is placed."""
     if teacher_config is None:
         return None, None
-    if config.teacher.source == "checkpoint":
-        teacher = hf.load_pretrained(config.teacher.checkpoint, dtype=config.teacher.dtype)
+    if config.teacher.source == "checkpoint" or kept_ids is not None:
+        if config.teacher.source == "checkpoint":
+            teacher = hf.load_pretrained(config.teacher.checkpoint, dtype=config.teacher.dtype)
+        else:  # the same random teacher as without trimming
+            teacher = create_model(teacher_config, seed=config.seed + 1, mesh=mesh, rules=rules)
+        if kept_ids is not None:
+            teacher = trim.trim_model(teacher, kept_ids)
         graphdef, params = nnx.split(teacher)
         return graphdef, jax.device_put(params, sharding.state_shardings(params, mesh, rules))
     graphdef, params = nnx.split(create_model(teacher_config, seed=config.seed + 1, mesh=mesh, rules=rules))
@@ -257,6 +266,19 @@ def _student_initializer(config, student_config: ModelConfig, teacher_graphdef, 
         return nnx.state(build(teacher_params), nnx.Param)
 
     return init_params, build
+
+
+def _trim_vocabulary(config, tokenizer, workdir: Path):
+    """config.trim.enabled: the vocabulary of the training corpus (config.data's corpus and languages), its
+    tokenizer and kept_ids.json written to workdir/trim/ by process 0; None otherwise."""
+    settings = config.get("trim")
+    if settings is None or not settings.enabled:
+        return None
+    corpus = embedded_corpus_dir() if config.data.corpus == "embedded" else config.data.corpus
+    return trim.trim_for_training(tokenizer, corpus, languages=list(config.data.languages) or None,
+                                  data_dir=config.data.tfds_data_dir or None, min_count=settings.min_count,
+                                  single_chars=settings.single_chars,
+                                  out_dir=workdir / TRIM_DIR if jax.process_index() == 0 else None)
 
 
 # ------------------------------------------------------------------------------------------------------ data
@@ -437,6 +459,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     teacher_config = _teacher_config(config, vocab_size)
     student_config = _student_config(config, teacher_config, vocab_size)
     _check_models(config, objective, teacher_config, student_config, vocab_size)
+
+    # Vocabulary trimming (config.trim): the teacher cut to the tokens of the training corpus, in memory; the
+    # student, the tokenizer and the binarised data use the trimmed vocabulary (new ids = rows of kept_ids).
+    full_teacher_config, trimming = teacher_config, _trim_vocabulary(config, tokenizer, workdir)
+    if trimming is not None:
+        tokenizer_path, tokenizer = workdir / TRIM_DIR / "tokenizer.json", trimming.tokenizer
+        vocab_size = trimming.vocab_size
+        teacher_config = trim.trimmed_model_config(teacher_config, trimming.kept_ids) if teacher_config else None
+        student_config = _student_config(config, teacher_config, vocab_size)
+        _log(f"trimmed the vocabulary to the training corpus: {trimming.source_vocab_size:,} -> {vocab_size:,} "
+             f"tokens ({workdir / TRIM_DIR / trim.KEPT_IDS_FILE})")
     if jax.process_index() == 0:
         workdir.mkdir(parents=True, exist_ok=True)
         write_text_atomically(workdir / CONFIG_FILE, config.to_json_best_effort(indent=2) + "\n")
@@ -478,7 +511,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
 
     with sharding.activation_rules(mesh, rules):
         # Teacher: frozen, sharded by the same rules, an input of the step (never in the optimizer or checkpoint).
-        teacher_graphdef, teacher_params = _load_teacher(config, teacher_config, mesh, rules)
+        teacher_graphdef, teacher_params = _load_teacher(config, full_teacher_config, mesh, rules,
+                                                         None if trimming is None else trimming.kept_ids)
 
         # Student (and loss-side parameters) and optimizer state, created sharded; the step, jitted once.
         parts = _step_parts(config, objective, student_config, teacher_config, teacher_graphdef, teacher_params,
@@ -542,7 +576,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     # The student as a Hugging Face folder, with the tokenizer.
     student = nnx.merge(parts.student_graphdef, _host_params(state.params)).model
     if jax.process_index() == 0:
-        hf.save_pretrained(student, workdir / STUDENT_DIR, tokenizer=tokenizer)
+        extra = None if trimming is None else {trim.KEPT_IDS_FILE: trimming.to_json()}
+        hf.save_pretrained(student, workdir / STUDENT_DIR, tokenizer=tokenizer, extra_files=extra)
     summary = {
         "steps": num_steps, "final": last_row, "teacher": dataclasses.asdict(teacher_config) if teacher_config else None,
         "student": dataclasses.asdict(student_config), "step_analysis": {str(k): v for k, v in steps.analysis.items()},
