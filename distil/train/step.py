@@ -61,16 +61,14 @@ def make_train_step(
             teacher_out = jax.lax.stop_gradient(teacher(
                 micro["input_ids"], micro["attention_mask"],
                 output_attentions=objective.needs_attentions, output_qkv=objective.needs_qkv,
+                output_mlm_hidden=objective.chunked_vocabulary,
             ))
         student_out = student.model(
             micro["input_ids"], micro["attention_mask"], dropout_rngs=nnx.Rngs(dropout=dropout_key),
             output_attentions=objective.needs_attentions, output_qkv=objective.needs_qkv,
+            output_mlm_hidden=objective.chunked_vocabulary,
         )
-        term_sums = {term: loss_sum for term, (loss_sum, _) in
-                     objective.sums(student_out, teacher_out, micro,
-                                    hidden_projection=student.hidden_projection).items()}
-        loss = sum(objective.alpha(term) * term_sums[term] / jnp.maximum(totals[term], 1.0) for term in term_sums)
-        return loss, term_sums
+        return objective.loss(student_out, teacher_out, micro, totals, hidden_projection=student.hidden_projection)
 
     grad_fn = jax.grad(micro_loss, has_aux=True)
 
