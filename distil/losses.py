@@ -394,7 +394,7 @@ def vocabulary_losses(
     coefficient_vector = jnp.stack([_f32(coefficients[term]) for term in terms])
 
     fused = _fused_vocabulary_losses(terms, float(temperature) if isinstance(temperature, (int, float))
-                                     else temperature, min(chunk_size, length))
+                                     else temperature, min(chunk_size, length), _batch_shards(batch))
     weighted, sums = fused(coefficient_vector, student_hidden, student_decoder[0], student_decoder[1],
                            teacher_hidden, teacher_decoder[0], teacher_decoder[1], ce_weights, mlm_labels,
                            mse_weights)
@@ -402,6 +402,18 @@ def vocabulary_losses(
               "mse": mse_weights.sum()}
     sums = jax.lax.stop_gradient(sums)
     return weighted, {term: (sums[index], counts[term]) for index, term in enumerate(terms)}
+
+
+def _batch_shards(batch: int) -> int:
+    """Into how many parts the logical `batch` axis is split under the mesh and logical rules in scope (1 outside
+    them, or when `batch` rows do not divide evenly)."""
+    mesh = jax.sharding.get_abstract_mesh()
+    spec = nn.logical_to_mesh_axes(("batch",)) if not mesh.empty else None
+    axes = spec[0] if spec else None
+    if axes is None:
+        return 1
+    shards = math.prod(mesh.shape[axis] for axis in ((axes,) if isinstance(axes, str) else axes))
+    return shards if batch % shards == 0 else 1
 
 
 def _to_chunks(x: jax.Array, chunk: int, fill=0) -> jax.Array:
@@ -421,8 +433,8 @@ def _chunk_logits(hidden, embedding, bias):
 
 def _chunk_terms(terms, temperature, coefficients, student_logits, teacher_logits, ce_weights, mlm_labels,
                  mse_weights, with_gradient: bool):
-    """Each term's sum over one chunk ([len(terms)]) and, `with_gradient`, d(Σ_t c_t sum_t) / d student_logits
-    ([batch, chunk, vocab] float32; else None). The same formulas as the plain losses above."""
+    """Each term's sum over one chunk per row ([len(terms), batch]) and, `with_gradient`, d(Σ_t c_t sum_t) /
+    d student_logits ([batch, chunk, vocab] float32; else None). The same formulas as the plain losses above."""
     sums, dlogits = [], None
 
     def add(gradient):
@@ -434,7 +446,7 @@ def _chunk_terms(terms, temperature, coefficients, student_logits, teacher_logit
             student_log_probs = jax.nn.log_softmax(student_logits / temperature, axis=-1)
             teacher_log_probs = jax.nn.log_softmax(teacher_logits / temperature, axis=-1)
             per_position = _kl_over_last_axis(teacher_log_probs, student_log_probs) * (temperature**2)
-            sums.append((per_position * ce_weights).sum())
+            sums.append((per_position * ce_weights).sum(-1))
             if with_gradient:  # d T²·KL / ds = T·(softmax(s/T) - softmax(t/T))
                 add((coefficient * temperature * ce_weights)[..., None]
                     * (jnp.exp(student_log_probs) - jnp.exp(teacher_log_probs)))
@@ -443,22 +455,28 @@ def _chunk_terms(terms, temperature, coefficients, student_logits, teacher_logit
             safe_labels = jnp.where(is_target, mlm_labels, 0)
             log_probs = jax.nn.log_softmax(student_logits, axis=-1)
             label_log_probs = jnp.take_along_axis(log_probs, safe_labels[..., None], axis=-1)[..., 0]
-            sums.append(-jnp.where(is_target, label_log_probs, 0.0).sum())
+            sums.append(-jnp.where(is_target, label_log_probs, 0.0).sum(-1))
             if with_gradient:  # d -log softmax(s)[y] / ds = softmax(s) - onehot(y)
                 onehot = jnp.arange(student_logits.shape[-1]) == safe_labels[..., None]
                 add((coefficient * is_target)[..., None] * (jnp.exp(log_probs) - onehot))
         elif term == "mse":
             difference = student_logits - teacher_logits
-            sums.append(((difference**2).sum(-1) * mse_weights).sum())
+            sums.append(((difference**2).sum(-1) * mse_weights).sum(-1))
             if with_gradient:
                 add((2.0 * coefficient * mse_weights)[..., None] * difference)
     return jnp.stack(sums), dlogits
 
 
-def _fused_vocabulary_losses(terms: tuple[str, ...], temperature, chunk: int):
+def _fused_vocabulary_losses(terms: tuple[str, ...], temperature, chunk: int, shards: int):
     """The custom-VJP function behind `vocabulary_losses` for static `terms`, temperature and chunk length:
     (coefficients, student hidden, embedding, bias, teacher hidden, embedding, bias, ce_weights, mlm_labels,
-    mse_weights) -> (weighted, sums [len(terms)])."""
+    mse_weights) -> (weighted, sums [len(terms)]).
+
+    `shards`: how many ways the batch is split over devices. The scan carries the embedding and bias gradients
+    (and the sums) per batch shard, [shards, vocab, hidden], so each device accumulates its own rows' share
+    locally and they are summed once after the scan: summing into one [vocab, hidden] carry would all-reduce it
+    across the data-parallel devices at every chunk.
+    """
     needs_teacher = "ce" in terms or "mse" in terms
 
     def run(coefficients, student_hidden, student_embedding, student_bias, teacher_hidden, teacher_embedding,
@@ -471,33 +489,40 @@ def _fused_vocabulary_losses(terms: tuple[str, ...], temperature, chunk: int):
                   _to_chunks(ce_weights, chunk), _to_chunks(mlm_labels, chunk, IGNORE_INDEX),
                   _to_chunks(mse_weights, chunk))
 
+        def per_shard(x):  # [batch, ...] -> [shards, batch / shards, ...], split like the batch
+            x = x.reshape(shards, x.shape[0] // shards, *x.shape[1:])
+            return nn.with_logical_constraint(x, ("batch",) + (None,) * (x.ndim - 1))
+
         def body(carry, chunk_inputs):
-            sums, d_embedding, d_bias = carry
+            sums, d_embedding, d_bias = carry  # [shards, terms], [shards, vocab, hidden], [shards, vocab]
             hidden, teacher_chunk, chunk_ce_weights, chunk_labels, chunk_mse_weights = chunk_inputs
             student_logits = _chunk_logits(hidden, student_table, student_bias)  # [batch, chunk, vocab]
             teacher_logits = (jax.lax.stop_gradient(_chunk_logits(teacher_chunk, teacher_table, teacher_bias))
                               if needs_teacher else None)
             chunk_sums, dlogits = _chunk_terms(terms, temperature, coefficients, student_logits, teacher_logits,
                                                chunk_ce_weights, chunk_labels, chunk_mse_weights, with_gradient)
+            sums = sums + per_shard(chunk_sums.T).sum(1)  # [shards, terms]
             if not with_gradient:
-                return (sums + chunk_sums, d_embedding, d_bias), None
+                return (sums, d_embedding, d_bias), None
             dlogits_compute = dlogits.astype(compute_dtype)
             d_hidden = jnp.einsum("bcv,vh->bch", dlogits_compute, student_table, preferred_element_type=jnp.float32)
-            d_embedding = d_embedding + jnp.einsum("bcv,bch->vh", dlogits_compute, hidden,
+            d_embedding = d_embedding + jnp.einsum("sbcv,sbch->svh", per_shard(dlogits_compute), per_shard(hidden),
                                                    preferred_element_type=jnp.float32)
-            d_bias = d_bias + dlogits.sum((0, 1))
-            return (sums + chunk_sums, d_embedding, d_bias), d_hidden.astype(compute_dtype)
+            d_bias = d_bias + per_shard(dlogits).sum((1, 2))
+            return (sums, d_embedding, d_bias), d_hidden.astype(compute_dtype)
 
-        gradient_init = ((jnp.zeros(student_embedding.shape, jnp.float32), jnp.zeros(student_bias.shape, jnp.float32))
+        vocab = student_embedding.shape[0]
+        gradient_init = ((jnp.zeros((shards, vocab, width), jnp.float32), jnp.zeros((shards, vocab), jnp.float32))
                          if with_gradient else (None, None))
         (sums, d_embedding, d_bias), d_hidden = jax.lax.scan(
-            body, (jnp.zeros((len(terms),), jnp.float32), *gradient_init), chunks)
+            body, (jnp.zeros((shards, len(terms)), jnp.float32), *gradient_init), chunks)
+        sums = sums.sum(0)
         weighted = (coefficients * sums).sum()
         if not with_gradient:
             return (weighted, sums), None
         d_hidden = jnp.moveaxis(d_hidden, 0, 1).reshape(batch, -1, width)[:, :length]  # [batch, length, hidden]
-        return (weighted, sums), (sums, d_hidden, d_embedding.astype(student_embedding.dtype),
-                                  d_bias.astype(student_bias.dtype))
+        return (weighted, sums), (sums, d_hidden, d_embedding.sum(0).astype(student_embedding.dtype),
+                                  d_bias.sum(0).astype(student_bias.dtype))
 
     @jax.custom_vjp
     def fused(*args):
