@@ -431,34 +431,49 @@ def _chunk_logits(hidden, embedding, bias):
     return nn.with_logical_constraint(logits + bias.astype(jnp.float32), ("batch", "length", "act_vocab"))
 
 
+def _softmax_parts(shifted: jax.Array, exps: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+    """(log_probs, probs) over the last axis from logits already shifted by their max, with one exp (or given
+    exps = exp(shifted)): the plain losses' log_softmax and exp(log_softmax) cost two."""
+    exps = jnp.exp(shifted) if exps is None else exps
+    total = exps.sum(-1, keepdims=True)
+    return shifted - jnp.log(total), exps / total
+
+
 def _chunk_terms(terms, temperature, coefficients, student_logits, teacher_logits, ce_weights, mlm_labels,
                  mse_weights, with_gradient: bool):
     """Each term's sum over one chunk per row ([len(terms), batch]) and, `with_gradient`, d(Σ_t c_t sum_t) /
-    d student_logits ([batch, chunk, vocab] float32; else None). The same formulas as the plain losses above."""
+    d student_logits ([batch, chunk, vocab] float32; else None). The plain losses' formulas, with the exps shared:
+    one per softmax, and at T = 2 the student's exp(s - max) is exp((s - max) / 2)² (the recipe pays two exps
+    per vocabulary entry instead of five, which matters where the vocabulary is wide and the model narrow)."""
     sums, dlogits = [], None
 
     def add(gradient):
         nonlocal dlogits
         dlogits = gradient if dlogits is None else dlogits + gradient
 
+    student_shifted = student_logits - student_logits.max(-1, keepdims=True)  # [batch, chunk, vocab]
+    tempered_exps = None
+    if "ce" in terms:
+        tempered_exps = jnp.exp(student_shifted / temperature)
     for coefficient, term in zip(coefficients, terms):
         if term == "ce":
-            student_log_probs = jax.nn.log_softmax(student_logits / temperature, axis=-1)
-            teacher_log_probs = jax.nn.log_softmax(teacher_logits / temperature, axis=-1)
-            per_position = _kl_over_last_axis(teacher_log_probs, student_log_probs) * (temperature**2)
+            student_log_probs, student_probs = _softmax_parts(student_shifted / temperature, tempered_exps)
+            teacher_log_probs, teacher_probs = _softmax_parts(
+                (teacher_logits - teacher_logits.max(-1, keepdims=True)) / temperature)
+            per_position = (teacher_probs * (teacher_log_probs - student_log_probs)).sum(-1) * (temperature**2)
             sums.append((per_position * ce_weights).sum(-1))
             if with_gradient:  # d T²·KL / ds = T·(softmax(s/T) - softmax(t/T))
-                add((coefficient * temperature * ce_weights)[..., None]
-                    * (jnp.exp(student_log_probs) - jnp.exp(teacher_log_probs)))
+                add((coefficient * temperature * ce_weights)[..., None] * (student_probs - teacher_probs))
         elif term == "mlm":
             is_target = mlm_labels != IGNORE_INDEX
             safe_labels = jnp.where(is_target, mlm_labels, 0)
-            log_probs = jax.nn.log_softmax(student_logits, axis=-1)
+            squared = tempered_exps is not None and isinstance(temperature, float) and temperature == 2.0
+            log_probs, probs = _softmax_parts(student_shifted, tempered_exps * tempered_exps if squared else None)
             label_log_probs = jnp.take_along_axis(log_probs, safe_labels[..., None], axis=-1)[..., 0]
             sums.append(-jnp.where(is_target, label_log_probs, 0.0).sum(-1))
             if with_gradient:  # d -log softmax(s)[y] / ds = softmax(s) - onehot(y)
                 onehot = jnp.arange(student_logits.shape[-1]) == safe_labels[..., None]
-                add((coefficient * is_target)[..., None] * (jnp.exp(log_probs) - onehot))
+                add((coefficient * is_target)[..., None] * (probs - onehot))
         elif term == "mse":
             difference = student_logits - teacher_logits
             sums.append(((difference**2).sum(-1) * mse_weights).sum(-1))

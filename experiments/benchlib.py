@@ -28,15 +28,17 @@ RESULT_PREFIX = "BENCH-RESULT "
 
 def timed_median(step: Callable[[], object], *, steps: int, warmup: int) -> dict:
     """Runs `step` (which must block until its work is done) `warmup` times untimed, then `steps` times; returns
-    the median and every timing in seconds."""
+    the median and every timing in seconds (wall clock), and the median CPU seconds of this process (all its
+    threads) per step: on a shared machine, waiting for a core inflates the wall clock but not the CPU time."""
     for _ in range(warmup):
         step()
-    times = []
+    times, cpu_times = [], []
     for _ in range(steps):
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         step()
         times.append(time.perf_counter() - start)
-    return {"median_s": statistics.median(times), "times_s": times}
+        cpu_times.append(time.process_time() - cpu_start)
+    return {"median_s": statistics.median(times), "times_s": times, "cpu_s": statistics.median(cpu_times)}
 
 
 def peak_rss_bytes() -> int:
@@ -139,8 +141,9 @@ def gpu_note() -> str:
         else []
     if gpus:
         return f"GPU: {gpus[0].device_kind} visible; rerun this command with JAX_PLATFORMS unset to measure it."
-    return ("GPU: none visible to this run (JAX_PLATFORMS=cpu or no accelerator), so no GPU figures; on a GPU host "
-            "run the same command with JAX_PLATFORMS=cuda and --variants bf16 for bf16 tokens/s and MFU.")
+    return ("GPU: none visible to this run (CPU backend; no accelerator was lent to this machine), so no GPU "
+            "figures; on a GPU host the same command with JAX_PLATFORMS=cuda measures it (bench_step: add the "
+            "all-bf16 variant for bfloat16 tokens/s and MFU).")
 
 
 # ------------------------------------------------------------------------------------------------------ output
