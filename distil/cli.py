@@ -400,6 +400,28 @@ def cmd_report(args) -> int:
     paths = merge_reports(args.runs, args.out)
     print(paths["md"].read_text(encoding="utf-8"))
     print(f"wrote {paths['json']}, {paths['md']}, {paths['png']}")
+def _experiments_dir() -> Path:
+    return Path(__file__).resolve().parents[1] / "experiments"
+
+
+def cmd_bench(args) -> int:
+    """Runs `experiments/bench_NAME.py` of this checkout with the remaining arguments (they are not installed
+    with the wheel: benchmarks compare against transformers and write results next to the code)."""
+    import runpy
+
+    experiments = _experiments_dir()
+    known = sorted(path.stem[len("bench_"):] for path in experiments.glob("bench_*.py"))
+    script = experiments / f"bench_{args.name}.py"
+    if not script.is_file():
+        raise ValueError(f"no benchmark {args.name!r} in {experiments}" + (f"; known: {', '.join(known)}" if known
+                         else " (benchmarks run from a distil checkout; experiments/ is not installed)"))
+    argv, path = sys.argv, list(sys.path)
+    sys.argv = [str(script), *args.args]
+    sys.path.insert(0, str(experiments))
+    try:
+        runpy.run_path(str(script), run_name="__main__")
+    finally:
+        sys.argv, sys.path[:] = argv, path
     return 0
 
 
@@ -522,6 +544,13 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("runs", nargs="+", metavar="RUN_DIR", help="workdirs of distil xnli (or xnli_results.json)")
     report.add_argument("--out", required=True, help="folder for xnli_report.{json,md,png}")
     report.set_defaults(run=cmd_report, interrupted="")
+
+    bench = commands.add_parser("bench", help="run a benchmark of experiments/ (a checkout's bench_NAME.py)",
+                                epilog="e.g. distil bench step --sizes full --out step.json; "
+                                       "distil bench step --help for its options")
+    bench.add_argument("name", help="step, inference, input_vs_step, scaling, ... (experiments/bench_NAME.py)")
+    bench.add_argument("args", nargs=argparse.REMAINDER, help="the benchmark's own options")
+    bench.set_defaults(run=cmd_bench, interrupted="")
     return parser
 
 

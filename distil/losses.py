@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -315,3 +316,242 @@ def minilm_relations(
         per_query = _kl_over_last_axis(teacher_log_probs, student_log_probs, key_mask[:, None, None, :])
         total = total + (per_query * query_mask[:, None, :]).sum()
     return total, query_mask.sum() * num_relation_heads
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The vocabulary terms (ce, mlm, mse) in chunks of positions, without [batch, length, vocab] logits.
+
+VOCABULARY_TERMS = ("ce", "mlm", "mse")
+
+
+def vocabulary_losses(
+    student_hidden,
+    student_decoder: tuple[jax.Array, jax.Array],
+    *,
+    coefficients: Mapping[str, float | jax.Array],
+    chunk_size: int,
+    mlm_labels=None,
+    teacher_hidden=None,
+    teacher_decoder: tuple[jax.Array, jax.Array] | None = None,
+    ce_weights=None,
+    mse_weights=None,
+    temperature: float = 1.0,
+) -> tuple[jax.Array, dict[str, Loss]]:
+    """`soft_cross_entropy`, `masked_lm` and `logits_mse` of the logits `hidden @ embeddingᵀ + bias`, computed
+    `chunk_size` length positions at a time (every row of the batch per chunk), so neither model's
+    [batch, length, vocab] logits ever exist, forward or backward: the largest buffer is [batch, chunk, vocab].
+
+    student_hidden / teacher_hidden: the MLM heads' outputs before the decoder, [batch, length, hidden]
+    (`EncoderOutput.mlm_hidden`); *_decoder: (word embedding table [vocab, hidden], bias [vocab]) as stored (the
+    tied decoder, `EncoderOutput.mlm_decoder`), cast to the hidden states' dtype for the matmuls, which accumulate
+    in float32 (at float32 this is the plain head's arithmetic; in bfloat16 the plain head rounds its logits to
+    bfloat16 first, this does not). coefficients: {term: c_t} for the active terms of ("ce", "mlm", "mse");
+    weights, labels and temperature as in the plain losses. The teacher's inputs pass through stop_gradient.
+
+    Returns `(weighted, {term: (sum, count)})` with weighted = Σ_t c_t · sum_t. Only `weighted` carries a gradient
+    (the per-term sums are metrics): one custom VJP computes it in the forward pass, as Liger-Kernel's fused
+    linear cross-entropy and MaxText's vocabulary tiling (`vocabulary_tiling.py`) do. Each chunk's logits give
+    d weighted / d logits in closed form (ce: c·w·T·(softmax(s/T) - softmax(t/T)); mlm: c·(softmax(s) - onehot);
+    mse: c·w·2(s - t)), which is turned into the hidden states', embeddings' and bias' gradients right away, so
+    the backward pass only scales them by the incoming cotangent. This costs the same four vocabulary matmuls as
+    plain autodiff (teacher and student logits, d hidden, d embedding), none recomputed, where a remat'ed scan
+    would run the teacher's and student's projections twice. The trainer passes c_t = alpha_t / update count_t,
+    so `weighted` is the micro-batch's share of the update's loss (see `distil.train.objective`).
+    """
+    terms = tuple(term for term in VOCABULARY_TERMS if term in coefficients)
+    unknown = sorted(set(coefficients) - set(VOCABULARY_TERMS))
+    if unknown or not terms:
+        raise ValueError(f"coefficients must name some of {VOCABULARY_TERMS}, got {sorted(coefficients)}")
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    if isinstance(temperature, (int, float)) and not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    student_hidden = jnp.asarray(student_hidden)
+    batch, length, width = student_hidden.shape
+    needs_teacher = "ce" in terms or "mse" in terms
+    if needs_teacher:
+        if teacher_hidden is None or teacher_decoder is None:
+            raise ValueError(f"terms {terms} need teacher_hidden and teacher_decoder")
+        teacher_hidden = jax.lax.stop_gradient(jnp.asarray(teacher_hidden))
+        teacher_decoder = jax.lax.stop_gradient(tuple(jnp.asarray(x) for x in teacher_decoder))
+        if teacher_hidden.shape[:2] != (batch, length):
+            raise ValueError(f"student and teacher hidden states differ in [batch, length]: {(batch, length)} vs "
+                             f"{teacher_hidden.shape[:2]}")
+        if teacher_decoder[0].shape[0] != student_decoder[0].shape[0]:
+            raise ValueError(f"student and teacher vocabularies differ: {student_decoder[0].shape[0]} vs "
+                             f"{teacher_decoder[0].shape[0]}")
+    zeros = jnp.zeros((batch, length), jnp.float32)
+    ce_weights = _check_weights(ce_weights, (batch, length), "ce_weights") if "ce" in terms else zeros
+    mse_weights = _check_weights(mse_weights, (batch, length), "mse_weights") if "mse" in terms else zeros
+    if "mlm" in terms:
+        mlm_labels = jnp.asarray(mlm_labels)
+        if mlm_labels.shape != (batch, length):
+            raise ValueError(f"mlm_labels must be [batch, length] = {[batch, length]}, got {list(mlm_labels.shape)}")
+    else:
+        mlm_labels = jnp.full((batch, length), IGNORE_INDEX, jnp.int32)
+    if not needs_teacher:  # placeholders the chunk function never reads
+        teacher_hidden, teacher_decoder = student_hidden[..., :0], (student_decoder[0][:, :0], student_decoder[1])
+    coefficient_vector = jnp.stack([_f32(coefficients[term]) for term in terms])
+
+    fused = _fused_vocabulary_losses(terms, float(temperature) if isinstance(temperature, (int, float))
+                                     else temperature, min(chunk_size, length), _batch_shards(batch))
+    weighted, sums = fused(coefficient_vector, student_hidden, student_decoder[0], student_decoder[1],
+                           teacher_hidden, teacher_decoder[0], teacher_decoder[1], ce_weights, mlm_labels,
+                           mse_weights)
+    counts = {"ce": ce_weights.sum(), "mlm": (mlm_labels != IGNORE_INDEX).sum().astype(jnp.float32),
+              "mse": mse_weights.sum()}
+    sums = jax.lax.stop_gradient(sums)
+    return weighted, {term: (sums[index], counts[term]) for index, term in enumerate(terms)}
+
+
+def _batch_shards(batch: int) -> int:
+    """Into how many parts the logical `batch` axis is split under the mesh and logical rules in scope (1 outside
+    them, or when `batch` rows do not divide evenly)."""
+    mesh = jax.sharding.get_abstract_mesh()
+    spec = nn.logical_to_mesh_axes(("batch",)) if not mesh.empty else None
+    axes = spec[0] if spec else None
+    if axes is None:
+        return 1
+    shards = math.prod(mesh.shape[axis] for axis in ((axes,) if isinstance(axes, str) else axes))
+    return shards if batch % shards == 0 else 1
+
+
+def _to_chunks(x: jax.Array, chunk: int, fill=0) -> jax.Array:
+    """[batch, length, ...] -> [num_chunks, batch, chunk, ...], the length padded with `fill` to a multiple."""
+    batch, length = x.shape[:2]
+    padded = -(-length // chunk) * chunk
+    if padded != length:
+        x = jnp.pad(x, [(0, 0), (0, padded - length)] + [(0, 0)] * (x.ndim - 2), constant_values=fill)
+    return jnp.moveaxis(x.reshape(batch, padded // chunk, chunk, *x.shape[2:]), 1, 0)
+
+
+def _chunk_logits(hidden, embedding, bias):
+    """[batch, chunk, hidden] @ [vocab, hidden]ᵀ + bias -> float32 [batch, chunk, vocab] (the MLM decoder)."""
+    logits = jnp.einsum("bch,vh->bcv", hidden, embedding, preferred_element_type=jnp.float32)
+    return nn.with_logical_constraint(logits + bias.astype(jnp.float32), ("batch", "length", "act_vocab"))
+
+
+def _softmax_parts(shifted: jax.Array, exps: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+    """(log_probs, probs) over the last axis from logits already shifted by their max, with one exp (or given
+    exps = exp(shifted)): the plain losses' log_softmax and exp(log_softmax) cost two."""
+    exps = jnp.exp(shifted) if exps is None else exps
+    total = exps.sum(-1, keepdims=True)
+    return shifted - jnp.log(total), exps / total
+
+
+def _chunk_terms(terms, temperature, coefficients, student_logits, teacher_logits, ce_weights, mlm_labels,
+                 mse_weights, with_gradient: bool):
+    """Each term's sum over one chunk per row ([len(terms), batch]) and, `with_gradient`, d(Σ_t c_t sum_t) /
+    d student_logits ([batch, chunk, vocab] float32; else None). The plain losses' formulas, with the exps shared:
+    one per softmax, and at T = 2 the student's exp(s - max) is exp((s - max) / 2)² (the recipe pays two exps
+    per vocabulary entry instead of five, which matters where the vocabulary is wide and the model narrow)."""
+    sums, dlogits = [], None
+
+    def add(gradient):
+        nonlocal dlogits
+        dlogits = gradient if dlogits is None else dlogits + gradient
+
+    student_shifted = student_logits - student_logits.max(-1, keepdims=True)  # [batch, chunk, vocab]
+    tempered_exps = None
+    if "ce" in terms:
+        tempered_exps = jnp.exp(student_shifted / temperature)
+    for coefficient, term in zip(coefficients, terms):
+        if term == "ce":
+            student_log_probs, student_probs = _softmax_parts(student_shifted / temperature, tempered_exps)
+            teacher_log_probs, teacher_probs = _softmax_parts(
+                (teacher_logits - teacher_logits.max(-1, keepdims=True)) / temperature)
+            per_position = (teacher_probs * (teacher_log_probs - student_log_probs)).sum(-1) * (temperature**2)
+            sums.append((per_position * ce_weights).sum(-1))
+            if with_gradient:  # d T²·KL / ds = T·(softmax(s/T) - softmax(t/T))
+                add((coefficient * temperature * ce_weights)[..., None] * (student_probs - teacher_probs))
+        elif term == "mlm":
+            is_target = mlm_labels != IGNORE_INDEX
+            safe_labels = jnp.where(is_target, mlm_labels, 0)
+            squared = tempered_exps is not None and isinstance(temperature, float) and temperature == 2.0
+            log_probs, probs = _softmax_parts(student_shifted, tempered_exps * tempered_exps if squared else None)
+            label_log_probs = jnp.take_along_axis(log_probs, safe_labels[..., None], axis=-1)[..., 0]
+            sums.append(-jnp.where(is_target, label_log_probs, 0.0).sum(-1))
+            if with_gradient:  # d -log softmax(s)[y] / ds = softmax(s) - onehot(y)
+                onehot = jnp.arange(student_logits.shape[-1]) == safe_labels[..., None]
+                add((coefficient * is_target)[..., None] * (probs - onehot))
+        elif term == "mse":
+            difference = student_logits - teacher_logits
+            sums.append(((difference**2).sum(-1) * mse_weights).sum(-1))
+            if with_gradient:
+                add((2.0 * coefficient * mse_weights)[..., None] * difference)
+    return jnp.stack(sums), dlogits
+
+
+def _fused_vocabulary_losses(terms: tuple[str, ...], temperature, chunk: int, shards: int):
+    """The custom-VJP function behind `vocabulary_losses` for static `terms`, temperature and chunk length:
+    (coefficients, student hidden, embedding, bias, teacher hidden, embedding, bias, ce_weights, mlm_labels,
+    mse_weights) -> (weighted, sums [len(terms)]).
+
+    `shards`: how many ways the batch is split over devices. The scan carries the embedding and bias gradients
+    (and the sums) per batch shard, [shards, vocab, hidden], so each device accumulates its own rows' share
+    locally and they are summed once after the scan: summing into one [vocab, hidden] carry would all-reduce it
+    across the data-parallel devices at every chunk.
+    """
+    needs_teacher = "ce" in terms or "mse" in terms
+
+    def run(coefficients, student_hidden, student_embedding, student_bias, teacher_hidden, teacher_embedding,
+            teacher_bias, ce_weights, mlm_labels, mse_weights, *, with_gradient: bool):
+        batch, length, width = student_hidden.shape
+        compute_dtype = student_hidden.dtype
+        student_table = student_embedding.astype(compute_dtype)  # [vocab, hidden], cast once
+        teacher_table = teacher_embedding.astype(teacher_hidden.dtype)
+        chunks = (_to_chunks(student_hidden, chunk), _to_chunks(teacher_hidden, chunk),
+                  _to_chunks(ce_weights, chunk), _to_chunks(mlm_labels, chunk, IGNORE_INDEX),
+                  _to_chunks(mse_weights, chunk))
+
+        def per_shard(x):  # [batch, ...] -> [shards, batch / shards, ...], split like the batch
+            x = x.reshape(shards, x.shape[0] // shards, *x.shape[1:])
+            return nn.with_logical_constraint(x, ("batch",) + (None,) * (x.ndim - 1))
+
+        def body(carry, chunk_inputs):
+            sums, d_embedding, d_bias = carry  # [shards, terms], [shards, vocab, hidden], [shards, vocab]
+            hidden, teacher_chunk, chunk_ce_weights, chunk_labels, chunk_mse_weights = chunk_inputs
+            student_logits = _chunk_logits(hidden, student_table, student_bias)  # [batch, chunk, vocab]
+            teacher_logits = (jax.lax.stop_gradient(_chunk_logits(teacher_chunk, teacher_table, teacher_bias))
+                              if needs_teacher else None)
+            chunk_sums, dlogits = _chunk_terms(terms, temperature, coefficients, student_logits, teacher_logits,
+                                               chunk_ce_weights, chunk_labels, chunk_mse_weights, with_gradient)
+            sums = sums + per_shard(chunk_sums.T).sum(1)  # [shards, terms]
+            if not with_gradient:
+                return (sums, d_embedding, d_bias), None
+            dlogits_compute = dlogits.astype(compute_dtype)
+            d_hidden = jnp.einsum("bcv,vh->bch", dlogits_compute, student_table, preferred_element_type=jnp.float32)
+            d_embedding = d_embedding + jnp.einsum("sbcv,sbch->svh", per_shard(dlogits_compute), per_shard(hidden),
+                                                   preferred_element_type=jnp.float32)
+            d_bias = d_bias + per_shard(dlogits).sum((1, 2))
+            return (sums, d_embedding, d_bias), d_hidden.astype(compute_dtype)
+
+        vocab = student_embedding.shape[0]
+        gradient_init = ((jnp.zeros((shards, vocab, width), jnp.float32), jnp.zeros((shards, vocab), jnp.float32))
+                         if with_gradient else (None, None))
+        (sums, d_embedding, d_bias), d_hidden = jax.lax.scan(
+            body, (jnp.zeros((shards, len(terms)), jnp.float32), *gradient_init), chunks)
+        sums = sums.sum(0)
+        weighted = (coefficients * sums).sum()
+        if not with_gradient:
+            return (weighted, sums), None
+        d_hidden = jnp.moveaxis(d_hidden, 0, 1).reshape(batch, -1, width)[:, :length]  # [batch, length, hidden]
+        return (weighted, sums), (sums, d_hidden, d_embedding.sum(0).astype(student_embedding.dtype),
+                                  d_bias.sum(0).astype(student_bias.dtype))
+
+    @jax.custom_vjp
+    def fused(*args):
+        return run(*args, with_gradient=False)[0]
+
+    def forward(*args):
+        return run(*args, with_gradient=True)
+
+    def backward(residuals, cotangents):
+        sums, d_hidden, d_embedding, d_bias = residuals
+        scale = cotangents[0]  # d loss / d weighted; the per-term sums are metrics (stop_gradient outside)
+        return (scale * sums, (scale * d_hidden).astype(d_hidden.dtype),
+                (scale * d_embedding).astype(d_embedding.dtype), (scale * d_bias).astype(d_bias.dtype),
+                None, None, None, None, None, None)
+
+    fused.defvjp(forward, backward)
+    return fused

@@ -1,120 +1,123 @@
-"""Does the input pipeline keep up with training? Batches/s of the host pipeline next to a distillation step's.
+"""Benchmark 3 of issue 13: does the input pipeline keep up with training? Batches/s of the trainer's host
+pipeline next to the steps/s of the trainer's step, at the same batch shape (the pipeline must be >= 10x).
 
-Pipeline: binarised embedded corpus -> length-grouped per-host batches -> frequency-smoothed MLM masking, the
-per-step host work of the distillation trainer. Step: a frozen teacher forward plus a student forward and backward
-of the MLM loss plus the soft cross-entropy to the teacher at T=2, at the same batch shape, jitted once (the
-compute a distillation step cannot avoid; the optimizer update and the cosine loss add a little more). Both run in
-this process on whatever backend JAX picks.
+    python experiments/bench_input_vs_step.py [--sizes full,runlocal] [--seconds 5] [--out input.json]
+    distil bench input_vs_step --out input.json
 
-    JAX_PLATFORMS=cpu python experiments/bench_input_vs_step.py --batch 32 --length 128 --size base
+Pipeline: exactly what `distil distill` runs per step on the host: the embedded corpus binarised with the size's
+tokenizer (`prepare_corpus`), length-grouped batches (`GroupedBatchSource`), MLM masking per micro-batch with
+count^-0.7 token probabilities (`MaskUpdate`), through grain with the trainer's read options (2 threads, prefetch
+4); timed for `--seconds`, and once more single-threaded without grain (the CPU cost of one batch). Step: the
+trainer's compiled step on the same shape (`bench_step`'s chunked float32 variant, in a fresh process). Both
+compete for the same cores during training, so the single-threaded rate is the honest one: its inverse is the
+share of a core the input costs per step.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 import time
 from pathlib import Path
 
-import jax
-import jax.numpy as jnp
-import numpy as np
-import optax
-from flax import nnx
-
-from distil.data.batching import GroupedBatchSource
-from distil.data.binarize import load_token_counts, open_binarized, prepare
-from distil.data.embedded import embedded_corpus_dir
-from distil.data.masking import mask_batch, token_probs_from_counts
-from distil.models import ModelConfig, create_model, distilmbert_base, mbert_base
-from distil.tokenization import SPECIAL_TOKENS, default_vocab_path, load_tokenizer
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench_step  # noqa: E402
+import benchlib  # noqa: E402
 
 
-def pipeline_rate(out_dir: Path, batch: int, length: int, steps: int) -> tuple[float, float]:
-    tokenizer = load_tokenizer(default_vocab_path())
-    sequences = open_binarized(out_dir)
-    special_ids = [tokenizer.token_to_id(token) for token in SPECIAL_TOKENS]
-    token_probs = token_probs_from_counts(load_token_counts(out_dir), special_ids)
-    source = GroupedBatchSource(sequences, global_batch=batch, max_length=length, seed=0, fixed_length=True,
-                                process_index=0, process_count=1)
-    start = time.perf_counter()
-    real_tokens = 0
-    for step in range(steps):
-        rows = source[step % len(source)]
-        mask_batch(rows["input_ids"], rows["lengths"], token_probs, seed=0, step=step, process_index=0,
-                   mask_id=tokenizer.token_to_id("[MASK]"), vocab_size=tokenizer.get_vocab_size())
-        real_tokens += int(rows["lengths"].sum())
-    seconds = time.perf_counter() - start
-    return steps / seconds, real_tokens / seconds
+def pipeline_rates(size: str, seconds: float, workdir: Path) -> dict:
+    """Batches/s of the trainer's pipeline for `size` (the same calls, in the same order, as train_and_evaluate)."""
+    import grain
+
+    from distil.data.batching import GroupedBatchSource
+    from distil.data.binarize import load_token_counts, open_binarized
+    from distil.data.masking import token_probs_from_counts
+    from distil.tokenization import default_vocab_path, load_tokenizer, special_token_ids
+    from distil.train.distill import MaskUpdate, prepare_corpus
+
+    config = bench_step.trainer_config(size)
+    config.data.corpus = "embedded"
+    config.batching.pad_to_multiple = 8 if size == "full" else 32  # the recipe's own padding, lengths vary
+    tokenizer_path = config.tokenizer or default_vocab_path()
+    tokenizer = load_tokenizer(tokenizer_path)
+    data_dir = workdir / size
+    started = time.perf_counter()
+    prepare_corpus(config, tokenizer_path, data_dir)
+    prepare_s = time.perf_counter() - started
+    sequences = open_binarized(data_dir)
+    specials = special_token_ids(tokenizer)
+    token_probs = token_probs_from_counts(load_token_counts(data_dir), [specials.pad, specials.unk, specials.cls,
+                                                                       specials.sep, specials.mask],
+                                          smoothing=config.masking.mlm_smoothing)
+    batching = config.batching
+    source = GroupedBatchSource(sequences, global_batch=batching.global_batch, max_length=config.data.max_length,
+                                seed=config.seed, pad_to_multiple=batching.pad_to_multiple,
+                                group_by_length=batching.group_by_length, process_index=0, process_count=1)
+    mask_update = MaskUpdate(token_probs, specials, tokenizer.get_vocab_size(), config.masking, seed=config.seed,
+                             micro_batches=batching.micro_batches)
+
+    def measure(batches) -> dict:
+        count = tokens = positions = 0
+        start, cpu_start = time.perf_counter(), time.process_time()
+        for batch in batches:
+            count += 1
+            tokens += int(batch["attention_mask"].sum())
+            positions += batch["attention_mask"].size
+            if time.perf_counter() - start > seconds:
+                break
+        elapsed = time.perf_counter() - start
+        return {"batches": count, "batches_per_s": count / elapsed, "cpu_s_per_batch":
+                (time.process_time() - cpu_start) / count, "real_tokens_per_s": tokens / elapsed,
+                "padding_fraction": 1.0 - tokens / positions}
+
+    single = measure(mask_update(step, source[step]) for step in range(len(source)))
+    dataset = grain.MapDataset.source(source).map_with_index(mask_update).to_iter_dataset(
+        grain.ReadOptions(num_threads=2, prefetch_buffer_size=4))
+    threaded = measure(iter(dataset))
+    return {"single_thread": single, "grain": threaded, "sequences": len(sequences), "prepare_s": prepare_s,
+            "global_batch": batching.global_batch, "micro_batches": batching.micro_batches,
+            "max_length": config.data.max_length}
 
 
-def step_rate(teacher_config: ModelConfig, student_config: ModelConfig, batch: int, length: int, steps: int):
-    teacher, student = create_model(teacher_config, seed=0), create_model(student_config, seed=1)
-    teacher_graph, teacher_params = nnx.split(teacher)
-    student_graph, student_params = nnx.split(student)
-    rng = np.random.default_rng(0)
-    input_ids = jnp.asarray(rng.integers(104, student_config.vocab_size, (batch, length)), jnp.int32)
-    labels = jnp.where(jnp.asarray(rng.random((batch, length)) < 0.15), input_ids, -100)
-    attention_mask = jnp.ones_like(input_ids)
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", default="full,runlocal")
+    parser.add_argument("--seconds", type=float, default=5.0, help="seconds each pipeline mode is timed")
+    parser.add_argument("--steps", type=int, default=3, help="timed steps (median)")
+    parser.add_argument("--chunk", type=int, default=bench_step.DEFAULT_CHUNK)
+    parser.add_argument("--out")
+    args = parser.parse_args(argv)
 
-    @jax.jit
-    def step(student_params, teacher_params, input_ids, labels):
-        teacher = nnx.merge(teacher_graph, teacher_params)
-        teacher_probs = jax.nn.softmax(jax.lax.stop_gradient(teacher(input_ids, attention_mask).logits) / 2.0)
-
-        def loss_fn(params):
-            logits = nnx.merge(student_graph, params)(input_ids, attention_mask).logits.astype(jnp.float32)
-            weights = (labels >= 0).astype(jnp.float32)
-            mlm = optax.softmax_cross_entropy_with_integer_labels(logits, jnp.maximum(labels, 0))
-            soft = optax.softmax_cross_entropy(logits / 2.0, teacher_probs)  # KL(T=2) up to a constant
-            return (mlm * weights).sum() / weights.sum() + soft.mean()
-
-        return jax.value_and_grad(loss_fn)(student_params)
-
-    compile_start = time.perf_counter()
-    jax.block_until_ready(step(student_params, teacher_params, input_ids, labels))
-    compile_seconds = time.perf_counter() - compile_start
-    start = time.perf_counter()
-    for _ in range(steps):
-        jax.block_until_ready(step(student_params, teacher_params, input_ids, labels))
-    return steps / (time.perf_counter() - start), compile_seconds
-
-
-def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--length", type=int, default=128)
-    parser.add_argument("--size", choices=("base", "small"), default="base",
-                        help="base: mBERT teacher + DistilmBERT student; small: 4/2 layers of width 256")
-    parser.add_argument("--pipeline-steps", type=int, default=300)
-    parser.add_argument("--train-steps", type=int, default=3)
-    args = parser.parse_args()
-
-    with tempfile.TemporaryDirectory() as tmp:
-        start = time.perf_counter()
-        summary = prepare(embedded_corpus_dir(), Path(tmp) / "bin", max_length=args.length, num_workers=2,
-                          progress=False)
-        print(f"binarised the embedded corpus in {time.perf_counter() - start:.1f}s: {summary}")
-        pipe_batches, pipe_tokens = pipeline_rate(Path(tmp) / "bin", args.batch, args.length, args.pipeline_steps)
-
-    if args.size == "base":
-        teacher_config, student_config = mbert_base(head="mlm", add_pooler=False), distilmbert_base(head="mlm")
-    else:
-        small = dict(hidden_size=256, num_attention_heads=4, intermediate_size=1024)
-        teacher_config = mbert_base(head="mlm", add_pooler=False, num_hidden_layers=4, **small)
-        student_config = distilmbert_base(head="mlm", num_hidden_layers=2, **small)
-    train_steps, compile_seconds = step_rate(teacher_config, student_config, args.batch, args.length,
-                                             args.train_steps)
-
-    device = jax.devices()[0].device_kind
-    print(f"\nbatch {args.batch} x {args.length}, {args.size} models, device {device} "
-          f"(step compiled in {compile_seconds:.1f}s)\n")
-    print("| what | batches/s | x step |")
-    print("|---|---:|---:|")
-    print(f"| input pipeline (grouped batches + MLM masking), 1 host thread | {pipe_batches:,.1f} "
-          f"| {pipe_batches / train_steps:,.1f} |")
-    print(f"| teacher fwd + student fwd/bwd step | {train_steps:,.3f} | 1.0 |")
-    print(f"\npipeline real tokens/s: {pipe_tokens:,.0f}")
+    machine = benchlib.machine()
+    results = {"machine": machine, "sizes": {}}
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="bench_input-") as tmp:
+        for size in args.sizes.split(","):
+            print(f"[{size}] pipeline ...", flush=True)
+            pipeline = pipeline_rates(size, args.seconds, Path(tmp))
+            print(f"[{size}] step ...", flush=True)
+            step = benchlib.run_worker(bench_step.__file__, {
+                "size": size, "variant": "chunked", "steps": args.steps, "warmup": 1, "vocab_chunk_size": args.chunk,
+                "teacher_dtype": "float32", "student_dtype": "float32"})
+            steps_per_s = 1.0 / step["median_s"]
+            shape = bench_step.SIZES[size]
+            for mode, label in (("single_thread", "1 thread, no grain"), ("grain", "grain, 2 threads")):
+                rate = pipeline[mode]
+                rows.append([size, f"{shape['batch']} x <= {shape['length']} ({shape['micro_batches']} micro)",
+                             label, f"{rate['batches_per_s']:,.1f}", f"{rate['real_tokens_per_s']:,.0f}",
+                             f"{steps_per_s:,.3f}", f"{rate['batches_per_s'] / steps_per_s:,.0f}x",
+                             f"{100 * rate['cpu_s_per_batch'] / step['median_s']:.2f}%"])
+            results["sizes"][size] = {"pipeline": pipeline, "step": step, "steps_per_s": steps_per_s}
+    table = benchlib.markdown_table(
+        ["size", "batch", "pipeline", "batches/s", "real tokens/s", "steps/s (chunked fp32 step)",
+         "pipeline x step", "pipeline CPU per step"], rows, align="lllrrrrr")
+    print("\n### Input pipeline (batching + masking) vs the step it feeds\n")
+    print(table)
+    print(f"\nThe embedded corpus, lengths as they come (grouped, padded to the config's multiple); machine "
+          f"{machine['cpu']}, {machine['cores']} cores, load {machine['load_average']}.")
+    results["markdown"] = table
+    benchlib.write_json(args.out, results)
 
 
 if __name__ == "__main__":

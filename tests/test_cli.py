@@ -99,8 +99,25 @@ def test_errors_name_the_file_and_exit_2(tmp_path, capsys):
 
 def test_console_entry_point_lists_subcommands():
     out = subprocess.run([sys.executable, "-m", "distil", "--help"], capture_output=True, text=True, check=True).stdout
-    for command in ("inspect", "export", "extract", "prepare", "demo"):
+    for command in ("inspect", "export", "extract", "prepare", "demo", "bench"):
         assert command in out
+
+
+def test_bench_runs_a_checkout_benchmark_and_names_unknown_ones(tmp_path, capsys):
+    """`distil bench NAME ARGS` runs experiments/bench_NAME.py (here the inference benchmark, tiny, with its
+    transformers reference in a second fresh process) and writes its JSON; an unknown NAME lists the known ones."""
+    out = tmp_path / "inference.json"
+    code = cli.main(["bench", "inference", "--size", "small", "--lengths", "32", "--tokens", "64", "--steps", "1",
+                     "--out", str(out)])
+    printed = capsys.readouterr().out
+    assert code == 0
+    assert "| 32 | 2 x 32 | teacher (BERT, 4 layers) | float32 |" in printed
+    result = json.loads(out.read_text())
+    assert {"distil/teacher/32/float32", "torch/student/32/float32"} <= set(result["best"])
+    assert all(entry["median_s"] > 0 for entry in result["best"].values())
+    code = cli.main(["bench", "nope"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "no benchmark 'nope'" in err and "step" in err and "scaling" in err
 
 
 # ---------------------------------------------------------------------------------------------- bad input

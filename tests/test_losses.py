@@ -16,7 +16,7 @@ from conftest import padded_batch
 from hf_reference import save_hf_model
 from distil import hf
 from distil.losses import (HiddenProjection, attention_kl, hidden_cosine, hidden_mse, logits_mse, masked_lm,
-                           minilm_relations, soft_cross_entropy)
+                           minilm_relations, soft_cross_entropy, vocabulary_losses)
 
 BATCH, LENGTH, VOCAB, HIDDEN = 3, 7, 41, 16
 LENGTHS = [7, 4, 2]  # uneven padding; row 2 holds a single MLM target, row 0 several
@@ -378,3 +378,122 @@ def test_model_attentions_and_qkv_match_transformers(architecture, tmp_path):
                 assert ours_x.shape == (3, 16, 4, 8)
                 np.testing.assert_allclose(np.asarray(ours_x).reshape(3, 16, 32), projection(layer_input).numpy(),
                                            atol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The vocabulary terms in chunks of positions: values and gradients equal the plain losses on full logits.
+
+
+def _decoder_batch(seed=0, vocab=VOCAB, width=HIDDEN):
+    """MLM-head hidden states and tied decoders of both models, the uneven masks of `reference_batch`."""
+    rng = np.random.default_rng(seed)
+    arrays = dict(student_hidden=rng.normal(size=(BATCH, LENGTH, width)),
+                  teacher_hidden=rng.normal(size=(BATCH, LENGTH, width)),
+                  student_embedding=rng.normal(size=(vocab, width)), student_bias=rng.normal(size=(vocab,)),
+                  teacher_embedding=rng.normal(size=(vocab, width)), teacher_bias=rng.normal(size=(vocab,)))
+    arrays = {name: jnp.asarray(value, jnp.float32) for name, value in arrays.items()}
+    mlm_labels = np.full((BATCH, LENGTH), -100, np.int32)
+    for row, col in [(0, 1), (0, 3), (0, 6), (1, 0), (1, 2), (2, 1)]:
+        mlm_labels[row, col] = rng.integers(0, vocab)
+    mlm_labels[0, 3] = vocab - 1  # the last vocabulary row is a target too
+    return arrays, jnp.asarray(_attention_mask()), jnp.asarray(mlm_labels)
+
+
+def _plain_vocabulary(arrays, mask, mlm_labels, coefficients, temperature, ce_weights):
+    """Σ_t c_t sum_t and {term: (sum, count)} through full [batch, length, vocab] logits and the plain losses."""
+    student_logits = arrays["student_hidden"] @ arrays["student_embedding"].T + arrays["student_bias"]
+    teacher_logits = arrays["teacher_hidden"] @ arrays["teacher_embedding"].T + arrays["teacher_bias"]
+    terms = {"ce": lambda: soft_cross_entropy(student_logits, teacher_logits, ce_weights, temperature),
+             "mlm": lambda: masked_lm(student_logits, mlm_labels),
+             "mse": lambda: logits_mse(student_logits, teacher_logits, ce_weights)}
+    out = {term: terms[term]() for term in coefficients}
+    return sum(coefficients[term] * out[term][0] for term in out), out
+
+
+def _chunked_vocabulary(arrays, mask, mlm_labels, coefficients, temperature, ce_weights, chunk_size):
+    return vocabulary_losses(
+        arrays["student_hidden"], (arrays["student_embedding"], arrays["student_bias"]), coefficients=coefficients,
+        chunk_size=chunk_size, mlm_labels=mlm_labels, teacher_hidden=arrays["teacher_hidden"],
+        teacher_decoder=(arrays["teacher_embedding"], arrays["teacher_bias"]), ce_weights=ce_weights,
+        mse_weights=ce_weights, temperature=temperature)
+
+
+@pytest.mark.parametrize("coefficients,chunk_size,restrict_ce_to_mask,temperature", [
+    ({"ce": 1.0}, 3, False, 2.0),  # 7 positions in chunks of 3: the last chunk is padded
+    ({"mlm": 1.0}, 2, False, 1.0),
+    ({"mse": 1.0}, 1, True, 1.0),
+    ({"ce": 5.0 / 13, "mlm": 2.0 / 6, "mse": 0.5 / 13}, 4, False, 2.0),  # the trainer's alpha / count
+    ({"ce": 0.3, "mlm": 1.7}, 7, True, 3.0),  # one chunk
+    ({"ce": 0.3, "mlm": 1.7, "mse": 0.01}, 100, False, 0.5),  # chunk longer than the sequences
+])
+def test_vocabulary_losses_and_gradients_equal_the_plain_losses(coefficients, chunk_size, restrict_ce_to_mask,
+                                                                temperature):
+    arrays, mask, mlm_labels = _decoder_batch()
+    ce_weights = (mlm_labels != -100) if restrict_ce_to_mask else mask
+    names = list(arrays)
+
+    def as_function(compute):
+        def function(*values):
+            return compute(dict(zip(names, values)), mask, mlm_labels, coefficients, temperature, ce_weights)
+        return function
+
+    plain = jax.value_and_grad(as_function(_plain_vocabulary), argnums=tuple(range(len(names))), has_aux=True)
+    chunked = jax.value_and_grad(as_function(lambda *a: _chunked_vocabulary(*a, chunk_size)),
+                                 argnums=tuple(range(len(names))), has_aux=True)
+    (want, want_terms), want_grads = plain(*arrays.values())
+    (got, got_terms), got_grads = jax.jit(chunked)(*arrays.values())
+
+    np.testing.assert_allclose(got, want, rtol=2e-6)
+    assert got_terms.keys() == want_terms.keys() == coefficients.keys()
+    for term, (loss_sum, count) in got_terms.items():
+        np.testing.assert_allclose(loss_sum, want_terms[term][0], rtol=2e-6, err_msg=term)
+        assert float(count) == float(want_terms[term][1]), term
+    for name, got_grad, want_grad in zip(names, got_grads, want_grads):
+        if name.startswith("teacher"):
+            np.testing.assert_array_equal(got_grad, 0, err_msg=name)  # stop_gradient, as the plain losses
+            continue
+        assert got_grad.dtype == arrays[name].dtype
+        scale = float(np.abs(want_grad).max())
+        assert scale > 0, name
+        np.testing.assert_allclose(got_grad, want_grad, atol=2e-6 * scale, rtol=1e-5, err_msg=name)
+
+
+def test_vocabulary_losses_coefficient_gradients_and_bfloat16():
+    """d weighted / d c_t = sum_t (the trainer's counts are data, but the custom VJP stays a true derivative);
+    bfloat16 hidden states give float32 sums close to the float32 ones and gradients in bfloat16."""
+    arrays, mask, mlm_labels = _decoder_batch(seed=1)
+
+    def weighted(c_ce, c_mlm, hidden):
+        return vocabulary_losses(
+            hidden, (arrays["student_embedding"], arrays["student_bias"]), coefficients={"ce": c_ce, "mlm": c_mlm},
+            chunk_size=2, mlm_labels=mlm_labels, teacher_hidden=arrays["teacher_hidden"],
+            teacher_decoder=(arrays["teacher_embedding"], arrays["teacher_bias"]), ce_weights=mask,
+            temperature=2.0)
+
+    (value, terms), grads = jax.value_and_grad(weighted, argnums=(0, 1, 2), has_aux=True)(
+        jnp.float32(0.5), jnp.float32(2.0), arrays["student_hidden"])
+    np.testing.assert_allclose(grads[0], terms["ce"][0], rtol=1e-6)
+    np.testing.assert_allclose(grads[1], terms["mlm"][0], rtol=1e-6)
+    np.testing.assert_allclose(value, 0.5 * terms["ce"][0] + 2.0 * terms["mlm"][0], rtol=1e-6)
+
+    (low, low_terms), low_grads = jax.value_and_grad(weighted, argnums=(0, 1, 2), has_aux=True)(
+        jnp.float32(0.5), jnp.float32(2.0), arrays["student_hidden"].astype(jnp.bfloat16))
+    assert low.dtype == jnp.float32 and low_grads[2].dtype == jnp.bfloat16
+    np.testing.assert_allclose(low, value, rtol=2e-2)
+    np.testing.assert_allclose(np.asarray(low_grads[2], np.float32), grads[2],
+                               atol=0.05 * float(np.abs(grads[2]).max()))
+
+
+def test_vocabulary_losses_bad_arguments_are_named():
+    arrays, mask, mlm_labels = _decoder_batch()
+    decoder = (arrays["student_embedding"], arrays["student_bias"])
+    with pytest.raises(ValueError, match="coefficients must name some of"):
+        vocabulary_losses(arrays["student_hidden"], decoder, coefficients={"cos": 1.0}, chunk_size=2)
+    with pytest.raises(ValueError, match="chunk_size must be >= 1"):
+        vocabulary_losses(arrays["student_hidden"], decoder, coefficients={"mlm": 1.0}, chunk_size=0,
+                          mlm_labels=mlm_labels)
+    with pytest.raises(ValueError, match="need teacher_hidden and teacher_decoder"):
+        vocabulary_losses(arrays["student_hidden"], decoder, coefficients={"ce": 1.0}, chunk_size=2, ce_weights=mask)
+    with pytest.raises(ValueError, match="mlm_labels must be"):
+        vocabulary_losses(arrays["student_hidden"], decoder, coefficients={"mlm": 1.0}, chunk_size=2,
+                          mlm_labels=mlm_labels[:, :3])

@@ -191,3 +191,20 @@ def test_packed_rows_encode_each_sequence_as_alone(family):
             np.testing.assert_allclose(np.asarray(got[row, span]), np.asarray(want[0, :len(tokens)]), atol=2e-5)
         np.testing.assert_allclose(np.asarray(out.logits[row, span]), np.asarray(alone.logits[0, :len(tokens)]),
                                    atol=2e-5)
+@pytest.mark.parametrize("family", ["bert", "distilbert"])
+def test_mlm_hidden_and_decoder_give_the_logits(family):
+    """`output_mlm_hidden=True` hands over the MLM head's decoder input and the tied decoder instead of logits:
+    hidden @ embeddingᵀ + bias is the default output's logits, and every other output is unchanged."""
+    config = (mbert_base(**TINY, head="mlm", add_pooler=False) if family == "bert"
+              else distilmbert_base(**TINY, head="mlm"))
+    model = create_model(config, seed=3)
+    model.mlm_head.bias[...] = jax.random.normal(jax.random.key(0), (config.vocab_size,))
+    input_ids, attention_mask, _ = padded_batch(config.vocab_size, [6, 3], 6)
+    default = model(input_ids, attention_mask)
+    split = model(input_ids, attention_mask, output_mlm_hidden=True)
+    assert default.mlm_hidden is None and default.mlm_decoder is None and split.logits is None
+    embedding, bias = split.mlm_decoder
+    assert embedding is not None and embedding.shape == (config.vocab_size, config.hidden_size)
+    np.testing.assert_array_equal(embedding, model.encoder.embeddings.word_embeddings.embedding[...])
+    np.testing.assert_allclose(split.mlm_hidden @ embedding.T + bias, default.logits, atol=1e-5)
+    np.testing.assert_array_equal(split.last_hidden_state, default.last_hidden_state)

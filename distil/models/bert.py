@@ -38,12 +38,17 @@ class Bert(nnx.Module):
             self.classifier = None
 
     def __call__(self, input_ids, attention_mask=None, token_type_ids=None, *, segment_ids=None, position_ids=None,
-                 dropout_rngs=None, output_attentions=False, output_qkv=False) -> EncoderOutput:
+                 dropout_rngs=None, output_attentions=False, output_qkv=False,
+                 output_mlm_hidden=False) -> EncoderOutput:
         encoded = self.encoder(input_ids, attention_mask, token_type_ids, segment_ids=segment_ids,
                                position_ids=position_ids, dropout_rngs=dropout_rngs,
                                output_attentions=output_attentions, output_qkv=output_qkv)
         last_hidden = encoded.last_hidden_state
         logits = None
+        if self.mlm_head is not None and output_mlm_hidden:  # no logits: the loss applies the decoder in chunks
+            mlm_hidden, mlm_decoder = self.mlm_head(last_hidden, self.encoder.embeddings.word_embeddings,
+                                                    output_hidden=True)
+            return encoded.replace(mlm_hidden=mlm_hidden, mlm_decoder=mlm_decoder)
         if self.mlm_head is not None:
             logits = self.mlm_head(last_hidden, self.encoder.embeddings.word_embeddings)
         elif self.classifier is not None:

@@ -28,7 +28,8 @@ class DistilBert(nnx.Module):
             self.pre_classifier = self.classifier = None
 
     def __call__(self, input_ids, attention_mask=None, token_type_ids=None, *, segment_ids=None, position_ids=None,
-                 dropout_rngs=None, output_attentions=False, output_qkv=False) -> EncoderOutput:
+                 dropout_rngs=None, output_attentions=False, output_qkv=False,
+                 output_mlm_hidden=False) -> EncoderOutput:
         """`token_type_ids` is accepted for a uniform call signature and must be None (DistilBERT has none)."""
         if token_type_ids is not None:
             raise ValueError("DistilBERT has no token type embeddings; pass token_type_ids=None")
@@ -37,6 +38,10 @@ class DistilBert(nnx.Module):
                                output_qkv=output_qkv)
         last_hidden = encoded.last_hidden_state
         logits = None
+        if self.mlm_head is not None and output_mlm_hidden:  # no logits: the loss applies the decoder in chunks
+            mlm_hidden, mlm_decoder = self.mlm_head(last_hidden, self.encoder.embeddings.word_embeddings,
+                                                    output_hidden=True)
+            return encoded.replace(mlm_hidden=mlm_hidden, mlm_decoder=mlm_decoder)
         if self.mlm_head is not None:
             logits = self.mlm_head(last_hidden, self.encoder.embeddings.word_embeddings)
         elif self.classifier is not None:

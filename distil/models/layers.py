@@ -38,6 +38,9 @@ class EncoderOutput:
         [batch, heads, query, key] (before attention dropout; transformers' `output_attentions` in eval mode)
     qkv: with `output_qkv=True`, every layer's (query, key, value) projections, each [batch, length, heads, head_dim]
         in the compute dtype (MiniLM-v2 relations)
+    mlm_hidden, mlm_decoder: with `output_mlm_hidden=True` (and logits None), the MLM head's output before its
+        decoder [batch, length, hidden] in the compute dtype, and the decoder as stored: (word embeddings
+        [vocab, hidden], bias [vocab]); `losses.vocabulary_losses` takes them to never build the logits
     """
 
     last_hidden_state: jax.Array
@@ -45,6 +48,8 @@ class EncoderOutput:
     logits: jax.Array | None = None
     attentions: tuple[jax.Array, ...] | None = None
     qkv: tuple[tuple[jax.Array, jax.Array, jax.Array], ...] | None = None
+    mlm_hidden: jax.Array | None = None
+    mlm_decoder: tuple[jax.Array, jax.Array] | None = None
 
 
 def constrain(x: jax.Array, logical_axes: Sequence[str | None]) -> jax.Array:
@@ -336,7 +341,11 @@ class MlmHead(nnx.Module):
         bias_init = zeros_init(("vocab",))
         self.bias = nnx.Param(bias_init(rngs.params(), (config.vocab_size,), jnp.dtype(config.param_dtype)))
 
-    def __call__(self, hidden, word_embeddings: nnx.Embed):
+    def __call__(self, hidden, word_embeddings: nnx.Embed, *, output_hidden=False):
+        """Logits [batch, length, vocab]; with `output_hidden=True` instead (decoder input [batch, length, hidden],
+        (embedding [vocab, hidden], bias [vocab])) for losses that apply the decoder in chunks."""
         transformed = self.layer_norm(gelu(self.transform(hidden)))
+        if output_hidden:
+            return transformed, (word_embeddings.embedding[...], self.bias[...])
         logits = word_embeddings.attend(transformed) + self.bias[...].astype(transformed.dtype)
         return constrain(logits, ("batch", "length", "act_vocab"))  # [batch, length, vocab]

@@ -76,6 +76,8 @@ def check_config(config: ml_collections.ConfigDict, *, num_devices: int, process
     if not any(loss[f"alpha_{term}"] for term in TERMS):
         raise ConfigError(f"config.loss: every loss weight is 0 ({', '.join(f'alpha_{t}' for t in TERMS)}); "
                           "set at least one > 0")
+    if loss.vocab_chunk_size < 0:
+        raise ConfigError(f"config.loss.vocab_chunk_size must be >= 0 (0 = full logits), got {loss.vocab_chunk_size}")
     if config.teacher.source not in ("checkpoint", "random", "none"):
         raise ConfigError(f"config.teacher.source must be 'checkpoint', 'random' or 'none', got "
                           f"{config.teacher.source!r}")

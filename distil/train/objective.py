@@ -7,6 +7,11 @@ not an average of micro-batch means. Every term's count depends on the batch's m
 `Objective.counts` computes the update's denominators before the forward passes; each micro-batch then contributes
 `Σ_t alpha_t · sum_t / total_count_t` and the accumulated gradient is exactly the full-batch one, with one
 gradient accumulator. `tests/test_distill.py` checks these counts against the ones the losses return.
+
+With `vocab_chunk_size` > 0 the vocabulary terms (ce, mlm, mse) never see [batch, length, vocab] logits: the models
+hand over their MLM heads' hidden states and tied decoders (`output_mlm_hidden`) and `losses.vocabulary_losses`
+applies the decoders `vocab_chunk_size` positions at a time, with the gradient of `Σ alpha_t · sum_t / total_t`
+fused into its forward pass; `Objective.loss` is the one place that combines the terms either way.
 """
 
 from __future__ import annotations
@@ -47,6 +52,7 @@ class Objective:
     minilm_student_layer: int = -1
     minilm_teacher_layer: int = -1
     minilm_relation_heads: int = 12
+    vocab_chunk_size: int = 0
 
     def alpha(self, term: str) -> float:
         return getattr(self, f"alpha_{term}")
@@ -63,6 +69,11 @@ class Objective:
     @property
     def needs_teacher_logits(self) -> bool:
         return bool(self.alpha_ce or self.alpha_mse)
+
+    @property
+    def chunked_vocabulary(self) -> bool:
+        """Whether the vocabulary terms run chunked: then the models are asked for `output_mlm_hidden`."""
+        return self.vocab_chunk_size > 0 and any(term in losses.VOCABULARY_TERMS for term in self.terms)
 
     @property
     def needs_attentions(self) -> bool:
@@ -100,11 +111,22 @@ class Objective:
         batch: dict[str, jax.Array],
         *,
         hidden_projection=None,
+        terms: tuple[str, ...] | None = None,
     ) -> dict[str, tuple[jax.Array, jax.Array]]:
-        """(sum, count) of every active term on one micro-batch ([micro, length] arrays)."""
+        """(sum, count) of every active term (or of `terms`) on one micro-batch ([micro, length] arrays).
+
+        The vocabulary terms come from the logits, or, for outputs with `mlm_hidden` instead (`output_mlm_hidden`),
+        from `losses.vocabulary_losses`, whose per-term sums carry no gradient: differentiate `loss`.
+        """
         mask, mlm_labels = batch["attention_mask"], batch["mlm_labels"]
+        terms = self.terms if terms is None else terms
         out = {}
-        for term in self.terms:
+        chunked = [term for term in terms if term in losses.VOCABULARY_TERMS and student.logits is None]
+        if chunked:
+            out.update(self._vocabulary_losses(student, teacher, batch, {term: 1.0 for term in chunked})[1])
+        for term in terms:
+            if term in out:
+                continue
             if term == "ce":
                 out[term] = losses.soft_cross_entropy(student.logits, teacher.logits,
                                                       self._ce_weights(mask, mlm_labels), self.temperature)
@@ -125,3 +147,47 @@ class Objective:
                                                     teacher.qkv[self.minilm_teacher_layer], mask,
                                                     self.minilm_relation_heads)
         return out
+
+    def loss(
+        self,
+        student: EncoderOutput,
+        teacher: EncoderOutput | None,
+        batch: dict[str, jax.Array],
+        totals: dict[str, jax.Array],
+        *,
+        hidden_projection=None,
+    ) -> tuple[jax.Array, dict[str, jax.Array]]:
+        """One micro-batch's share of the update's loss, Σ_t alpha_t · sum_t / max(total_t, 1) with `totals` from
+        `counts` over the whole update, and each term's sum (for the metrics).
+
+        Chunked (`chunked_vocabulary`, outputs with `mlm_hidden`), the vocabulary terms' share and its gradient
+        come from one `losses.vocabulary_losses` call given the coefficients alpha_t / max(total_t, 1).
+        """
+        scale = {term: self.alpha(term) / jnp.maximum(totals[term], 1.0) for term in self.terms}
+        vocabulary = {term: scale[term] for term in self.terms
+                      if term in losses.VOCABULARY_TERMS and student.logits is None}
+        loss, sums = jnp.zeros((), jnp.float32), {}
+        if vocabulary:
+            loss, vocabulary_sums = self._vocabulary_losses(student, teacher, batch, vocabulary)
+            sums.update({term: loss_sum for term, (loss_sum, _) in vocabulary_sums.items()})
+        others = tuple(term for term in self.terms if term not in vocabulary)
+        for term, (loss_sum, _) in self.sums(student, teacher, batch, hidden_projection=hidden_projection,
+                                             terms=others).items():
+            loss = loss + scale[term] * loss_sum
+            sums[term] = loss_sum
+        return loss, {term: sums[term] for term in self.terms}
+
+    def _vocabulary_losses(self, student, teacher, batch, coefficients):
+        if student.mlm_hidden is None:
+            raise ValueError("the chunked vocabulary losses need the student's mlm_hidden and mlm_decoder "
+                             "(call the model with output_mlm_hidden=True)")
+        mask, mlm_labels = batch["attention_mask"], batch["mlm_labels"]
+        weights = self._ce_weights(mask, mlm_labels)
+        needs_teacher = "ce" in coefficients or "mse" in coefficients
+        return losses.vocabulary_losses(
+            student.mlm_hidden, student.mlm_decoder, coefficients=coefficients,
+            chunk_size=self.vocab_chunk_size if self.vocab_chunk_size > 0 else mask.shape[-1],
+            mlm_labels=mlm_labels, teacher_hidden=teacher.mlm_hidden if needs_teacher else None,
+            teacher_decoder=teacher.mlm_decoder if needs_teacher else None, ce_weights=weights, mse_weights=weights,
+            temperature=self.temperature,
+        )

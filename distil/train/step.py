@@ -58,18 +58,15 @@ def make_train_step(
         student = nnx.merge(student_graphdef, params)
         # Packed rows carry segment and position ids; both models then attend within each sequence only.
         packing = {name: micro[name] for name in ("segment_ids", "position_ids") if name in micro}
-        outputs = dict(output_attentions=objective.needs_attentions, output_qkv=objective.needs_qkv, **packing)
+        outputs = dict(output_attentions=objective.needs_attentions, output_qkv=objective.needs_qkv,
+                       output_mlm_hidden=objective.chunked_vocabulary, **packing)
         teacher_out = None
         if teacher_graphdef is not None:
             teacher = nnx.merge(teacher_graphdef, teacher_params)
             teacher_out = jax.lax.stop_gradient(teacher(micro["input_ids"], micro["attention_mask"], **outputs))
         student_out = student.model(micro["input_ids"], micro["attention_mask"],
                                     dropout_rngs=nnx.Rngs(dropout=dropout_key), **outputs)
-        term_sums = {term: loss_sum for term, (loss_sum, _) in
-                     objective.sums(student_out, teacher_out, micro,
-                                    hidden_projection=student.hidden_projection).items()}
-        loss = sum(objective.alpha(term) * term_sums[term] / jnp.maximum(totals[term], 1.0) for term in term_sums)
-        return loss, term_sums
+        return objective.loss(student_out, teacher_out, micro, totals, hidden_projection=student.hidden_projection)
 
     grad_fn = jax.grad(micro_loss, has_aux=True)
 
