@@ -191,6 +191,8 @@ def test_packed_rows_encode_each_sequence_as_alone(family):
             np.testing.assert_allclose(np.asarray(got[row, span]), np.asarray(want[0, :len(tokens)]), atol=2e-5)
         np.testing.assert_allclose(np.asarray(out.logits[row, span]), np.asarray(alone.logits[0, :len(tokens)]),
                                    atol=2e-5)
+
+
 @pytest.mark.parametrize("family", ["bert", "distilbert"])
 def test_mlm_hidden_and_decoder_give_the_logits(family):
     """`output_mlm_hidden=True` hands over the MLM head's decoder input and the tied decoder instead of logits:
