@@ -47,7 +47,10 @@ def _stage(name: str, done: Path, run) -> float:
         return 0.0
     _log(f"{name} -> {done.parent}")
     started = time.perf_counter()
-    run()
+    result = run()
+    if isinstance(result, dict) and "stopped_at" in result:  # SIGTERM: the stage saved its checkpoint
+        raise SystemExit(f"distil demo: {name} stopped at step {result['stopped_at']}; rerun the same command to "
+                         "resume")
     return time.perf_counter() - started
 
 

@@ -200,13 +200,13 @@ def test_a_vocabulary_or_length_mismatch_is_caught_before_running(teacher_folder
     assert_one_line_error(code, err, "export", f"{small_folders / 'bert'} (config.json) has vocab_size 97 but "
                           f"--tokenizer {default_vocab_path()} has 119,547 tokens")
     assert not (tmp_path / "out").exists()
-    demo = ["demo", "--workdir", tmp_path / "demo", "--config", "demo"]
-    code, _, err = run([*demo, f"--config.teacher.checkpoint={small_folders / 'bert'}"], capsys)
-    assert_one_line_error(code, err, "demo", f"the teacher {small_folders / 'bert'} has vocab_size 97 but the "
-                          f"tokenizer {default_vocab_path()} has 119,547 tokens")
-    code, _, err = run([*demo, f"--config.teacher.checkpoint={teacher_folder}"], capsys)
-    assert_one_line_error(code, err, "demo", f"config.data.max_length is 128 but the teacher {teacher_folder} has "
-                          "max_position_embeddings 64")
+    distill = ["distill", "--workdir", tmp_path / "demo", "--config", "distilmbert:runlocal",
+               "--config.teacher.source=checkpoint"]
+    code, _, err = run([*distill, f"--config.teacher.checkpoint={small_folders / 'bert'}"], capsys)
+    assert_one_line_error(code, err, "distill", "config.tokenizer has 8000 tokens but the teacher has vocab_size=97")
+    code, _, err = run([*distill, f"--config.teacher.checkpoint={teacher_folder}", "--config.tokenizer="], capsys)
+    assert_one_line_error(code, err, "distill", "config.data.max_length=128 exceeds the teacher's "
+                          "max_position_embeddings=64")
     assert not (tmp_path / "demo" / "data").exists()  # nothing ran
 
 

@@ -81,9 +81,12 @@ def test_split_overrides():
 
 
 def test_demo_config_names_the_embedded_data():
-    config = load_config("demo")
-    assert config.data.corpus == "embedded" and config.xnli.data == "embedded"
-    assert config.masking.mlm_mask_prop == 0.15 and config.masking.mlm_smoothing == 0.7
+    demo = load_config("demo")
+    teacher = load_config("distilmbert:runlocal", demo.teacher)  # the demo's stages are overrides of runlocal
+    assert teacher.data.corpus == "embedded" and teacher.teacher.source == "none" and teacher.student.family == "bert"
+    assert teacher.masking.mlm_mask_prop == 0.15 and teacher.masking.mlm_smoothing == 0.7
+    student = load_config("distilmbert:runlocal", demo.student)
+    assert student.teacher.source == "checkpoint" and tuple(student.student.teacher_layers) == (0, 3)
 
 
 def test_shipped_configs_live_in_the_package():

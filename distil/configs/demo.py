@@ -21,7 +21,7 @@ import ml_collections
 # Overrides of distilmbert:runlocal shared by both distillation stages: packed rows of 128 tokens (one compiled
 # shape), 8 rows (~1,000 tokens) per update in 2 micro-batches.
 _DATA = ("batching.composition=packed", "batching.global_batch=8", "batching.micro_batches=2",
-         "masking.group_size=2", "batching.pad_to_multiple=128", "checkpoint.every_steps=100")
+         "masking.group_size=2", "batching.pad_to_multiple=128", "checkpoint.every_steps=100", "log_every_steps=25")
 _WIDTH = ("hidden_size=128", "num_hidden_layers=4", "num_attention_heads=4", "intermediate_size=512")
 
 
@@ -29,8 +29,8 @@ def get_config(arg=None):
     del arg  # one variant
     config = ml_collections.ConfigDict()
     config.seed = 0
-    config.teacher_steps = 600  # MLM pre-training: ~4 epochs of the embedded corpus
-    config.student_steps = 400
+    config.teacher_steps = 300  # MLM pre-training: ~2 epochs of the embedded corpus (~150K tokens)
+    config.student_steps = 200
     config.teacher = (*_DATA, "teacher.source=none", "student.init=random", "student.family=bert",
                       *(f"student.{field}" for field in _WIDTH), "loss.alpha_ce=0.0", "loss.alpha_cos=0.0",
                       "loss.alpha_mlm=1.0", "optimizer.learning_rate=1e-3")
