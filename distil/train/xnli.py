@@ -536,7 +536,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
             saved = {"train": state, "selected": selection}
             saved_shardings = {"train": state_shardings, "selected": {"params": state_shardings.params,
                                                                       "accuracy": replicated, "step": replicated}}
-            abstract = checkpoints.abstract_with_shardings(jax.eval_shape(lambda: saved), saved_shardings)
+            abstract = sharding.abstract_with_shardings(jax.eval_shape(lambda: saved), saved_shardings)
             restored, start_step = checkpoints.restore(manager, abstract, iterator, {"seed": seed, **train_settings})
             if restored is not None:
                 state, selection = restored["train"], restored["selected"]
