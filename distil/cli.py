@@ -380,6 +380,9 @@ def cmd_sweep(args) -> int:
                                                  partition=args.partition).items():
             write_text_atomically(out / name, script)
             print(f"sbatch {out / name}")
+    return 0
+
+
 # ------------------------------------------------------------------------------------------------ xnli / report
 
 
@@ -400,6 +403,9 @@ def cmd_report(args) -> int:
     paths = merge_reports(args.runs, args.out)
     print(paths["md"].read_text(encoding="utf-8"))
     print(f"wrote {paths['json']}, {paths['md']}, {paths['png']}")
+    return 0
+
+
 def _experiments_dir() -> Path:
     return Path(__file__).resolve().parents[1] / "experiments"
 
