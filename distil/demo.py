@@ -93,7 +93,7 @@ def run_demo(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> d
         "workdir": str(workdir), "seconds": seconds, "speed": speed,
         "teacher": json.loads((stages["teacher"] / "summary.json").read_text()),
         "student": json.loads((stages["student"] / "summary.json").read_text()),
-        "xnli": {run["model"]: run["test"]["mean"] if "mean" in run["test"] else run["test"] for run in runs},
+        "xnli": {run["model"]: run["test"] for run in runs},
         "dry_run": full_recipe_dry_run(),
     }
     summary["total_seconds"] = time.perf_counter() - started

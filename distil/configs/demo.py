@@ -19,8 +19,8 @@ rows would be 95% of a width-128 model and of its step time. Numbers at this siz
 import ml_collections
 
 # Overrides of distilmbert:runlocal shared by both distillation stages: packed rows of 128 tokens (one compiled
-# shape), 8 rows (~1,000 tokens) per update in 2 micro-batches.
-_DATA = ("batching.composition=packed", "batching.global_batch=8", "batching.micro_batches=2",
+# shape), 8 rows (~1,000 tokens) per update.
+_DATA = ("batching.composition=packed", "batching.global_batch=8", "batching.micro_batches=1",
          "masking.group_size=2", "batching.pad_to_multiple=128", "checkpoint.every_steps=100", "log_every_steps=25")
 _WIDTH = ("hidden_size=128", "num_hidden_layers=4", "num_attention_heads=4", "intermediate_size=512")
 
