@@ -87,6 +87,30 @@ def _models(kind: str):
     return teacher, DistillStudent(create_model(narrow, seed=2), projection)
 
 
+@pytest.mark.parametrize("remat", ["nothing_saveable", "dots_saveable"])
+def test_remat_policies_give_the_same_update(remat):
+    """Recomputing the student's forward in the backward pass changes memory, not the update."""
+    objective, kind = OBJECTIVES["every_term"]
+    teacher, student = _models(kind)
+    teacher_graphdef, teacher_params = nnx.split(teacher)
+    student_graphdef, params = nnx.split(student, nnx.Param)
+    settings = OptimizerSettings(learning_rate=1.0, num_steps=10, warmup_steps=0)
+    state = TrainState(step=jnp.zeros((), jnp.int32), rng=jax.random.key_data(jax.random.key(0)), params=params,
+                       opt_state=optax.sgd(1.0).init(params))
+    batch = _batch(accum=2, rows=4)
+    results = {}
+    for policy in ("none", remat):
+        step = jax.jit(make_train_step(student_graphdef, teacher_graphdef, objective, optax.sgd(1.0),
+                                       learning_rate_schedule(settings), attention_heads=4, remat=policy))
+        results[policy] = step(state, teacher_params, batch)
+    for (_, got), (_, want) in zip(nnx.to_flat_state(results[remat][0].params),
+                                   nnx.to_flat_state(results["none"][0].params)):
+        np.testing.assert_allclose(got.get_value(), want.get_value(), rtol=1e-5, atol=2e-7)
+    with pytest.raises(ValueError, match=r"remat must be 'none' or a jax.checkpoint_policies name, got 'some'"):
+        make_train_step(student_graphdef, teacher_graphdef, objective, optax.sgd(1.0),
+                        learning_rate_schedule(settings), attention_heads=4, remat="some")
+
+
 @pytest.mark.parametrize("name", list(OBJECTIVES))
 def test_accumulated_update_equals_the_full_batch_update(name):
     objective, kind = OBJECTIVES[name]

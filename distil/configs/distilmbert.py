@@ -145,6 +145,9 @@ def get_config(arg=None):
     config.student.max_position_embeddings = 512
     config.student.sinusoidal_pos_embds = False
     config.student.dtype = "float32"  # compute dtype; parameters are always float32
+    # "none", or a jax.checkpoint_policies name ("nothing_saveable", "dots_saveable", ...): recompute the student's
+    # forward in the backward pass instead of keeping its activations (less memory, more FLOPs).
+    config.student.remat = "none"
 
     config.loss = ml_collections.ConfigDict()
     config.loss.alpha_ce = 5.0

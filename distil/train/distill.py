@@ -368,7 +368,8 @@ def _step_parts(config, objective: Objective, student_config: ModelConfig, teach
                                               rules=rules)
     frozen = frozen_paths(abstract_params) if student_config.sinusoidal_pos_embds else set()
     train_step = make_train_step(student_graphdef, teacher_graphdef, objective, tx, learning_rate_schedule(settings),
-                                 attention_heads=student_config.num_attention_heads, frozen=frozen)
+                                 attention_heads=student_config.num_attention_heads, frozen=frozen,
+                                 remat=config.student.remat)
     batch_sharding = sharding.logical_to_sharding((None, "batch", "length"), mesh, rules)
     teacher_shardings = None if teacher_params is None else jax.tree.map(lambda x: x.sharding, teacher_params)
     replicated = jax.sharding.NamedSharding(mesh, jax.P())

@@ -51,22 +51,37 @@ def make_train_step(
     *,
     attention_heads: int,
     frozen: set[tuple] = frozenset(),
+    remat: str = "none",
 ) -> Callable[[TrainState, nnx.State | None, dict], tuple[TrainState, dict]]:
-    """The pure step. `frozen`: parameter paths whose gradient is zeroed (see `frozen_paths`)."""
+    """The pure step. `frozen`: parameter paths whose gradient is zeroed (see `frozen_paths`). `remat`: "none", or
+    the name of a `jax.checkpoint_policies` policy (e.g. "nothing_saveable", "dots_saveable") under which the
+    student's forward is recomputed in the backward pass instead of keeping its activations."""
+    if remat != "none" and not hasattr(jax.checkpoint_policies, remat):
+        raise ValueError(f"remat must be 'none' or a jax.checkpoint_policies name, got {remat!r}")
 
-    def micro_loss(params, teacher_params, micro, dropout_key, totals):
-        student = nnx.merge(student_graphdef, params)
+    def outputs_of(micro) -> dict:
         # Packed rows carry segment and position ids; both models then attend within each sequence only.
         packing = {name: micro[name] for name in ("segment_ids", "position_ids") if name in micro}
-        outputs = dict(output_attentions=objective.needs_attentions, output_qkv=objective.needs_qkv,
-                       output_mlm_hidden=objective.chunked_vocabulary, **packing)
+        return dict(output_attentions=objective.needs_attentions, output_qkv=objective.needs_qkv,
+                    output_mlm_hidden=objective.chunked_vocabulary, **packing)
+
+    def student_forward(params, micro, dropout_key):
+        student = nnx.merge(student_graphdef, params)
+        return student.model(micro["input_ids"], micro["attention_mask"],
+                             dropout_rngs=nnx.Rngs(dropout=dropout_key), **outputs_of(micro))
+
+    if remat != "none":
+        student_forward = jax.checkpoint(student_forward, policy=getattr(jax.checkpoint_policies, remat))
+
+    def micro_loss(params, teacher_params, micro, dropout_key, totals):
         teacher_out = None
         if teacher_graphdef is not None:
             teacher = nnx.merge(teacher_graphdef, teacher_params)
-            teacher_out = jax.lax.stop_gradient(teacher(micro["input_ids"], micro["attention_mask"], **outputs))
-        student_out = student.model(micro["input_ids"], micro["attention_mask"],
-                                    dropout_rngs=nnx.Rngs(dropout=dropout_key), **outputs)
-        return objective.loss(student_out, teacher_out, micro, totals, hidden_projection=student.hidden_projection)
+            teacher_out = jax.lax.stop_gradient(teacher(micro["input_ids"], micro["attention_mask"],
+                                                        **outputs_of(micro)))
+        student_out = student_forward(params, micro, dropout_key)
+        projection = nnx.merge(student_graphdef, params).hidden_projection
+        return objective.loss(student_out, teacher_out, micro, totals, hidden_projection=projection)
 
     grad_fn = jax.grad(micro_loss, has_aux=True)
 
