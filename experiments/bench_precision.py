@@ -60,7 +60,7 @@ def main(argv=None) -> None:
     parser.add_argument("--config", default="distilmbert:runlocal")
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--tail", type=int, default=20, help="steps averaged at the end of the run")
-    parser.add_argument("--chunk", type=int, default=32, help="loss.vocab_chunk_size")
+    parser.add_argument("--chunk", type=int, default=512, help="loss.vocab_chunk_size")
     parser.add_argument("--teacher", help="a Hugging Face BERT MLM folder (default: pre-train one first)")
     parser.add_argument("--pretrain-steps", type=int, default=300)
     parser.add_argument("--out")

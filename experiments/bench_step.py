@@ -48,13 +48,13 @@ VARIANTS = {
     "all-bf16": dict(vocab_chunk_size=None, teacher_dtype="bfloat16", student_dtype="bfloat16"),
     "torch": dict(),
 }
-DEFAULT_CHUNK = 32
+DEFAULT_CHUNK = 512
 
 
 # --------------------------------------------------------------------------------------------- distil's step
 
 
-def trainer_config(size: str, *, vocab_chunk_size: int = 0, teacher_dtype: str = "float32",
+def trainer_config(size: str, *, vocab_chunk_size: int = DEFAULT_CHUNK, teacher_dtype: str = "float32",
                    student_dtype: str = "float32", mesh: dict | None = None, batch: int | None = None):
     """The `distilmbert` config of a size: the full recipe with a random full-size teacher (no checkpoint needed:
     the step's cost does not depend on the weights), or `:runlocal`; one compiled length."""
@@ -258,7 +258,7 @@ def main(argv=None) -> None:
     parser.add_argument("--sizes", default="full,runlocal")
     parser.add_argument("--variants", default="plain,chunked,teacher-bf16,all-bf16,torch")
     parser.add_argument("--chunk", type=int, default=DEFAULT_CHUNK, help="loss.vocab_chunk_size of the chunked "
-                        "variants (length positions per chunk)")
+                        "variants (positions per chunk and device)")
     parser.add_argument("--steps", type=int, default=3, help="timed steps per implementation (median)")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--rounds", type=int, default=1, help="run every implementation this many times, "
