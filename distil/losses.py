@@ -435,49 +435,54 @@ def _chunk_logits(hidden, embedding, bias):
     return nn.with_logical_constraint(logits + bias.astype(jnp.float32), ("batch", "length", "act_vocab"))
 
 
-def _softmax_parts(shifted: jax.Array, exps: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
-    """(log_probs, probs) over the last axis from logits already shifted by their max, with one exp (or given
-    exps = exp(shifted)): the plain losses' log_softmax and exp(log_softmax) cost two."""
-    exps = jnp.exp(shifted) if exps is None else exps
-    total = exps.sum(-1, keepdims=True)
-    return shifted - jnp.log(total), exps / total
-
-
 def _chunk_terms(terms, temperature, coefficients, student_logits, teacher_logits, ce_weights, mlm_labels,
                  mse_weights, with_gradient: bool):
     """Each term's sum over one chunk per row ([len(terms), batch]) and, `with_gradient`, d(Σ_t c_t sum_t) /
-    d student_logits ([batch, chunk, vocab] float32; else None). The plain losses' formulas, with the exps shared:
-    one per softmax, and at T = 2 the student's exp(s - max) is exp((s - max) / 2)² (the recipe pays two exps
-    per vocabulary entry instead of five, which matters where the vocabulary is wide and the model narrow)."""
+    d student_logits ([batch, chunk, vocab] float32; else None): the plain losses' values, rewritten so that every
+    pass over the vocabulary is one fused loop that recomputes its exps, and no probability array is ever stored
+    (the logits and the gradient are the only [batch, chunk, vocab] arrays). With e = exp((x - max x) / T) and
+    z = Σ e (per row):
+
+        KL(p_t || p_s) = Σ e_t (t - s) / (T z_t) - log z_t + log z_s - (max t - max s) / T
+        -log softmax(s)[y] = log z¹_s + max s - s_y          (z¹ the normaliser at T = 1)
+
+    so the teacher's two sums share one exp and, at the recipe's T = 2, the student's exp((s - max s) / 2)² is its
+    exp at T = 1: four exps per vocabulary entry in all, gradient included, where log_softmax and its probabilities
+    cost seven, and far less memory traffic than storing them.
+    """
     sums, dlogits = [], None
 
     def add(gradient):
         nonlocal dlogits
         dlogits = gradient if dlogits is None else dlogits + gradient
 
-    student_shifted = student_logits - student_logits.max(-1, keepdims=True)  # [batch, chunk, vocab]
-    tempered_exps = None
-    if "ce" in terms:
-        tempered_exps = jnp.exp(student_shifted / temperature)
+    inverse = 1.0 / temperature
+    student_max = student_logits.max(-1, keepdims=True)  # [batch, chunk, 1]
+    student_exps = jnp.exp(inverse * (student_logits - student_max)) if "ce" in terms else None
     for coefficient, term in zip(coefficients, terms):
         if term == "ce":
-            student_log_probs, student_probs = _softmax_parts(student_shifted / temperature, tempered_exps)
-            teacher_log_probs, teacher_probs = _softmax_parts(
-                (teacher_logits - teacher_logits.max(-1, keepdims=True)) / temperature)
-            per_position = (teacher_probs * (teacher_log_probs - student_log_probs)).sum(-1) * (temperature**2)
-            sums.append((per_position * ce_weights).sum(-1))
+            student_norm = student_exps.sum(-1, keepdims=True)
+            teacher_max = teacher_logits.max(-1, keepdims=True)
+            teacher_exps = jnp.exp(inverse * (teacher_logits - teacher_max))
+            teacher_norm = teacher_exps.sum(-1, keepdims=True)
+            cross = (teacher_exps * (teacher_logits - student_logits)).sum(-1, keepdims=True)
+            kl = (inverse * cross / teacher_norm - jnp.log(teacher_norm) + jnp.log(student_norm)
+                  - inverse * (teacher_max - student_max))[..., 0]
+            sums.append((kl * (temperature**2) * ce_weights).sum(-1))
             if with_gradient:  # d T²·KL / ds = T·(softmax(s/T) - softmax(t/T))
-                add((coefficient * temperature * ce_weights)[..., None] * (student_probs - teacher_probs))
+                add((coefficient * temperature * ce_weights)[..., None]
+                    * (student_exps / student_norm - teacher_exps / teacher_norm))
         elif term == "mlm":
             is_target = mlm_labels != IGNORE_INDEX
             safe_labels = jnp.where(is_target, mlm_labels, 0)
-            squared = tempered_exps is not None and isinstance(temperature, float) and temperature == 2.0
-            log_probs, probs = _softmax_parts(student_shifted, tempered_exps * tempered_exps if squared else None)
-            label_log_probs = jnp.take_along_axis(log_probs, safe_labels[..., None], axis=-1)[..., 0]
-            sums.append(-jnp.where(is_target, label_log_probs, 0.0).sum(-1))
+            squared = student_exps is not None and isinstance(temperature, float) and temperature == 2.0
+            exps = student_exps * student_exps if squared else jnp.exp(student_logits - student_max)
+            norm = exps.sum(-1, keepdims=True)
+            label_logits = jnp.take_along_axis(student_logits, safe_labels[..., None], axis=-1)
+            sums.append(jnp.where(is_target, (jnp.log(norm) + student_max - label_logits)[..., 0], 0.0).sum(-1))
             if with_gradient:  # d -log softmax(s)[y] / ds = softmax(s) - onehot(y)
                 onehot = jnp.arange(student_logits.shape[-1]) == safe_labels[..., None]
-                add((coefficient * is_target)[..., None] * (probs - onehot))
+                add((coefficient * is_target)[..., None] * (exps / norm - onehot))
         elif term == "mse":
             difference = student_logits - teacher_logits
             sums.append(((difference**2).sum(-1) * mse_weights).sum(-1))
