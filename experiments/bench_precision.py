@@ -64,9 +64,11 @@ def main(argv=None) -> None:
     parser.add_argument("--teacher", help="a Hugging Face BERT MLM folder (default: pre-train one first)")
     parser.add_argument("--pretrain-steps", type=int, default=300)
     parser.add_argument("--out")
+    benchlib.add_environment_flag(parser)
     args = parser.parse_args(argv)
 
     machine = benchlib.machine()
+    machine["environment"] = benchlib.use_environment(args)
     runs = {}
     pretrained = None
     with tempfile.TemporaryDirectory(prefix="bench_precision-") as tmp:
