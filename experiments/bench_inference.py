@@ -106,6 +106,7 @@ def main(argv=None) -> None:
     parser.add_argument("--rounds", type=int, default=1, help="interleaved rounds; each entry keeps its fastest")
     parser.add_argument("--out")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
+    benchlib.add_environment_flag(parser)
     args = parser.parse_args(argv)
     if args.worker:
         spec = json.loads(args.worker)
@@ -118,6 +119,7 @@ def main(argv=None) -> None:
         if args.tokens % length:
             parser.error(f"--tokens {args.tokens} must be a multiple of every length ({length})")
     machine = benchlib.machine()
+    machine["environment"] = benchlib.use_environment(args)
     results = {"machine": machine, "size": args.size, "tokens_per_batch": args.tokens, "runs": {}}
     best: dict[str, dict] = {}
     for round_index in range(args.rounds):

@@ -87,9 +87,11 @@ def main(argv=None) -> None:
     parser.add_argument("--steps", type=int, default=3, help="timed steps (median)")
     parser.add_argument("--chunk", type=int, default=bench_step.DEFAULT_CHUNK)
     parser.add_argument("--out")
+    benchlib.add_environment_flag(parser)
     args = parser.parse_args(argv)
 
     machine = benchlib.machine()
+    machine["environment"] = benchlib.use_environment(args)
     results = {"machine": machine, "sizes": {}}
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench_input-") as tmp:

@@ -60,13 +60,15 @@ def main(argv=None) -> None:
     parser.add_argument("--config", default="distilmbert:runlocal")
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--tail", type=int, default=20, help="steps averaged at the end of the run")
-    parser.add_argument("--chunk", type=int, default=32, help="loss.vocab_chunk_size")
+    parser.add_argument("--chunk", type=int, default=512, help="loss.vocab_chunk_size")
     parser.add_argument("--teacher", help="a Hugging Face BERT MLM folder (default: pre-train one first)")
     parser.add_argument("--pretrain-steps", type=int, default=300)
     parser.add_argument("--out")
+    benchlib.add_environment_flag(parser)
     args = parser.parse_args(argv)
 
     machine = benchlib.machine()
+    machine["environment"] = benchlib.use_environment(args)
     runs = {}
     pretrained = None
     with tempfile.TemporaryDirectory(prefix="bench_precision-") as tmp:

@@ -68,12 +68,14 @@ def main(argv=None) -> None:
     parser.add_argument("--compile-only", action="store_true", help="per-device memory only, no steps run")
     parser.add_argument("--out")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
+    benchlib.add_environment_flag(parser)
     args = parser.parse_args(argv)
     if args.worker:
         benchlib.report(worker(json.loads(args.worker)))
         return
 
     machine = benchlib.machine()
+    machine["environment"] = benchlib.use_environment(args)
     chunks = [int(c) for c in args.chunks.split(",")]
     results = {"machine": machine, "size": args.size, "runs": []}
     rows = []

@@ -48,13 +48,13 @@ VARIANTS = {
     "all-bf16": dict(vocab_chunk_size=None, teacher_dtype="bfloat16", student_dtype="bfloat16"),
     "torch": dict(),
 }
-DEFAULT_CHUNK = 32
+DEFAULT_CHUNK = 512
 
 
 # --------------------------------------------------------------------------------------------- distil's step
 
 
-def trainer_config(size: str, *, vocab_chunk_size: int = 0, teacher_dtype: str = "float32",
+def trainer_config(size: str, *, vocab_chunk_size: int = DEFAULT_CHUNK, teacher_dtype: str = "float32",
                    student_dtype: str = "float32", mesh: dict | None = None, batch: int | None = None):
     """The `distilmbert` config of a size: the full recipe with a random full-size teacher (no checkpoint needed:
     the step's cost does not depend on the weights), or `:runlocal`; one compiled length."""
@@ -223,7 +223,8 @@ def torch_worker(spec: dict) -> dict:
             loss_cos = cosine_loss(s_hidden_slct, t_hidden_slct, target)
             loss = alpha["ce"] * loss_ce + alpha["mlm"] * loss_mlm + alpha["cos"] * loss_cos
             (loss / shape["micro_batches"]).backward()
-            last.update(loss=float(loss), ce=float(loss_ce), mlm=float(loss_mlm), cos=float(loss_cos))
+            last.update({name: float(value.detach()) for name, value in
+                         (("loss", loss), ("ce", loss_ce), ("mlm", loss_mlm), ("cos", loss_cos))})
         torch.nn.utils.clip_grad_norm_(student.parameters(), 5.0)
         optimizer.step()
         scheduler.step()
@@ -253,18 +254,43 @@ def recipe_flops(teacher, student, tokens: int, length: int) -> float:
     return tokens * (forward_per_token(teacher) + 3 * forward_per_token(student))
 
 
+def size_table(result: dict, peak: dict) -> str:
+    """One size's Markdown table: every implementation against the PyTorch reference (when it ran)."""
+    rows = result["rows"]
+    reference = rows.get("torch")
+    table_rows = []
+    for variant, row in rows.items():
+        spec = row["spec"]
+        row["mfu"] = result["flops_per_step"] / row["median_s"] / peak["float32"]
+        dtype = "float32" if variant == "torch" else f"{spec['teacher_dtype']} / {spec['student_dtype']}"
+        chunk = "-" if variant == "torch" else (spec["vocab_chunk_size"] or "off")
+        speed = f"{row['tokens_per_s'] / reference['tokens_per_s']:.2f}x" if reference else "-"
+        cpu_speed = f"{reference['cpu_s'] / row['cpu_s']:.2f}x" if reference else "-"
+        memory = f"{row['peak_rss_bytes'] / reference['peak_rss_bytes']:.2f}x" if reference else "-"
+        compile_s = f"{row['analysis']['compile_s']:.0f}" if "analysis" in row else "-"
+        table_rows.append([f"{'PyTorch (transformers)' if variant == 'torch' else 'distil ' + variant}", dtype,
+                           chunk, f"{row['median_s']:.2f}", f"{row['cpu_s']:.1f}", f"{row['tokens_per_s']:,.0f}",
+                           speed, cpu_speed, benchlib.gib(row["peak_rss_bytes"]), memory, f"{100 * row['mfu']:.1f}%",
+                           compile_s, f"{row['first_step']['loss']:.4f}"])
+    return benchlib.markdown_table(
+        ["implementation", "teacher / student compute", "vocab chunk", "s / step", "CPU s / step", "tokens/s",
+         "x PyTorch", "x PyTorch (CPU s)", "peak RSS GiB", "memory x PyTorch", "MFU (fp32 peak)", "compile s",
+         "step-1 loss"], table_rows, align="lllrrrrrrrrrr")
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="full,runlocal")
     parser.add_argument("--variants", default="plain,chunked,teacher-bf16,all-bf16,torch")
     parser.add_argument("--chunk", type=int, default=DEFAULT_CHUNK, help="loss.vocab_chunk_size of the chunked "
-                        "variants (length positions per chunk)")
+                        "variants (positions per chunk and device)")
     parser.add_argument("--steps", type=int, default=3, help="timed steps per implementation (median)")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--rounds", type=int, default=1, help="run every implementation this many times, "
                         "interleaved, and keep each one's fastest round (the least disturbed by other load)")
     parser.add_argument("--out", help="write the results as JSON here")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
+    benchlib.add_environment_flag(parser)
     args = parser.parse_args(argv)
     if args.worker:
         spec = json.loads(args.worker)
@@ -281,12 +307,12 @@ def main(argv=None) -> None:
         if name not in SIZES and name not in VARIANTS:
             parser.error(f"unknown size or variant {name!r}; sizes {list(SIZES)}, variants {list(VARIANTS)}")
     machine = benchlib.machine()
-    peak = benchlib.matmul_peak()
+    machine["environment"] = benchlib.use_environment(args)
+    peak = benchlib.matmul_peak()  # measured again at the end; the better of the two is the MFU denominator
     print(f"machine: {machine['cpu']}, {machine['cores']} cores, load {machine['load_average']}; jax "
           f"{machine['jax']}, torch {machine.get('torch')}; matmul peak float32 {peak['float32'] / 1e9:,.0f} GFLOP/s, "
           f"bfloat16 {peak['bfloat16'] / 1e9:,.0f} GFLOP/s")
     results = {"machine": machine, "matmul_peak_flops": peak, "chunk": args.chunk, "steps": args.steps, "sizes": {}}
-    tables = []
     for size in sizes:
         shape = SIZES[size]
         config = trainer_config(size)
@@ -313,33 +339,20 @@ def main(argv=None) -> None:
                 rows[variant]["rounds"] = rounds
         for variant, row in rows.items():
             row.update(tokens_per_s=tokens / row["median_s"],
-                       mfu=flops / row["median_s"] / peak["float32"],
                        peak_rss_bytes=max(r["peak_rss_bytes"] for r in row["rounds"]))
-        reference = rows.get("torch")
-        table_rows = []
-        for variant, row in rows.items():
-            spec = row["spec"]
-            dtype = "float32" if variant == "torch" else f"{spec['teacher_dtype']} / {spec['student_dtype']}"
-            chunk = "-" if variant == "torch" else (spec["vocab_chunk_size"] or "off")
-            speed = f"{row['tokens_per_s'] / reference['tokens_per_s']:.2f}x" if reference else "-"
-            memory = f"{row['peak_rss_bytes'] / reference['peak_rss_bytes']:.2f}x" if reference else "-"
-            compile_s = f"{row['analysis']['compile_s']:.0f}" if "analysis" in row else "-"
-            cpu_speed = f"{reference['cpu_s'] / row['cpu_s']:.2f}x" if reference else "-"
-            table_rows.append([f"{'PyTorch (transformers)' if variant == 'torch' else 'distil ' + variant}", dtype,
-                               chunk, f"{row['median_s']:.2f}", f"{row['cpu_s']:.1f}", f"{row['tokens_per_s']:,.0f}",
-                               speed, cpu_speed,
-                               benchlib.gib(row["peak_rss_bytes"]), memory, f"{100 * row['mfu']:.1f}%", compile_s,
-                               f"{row['first_step']['loss']:.4f}"])
-        table = benchlib.markdown_table(
-            ["implementation", "teacher / student compute", "vocab chunk", "s / step", "CPU s / step", "tokens/s",
-             "x PyTorch", "x PyTorch (CPU s)", "peak RSS GiB", "memory x PyTorch", "MFU (fp32 peak)", "compile s",
-             "step-1 loss"], table_rows, align="lllrrrrrrrrrr")
-        title = (f"### {size}: batch {shape['batch']} x {shape['length']} ({shape['micro_batches']} micro-batch"
-                 f"{'es' if shape['micro_batches'] > 1 else ''}), teacher {teacher.num_hidden_layers} x "
-                 f"{teacher.hidden_size}, student {student.num_hidden_layers} layers, vocab {vocab_size:,}; "
-                 f"{flops / tokens / 1e9:.2f} GFLOP/token")
-        tables.append(title + "\n\n" + table)
-        results["sizes"][size] = {"flops_per_step": flops, "tokens_per_step": tokens, "rows": rows}
+        results["sizes"][size] = {"flops_per_step": flops, "tokens_per_step": tokens, "rows": rows,
+                                  "title": (f"### {size}: batch {shape['batch']} x {shape['length']} "
+                                            f"({shape['micro_batches']} micro-batch"
+                                            f"{'es' if shape['micro_batches'] > 1 else ''}), teacher "
+                                            f"{teacher.num_hidden_layers} x {teacher.hidden_size}, student "
+                                            f"{student.num_hidden_layers} layers, vocab {vocab_size:,}; "
+                                            f"{flops / tokens / 1e9:.3g} GFLOP/token")}
+    again = benchlib.matmul_peak()  # the better of the two measurements: load only ever lowers it
+    for key, value in again.items():
+        peak[key] = max(peak[key], value)
+    tables = [result["title"] + "\n\n" + size_table(result, peak) for result in results["sizes"].values()]
+    print(f"\nmatmul peak (best of the start and end of this command): float32 {peak['float32'] / 1e9:,.0f} GFLOP/s, "
+          f"bfloat16 {peak['bfloat16'] / 1e9:,.0f} GFLOP/s")
     print("\n" + "\n\n".join(tables))
     print(f"\nMedian of {args.steps} timed steps after {args.warmup} warm-up, the fastest of {args.rounds} "
           "interleaved round(s); each implementation in a fresh process. CPU s: this process's CPU time per step "

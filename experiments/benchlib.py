@@ -49,10 +49,18 @@ def peak_rss_bytes() -> int:
 # ----------------------------------------------------------------------------------------------------- workers
 
 
+HUGEPAGES = True  # the bench scripts' --no-hugepages turns it off
+
+
 def worker_env(num_devices: int | None = 1) -> dict:
-    """The environment of a worker: this checkout first on PYTHONPATH, the CPU backend, offline hubs, and
-    `num_devices` fake CPU devices (None keeps the caller's XLA_FLAGS)."""
+    """The environment of a worker: this checkout first on PYTHONPATH, the CPU backend, offline hubs,
+    `num_devices` fake CPU devices (None keeps the caller's XLA_FLAGS), and (`HUGEPAGES`) glibc's malloc asked for
+    transparent huge pages (`GLIBC_TUNABLES=glibc.malloc.hugetlb=1`): a step's gigabytes of fresh temporaries
+    otherwise cost ~1M page faults (~1.5 CPU s per full-size step, in JAX and PyTorch alike). Every worker of a
+    benchmark, reference included, gets the same environment."""
     env = dict(os.environ)
+    if HUGEPAGES and "glibc.malloc.hugetlb" not in env.get("GLIBC_TUNABLES", ""):
+        env["GLIBC_TUNABLES"] = ":".join(filter(None, [env.get("GLIBC_TUNABLES"), "glibc.malloc.hugetlb=1"]))
     env["PYTHONPATH"] = os.pathsep.join([str(REPO)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
     env.setdefault("JAX_PLATFORMS", "cpu")
     env["HF_HUB_OFFLINE"] = env["TRANSFORMERS_OFFLINE"] = "1"
@@ -60,6 +68,18 @@ def worker_env(num_devices: int | None = 1) -> dict:
         flags = re.sub(r"--xla_force_host_platform_device_count=\d+", "", env.get("XLA_FLAGS", "")).strip()
         env["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={num_devices}".strip()
     return env
+
+
+def add_environment_flag(parser) -> None:
+    parser.add_argument("--no-hugepages", action="store_true",
+                        help="run the workers without GLIBC_TUNABLES=glibc.malloc.hugetlb=1")
+
+
+def use_environment(args) -> dict:
+    """Applies --no-hugepages; returns the setting for the results file."""
+    global HUGEPAGES
+    HUGEPAGES = not args.no_hugepages
+    return {"glibc_malloc_hugetlb": HUGEPAGES}
 
 
 def run_worker(script: str | Path, spec: dict, *, num_devices: int | None = 1, timeout: float = 1800) -> dict:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import re
 import sys
+import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -53,6 +54,36 @@ def largest_dots(hlo_text: str, top: int = 8) -> list[dict]:
                      "flops": 2.0 * size * contracted})
     dots.sort(key=lambda d: -d["flops"])
     return dots[:top]
+
+
+def traced_ops(run_once, hlo_text: str, workdir: str, top: int = 15) -> dict:
+    """Runs `run_once` under `jax.profiler.trace` and sums the XLA CPU runtime's per-op events (thunks, every
+    thread) by op name, each with the JAX operation it came from (the HLO's op_name metadata)."""
+    import collections
+    import glob
+
+    import jax
+
+    op_names = {}
+    for line in hlo_text.splitlines():
+        match = re.match(r"\s*(?:ROOT )?%?([\w.\-]+) = .*?metadata=\{[^}]*op_name=\"([^\"]*)\"", line)
+        if match:
+            op_names[match.group(1)] = match.group(2).replace("jit(train_step)/", "")
+    with jax.profiler.trace(workdir):
+        run_once()
+    path = sorted(glob.glob(f"{workdir}/**/*.xplane.pb", recursive=True))[-1]
+    totals = collections.Counter()
+    for plane in jax.profiler.ProfileData.from_file(path).planes:
+        for line in plane.lines:
+            if not line.name.startswith(("tf_XLAEigen", "tf_XLAPjRtCpuClient")):
+                continue
+            for event in line.events:
+                if not event.name.startswith(("ThunkExecutor", "while")):  # containers of the ops below
+                    totals[event.name] += event.duration_ns
+    total = sum(totals.values())
+    return {"total_op_s": total / 1e9,
+            "top": [{"op": name, "s": ns / 1e9, "share": ns / total, "source": op_names.get(name, "")}
+                    for name, ns in totals.most_common(top)]}
 
 
 def parts(size: str, chunk: int, steps: int, teacher_dtype: str) -> dict:
@@ -150,7 +181,7 @@ def parts(size: str, chunk: int, steps: int, teacher_dtype: str) -> dict:
     return out
 
 
-def whole_step(size: str, chunk: int, steps: int, teacher_dtype: str) -> dict:
+def whole_step(size: str, chunk: int, steps: int, teacher_dtype: str, trace_dir: str | None = None) -> dict:
     import jax
 
     from distil import sharding
@@ -170,12 +201,13 @@ def whole_step(size: str, chunk: int, steps: int, teacher_dtype: str) -> dict:
                 jax.block_until_ready(metrics)
 
             timing = benchlib.timed_median(step, steps=steps, warmup=1)
+            trace = traced_ops(step, hlo, f"{trace_dir}/{vocab_chunk_size}") if trace_dir else None
         cost = compiled.cost_analysis()
         cost = cost[0] if isinstance(cost, (list, tuple)) else cost
         out[name] = {**timing, "flops": info["flops"], "bytes_accessed": float(cost.get("bytes accessed", 0)),
                      "transcendentals": float(cost.get("transcendentals", 0)), "temp_bytes": info["temp_bytes"],
                      "argument_bytes": info["argument_bytes"], "compile_s": info["compile_s"],
-                     "largest_dots": largest_dots(hlo)}
+                     "largest_dots": largest_dots(hlo), "trace": trace}
         print(f"  {name}: {timing['median_s']:.2f} s", flush=True)
         del holder, state, compiled
     return out
@@ -188,6 +220,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--teacher-dtype", default="float32")
     parser.add_argument("--skip-parts", action="store_true")
+    parser.add_argument("--no-trace", action="store_true", help="skip the jax.profiler trace of each step")
     parser.add_argument("--out")
     args = parser.parse_args()
 
@@ -197,7 +230,9 @@ def main() -> None:
     results = {"machine": machine, "matmul_peak_flops": peak}
     if not args.skip_parts:
         results["parts"] = parts(args.size, args.chunk, args.steps, args.teacher_dtype)
-    results["steps"] = whole_step(args.size, args.chunk, args.steps, args.teacher_dtype)
+    with tempfile.TemporaryDirectory(prefix="profile_step-") as trace_dir:
+        results["steps"] = whole_step(args.size, args.chunk, args.steps, args.teacher_dtype,
+                                      None if args.no_trace else trace_dir)
     rows = []
     for name, row in {**results.get("parts", {}), **results["steps"]}.items():
         rows.append([name, f"{row['median_s']:.2f}", f"{row['flops'] / 1e9:,.0f}",
@@ -210,6 +245,13 @@ def main() -> None:
         print(benchlib.markdown_table(["op", "dtype", "lhs", "out", "GFLOP"], [
             [d["name"], d["dtype"], "x".join(map(str, d["lhs"])), "x".join(map(str, d["out"])),
              f"{d['flops'] / 1e9:,.1f}"] for d in row["largest_dots"]]))
+    for name, row in results["steps"].items():
+        if row["trace"]:
+            print(f"\n{name}: the XLA CPU runtime's ops by time (jax.profiler, one step, all threads: "
+                  f"{row['trace']['total_op_s']:.1f} op-seconds)")
+            print(benchlib.markdown_table(["op", "s", "share", "from"], [
+                [op["op"], f"{op['s']:.2f}", f"{100 * op['share']:.1f}%", op["source"][-100:]]
+                for op in row["trace"]["top"]], align="lrrl"))
     results["markdown"] = table
     benchlib.write_json(args.out, results)
 

@@ -158,8 +158,8 @@ def test_accumulated_update_equals_the_full_batch_update(name):
 @pytest.mark.parametrize("name", ["recipe", "every_term"])
 def test_chunked_vocabulary_step_equals_the_full_logits_step(name):
     """`vocab_chunk_size` > 0 (no [batch, length, vocab] logits, the gradient fused into the forward pass) gives the
-    same update and metrics as the step on full logits, with chunks that do not divide the length (12 = 5 + 5 + 2)
-    and the uneven masks of `_batch`; the models' other outputs are unchanged by the flag."""
+    same update and metrics as the step on full logits (16 positions per chunk: 4 rows x 4 of the 12 positions),
+    with the uneven masks of `_batch`; the models' other outputs are unchanged by the flag."""
     objective, kind = OBJECTIVES[name]
     teacher, student = _models(kind)
     teacher_graphdef, teacher_params = nnx.split(teacher)
@@ -168,7 +168,7 @@ def test_chunked_vocabulary_step_equals_the_full_logits_step(name):
     tx = optax.sgd(1.0)
     state = TrainState(step=jnp.zeros((), jnp.int32), rng=jax.random.key_data(jax.random.key(0)), params=params,
                        opt_state=tx.init(params))
-    chunked = dataclasses.replace(objective, vocab_chunk_size=5)
+    chunked = dataclasses.replace(objective, vocab_chunk_size=16)
     assert chunked.chunked_vocabulary and not objective.chunked_vocabulary
     results = []
     for each in (objective, chunked):

@@ -384,19 +384,22 @@ def test_model_attentions_and_qkv_match_transformers(architecture, tmp_path):
 # The vocabulary terms in chunks of positions: values and gradients equal the plain losses on full logits.
 
 
+CHUNK_LENGTH, CHUNK_LENGTHS = 8, [8, 5, 2]  # a length with divisors 1, 2, 4, 8 for the chunks
+
+
 def _decoder_batch(seed=0, vocab=VOCAB, width=HIDDEN):
-    """MLM-head hidden states and tied decoders of both models, the uneven masks of `reference_batch`."""
+    """MLM-head hidden states and tied decoders of both models; uneven padding, a row with a single MLM target."""
     rng = np.random.default_rng(seed)
-    arrays = dict(student_hidden=rng.normal(size=(BATCH, LENGTH, width)),
-                  teacher_hidden=rng.normal(size=(BATCH, LENGTH, width)),
+    arrays = dict(student_hidden=rng.normal(size=(BATCH, CHUNK_LENGTH, width)),
+                  teacher_hidden=rng.normal(size=(BATCH, CHUNK_LENGTH, width)),
                   student_embedding=rng.normal(size=(vocab, width)), student_bias=rng.normal(size=(vocab,)),
                   teacher_embedding=rng.normal(size=(vocab, width)), teacher_bias=rng.normal(size=(vocab,)))
     arrays = {name: jnp.asarray(value, jnp.float32) for name, value in arrays.items()}
-    mlm_labels = np.full((BATCH, LENGTH), -100, np.int32)
-    for row, col in [(0, 1), (0, 3), (0, 6), (1, 0), (1, 2), (2, 1)]:
+    mlm_labels = np.full((BATCH, CHUNK_LENGTH), -100, np.int32)
+    for row, col in [(0, 1), (0, 3), (0, 7), (1, 0), (1, 4), (2, 1)]:
         mlm_labels[row, col] = rng.integers(0, vocab)
     mlm_labels[0, 3] = vocab - 1  # the last vocabulary row is a target too
-    return arrays, jnp.asarray(_attention_mask()), jnp.asarray(mlm_labels)
+    return arrays, jnp.asarray(_attention_mask(CHUNK_LENGTHS, CHUNK_LENGTH)), jnp.asarray(mlm_labels)
 
 
 def _plain_vocabulary(arrays, mask, mlm_labels, coefficients, temperature, ce_weights):
@@ -419,12 +422,12 @@ def _chunked_vocabulary(arrays, mask, mlm_labels, coefficients, temperature, ce_
 
 
 @pytest.mark.parametrize("coefficients,chunk_size,restrict_ce_to_mask,temperature", [
-    ({"ce": 1.0}, 3, False, 2.0),  # 7 positions in chunks of 3: the last chunk is padded
-    ({"mlm": 1.0}, 2, False, 1.0),
-    ({"mse": 1.0}, 1, True, 1.0),
-    ({"ce": 5.0 / 13, "mlm": 2.0 / 6, "mse": 0.5 / 13}, 4, False, 2.0),  # the trainer's alpha / count
-    ({"ce": 0.3, "mlm": 1.7}, 7, True, 3.0),  # one chunk
-    ({"ce": 0.3, "mlm": 1.7, "mse": 0.01}, 100, False, 0.5),  # chunk longer than the sequences
+    ({"ce": 1.0}, 6, False, 2.0),  # 3 rows x 2 positions per chunk, 4 chunks
+    ({"mlm": 1.0}, 2, False, 1.0),  # fewer positions than rows: 1 position (of every row) per chunk
+    ({"mse": 1.0}, 3, True, 1.0),
+    ({"ce": 5.0 / 15, "mlm": 2.0 / 6, "mse": 0.5 / 15}, 12, False, 2.0),  # the trainer's alpha / count; 2 chunks
+    ({"ce": 0.3, "mlm": 1.7}, 20, True, 3.0),  # 20 / 3 rows -> 4 positions, the largest divisor of 8 <= 6
+    ({"ce": 0.3, "mlm": 1.7, "mse": 0.01}, 100, False, 0.5),  # one chunk
 ])
 def test_vocabulary_losses_and_gradients_equal_the_plain_losses(coefficients, chunk_size, restrict_ce_to_mask,
                                                                 temperature):

@@ -165,9 +165,10 @@ def get_config(arg=None):
     config.loss.minilm_student_layer = -1  # MiniLM-v2: the student's last layer ...
     config.loss.minilm_teacher_layer = -1  # ... against one teacher layer (MiniLM-v2 uses an upper-middle one)
     config.loss.minilm_relation_heads = 4 if runlocal else 12
-    # > 0: ce / mlm / mse computed this many length positions at a time from the MLM heads' hidden states and tied
-    # decoders, never building [batch, length, vocab] logits (forward or backward); 0: from full logits.
-    config.loss.vocab_chunk_size = 0
+    # > 0: ce / mlm / mse computed about this many positions at a time per device from the MLM heads' hidden states
+    # and tied decoders, never building [batch, length, vocab] logits (forward or backward); 0: from full logits.
+    # Equal to full logits up to rounding, as fast, and the step's largest buffers shrink to [512, vocab].
+    config.loss.vocab_chunk_size = 512
 
     # Vocabulary trimming (`languages=`): before distillation the teacher is cut to the tokens the training corpus
     # (config.data.corpus in config.data.languages) uses, plus the single characters of its scripts (distil.trim).

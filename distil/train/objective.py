@@ -10,7 +10,7 @@ gradient accumulator. `tests/test_distill.py` checks these counts against the on
 
 With `vocab_chunk_size` > 0 the vocabulary terms (ce, mlm, mse) never see [batch, length, vocab] logits: the models
 hand over their MLM heads' hidden states and tied decoders (`output_mlm_hidden`) and `losses.vocabulary_losses`
-applies the decoders `vocab_chunk_size` positions at a time, with the gradient of `Σ alpha_t · sum_t / total_t`
+applies the decoders about `vocab_chunk_size` positions at a time, with the gradient of `Σ alpha_t · sum_t / total_t`
 fused into its forward pass; `Objective.loss` is the one place that combines the terms either way.
 """
 
