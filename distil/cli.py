@@ -355,29 +355,29 @@ def _dry_run(config) -> int:
 def cmd_sweep(args) -> int:
     from distil import launch
 
-    config, points = launch.load_sweep(args.sweep)
+    sweep = launch.load_sweep(args.sweep, args.sweep_config, args.xnli)
     root = args.workdir or f"runs/{Path(args.sweep).stem}"
     if args.launcher == "local":
-        record = launch.run_local(config, points, Path(root))
+        record = launch.run_local(sweep, Path(root))
         failed = [name for name, entry in record.items() if entry["status"] != "finished"]
-        print(f"{len(points) - len(failed)} of {len(points)} point(s) finished in {root}"
-              + (f"; failed: {', '.join(failed)} (see {root}/sweep.json)" if failed else ""))
+        print(f"{len(sweep.points) - len(failed)} of {len(sweep.points)} point(s) finished in {root}"
+              + (f"; failed: {', '.join(failed)} (see {root}/{launch.SWEEP_RECORD})" if failed else "")
+              + f"; table: distil report {root} --out {root}/report")
         return 1 if failed else 0
     if args.launcher == "print":
-        print(launch.print_points(config, points, root))
+        print(launch.print_points(sweep, root))
     elif args.launcher == "tpu":
-        print(launch.tpu_commands(config, points, root, tpu=args.tpu, zone=args.zone, repo_dir=args.repo_dir))
+        print(launch.tpu_commands(sweep, root, tpu=args.tpu, zone=args.zone, repo_dir=args.repo_dir))
     elif args.launcher == "xpk":
-        print(launch.xpk_commands(config, points, root, cluster=args.cluster, device_type=args.device_type,
+        print(launch.xpk_commands(sweep, root, cluster=args.cluster, device_type=args.device_type,
                                   num_slices=args.num_slices, docker_image=args.docker_image))
     else:
         from distil.atomic import write_text_atomically
 
         out = Path(args.out or root)
         out.mkdir(parents=True, exist_ok=True)
-        for name, script in launch.slurm_scripts(config, points, root, nodes=args.nodes,
-                                                 gpus_per_node=args.gpus_per_node, repo_dir=args.repo_dir,
-                                                 partition=args.partition).items():
+        for name, script in launch.slurm_scripts(sweep, root, nodes=args.nodes, gpus_per_node=args.gpus_per_node,
+                                                 repo_dir=args.repo_dir, partition=args.partition).items():
             write_text_atomically(out / name, script)
             print(f"sbatch {out / name}")
     return 0
@@ -398,11 +398,11 @@ def cmd_xnli(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from distil.report import merge_reports
+    from distil.sweep_report import write_report
 
-    paths = merge_reports(args.runs, args.out)
+    paths = write_report(args.runs, args.out)
     print(paths["md"].read_text(encoding="utf-8"))
-    print(f"wrote {paths['json']}, {paths['md']}, {paths['png']}")
+    print("wrote " + ", ".join(str(path) for path in dict.fromkeys(paths.values())))
     return 0
 
 
@@ -523,6 +523,11 @@ def build_parser() -> argparse.ArgumentParser:
     sweep = commands.add_parser("sweep", help="run or launch every point of a sweep file")
     sweep.add_argument("sweep", help="a sweep file (CONFIG = 'name[:variant]', get_sweep() -> override dicts)")
     sweep.add_argument("--launcher", choices=("local", "print", "tpu", "slurm", "xpk"), default="print")
+    sweep.add_argument("--config", dest="sweep_config",
+                       help="start every point from this config[:variant] instead of the sweep file's CONFIG "
+                            "(e.g. distilmbert:runlocal here, distilmbert:tpu=v4-32 on a pod)")
+    sweep.add_argument("--xnli", help="fine-tune each point's student with this XNLI config[:variant] instead of the "
+                                      "sweep file's XNLI (e.g. distilmbert_xnli:runlocal)")
     sweep.add_argument("--workdir", help="root of the points' workdirs (default runs/<sweep name>)")
     sweep.add_argument("--repo-dir", default="~/distil", help="the checkout on the hosts (tpu, slurm)")
     sweep.add_argument("--tpu", default="my-tpu", help="TPU VM name (tpu)")
@@ -546,9 +551,14 @@ def build_parser() -> argparse.ArgumentParser:
     xnli.add_argument("--workdir", required=True, help="xnli_results.{json,md,png} and one folder per seed go here")
     xnli.set_defaults(run=cmd_xnli, takes_config=True,
                       interrupted="; rerun the same command to resume (finished seeds are kept)")
-    report = commands.add_parser("report", help="merge several runs' XNLI results into one table and plot")
-    report.add_argument("runs", nargs="+", metavar="RUN_DIR", help="workdirs of distil xnli (or xnli_results.json)")
-    report.add_argument("--out", required=True, help="folder for xnli_report.{json,md,png}")
+    report = commands.add_parser("report", help="gather runs (a sweep's points) into one table with plots",
+                                 epilog="Reads result files only: config.json, metrics.jsonl, summary.json of "
+                                        "distil distill, xnli_results.json of distil xnli.")
+    report.add_argument("runs", nargs="+", metavar="RUN_DIR",
+                        help="a sweep root (distil sweep --workdir), a distil distill workdir, or a distil xnli "
+                             "workdir (or its xnli_results.json)")
+    report.add_argument("--out", required=True,
+                        help="folder for sweep_report.{json,md}, loss_curves.png and xnli_report.{json,md,png}")
     report.set_defaults(run=cmd_report, interrupted="")
 
     bench = commands.add_parser("bench", help="run a benchmark of experiments/ (a checkout's bench_NAME.py)",

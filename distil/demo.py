@@ -30,6 +30,7 @@ from distil import hf, report
 from distil.atomic import write_atomically, write_text_atomically
 from distil.config import load_config
 from distil.models import parameter_count
+from distil.sweep_report import LOSS_TERMS
 from distil.train import distill, xnli
 from distil.train.metrics import read_metrics
 
@@ -112,7 +113,7 @@ def plot_loss_curves(metrics: dict[str, list[dict]], path: Path) -> None:
     figure, axes = plt.subplots(1, len(metrics), figsize=(6 * len(metrics), 4))
     for ax, (name, rows) in zip(np.atleast_1d(axes), metrics.items()):
         steps = [row["step"] for row in rows]
-        for term in ("loss", "ce", "mlm", "cos", "mse", "hidden_mse", "attention", "minilm"):
+        for term in LOSS_TERMS:
             if term in rows[0]:
                 ax.plot(steps, [row[term] for row in rows], label=term)
         ax.set_title(f"{name}: {'MLM pre-training' if name == 'teacher' else 'distillation'}")

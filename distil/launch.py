@@ -13,11 +13,18 @@ its overrides, so a rerun finds the same folders: `local` skips points whose `su
 interrupted ones (the trainer resumes from the workdir's checkpoint), records failures in `ROOT/sweep.json` and goes
 on. The other launchers run nothing: they print (or, for SLURM, write) the commands that start each point on every
 host of a slice or cluster; `jax.distributed.initialize()` (`distil distill --distributed`) finds the topology there.
+
+A sweep file may also set `XNLI = "distilmbert_xnli[:variant]"`: each point's student is then fine-tuned on English
+NLI and evaluated zero-shot (`distil xnli --workdir ROOT/<name>/xnli --config.init=ROOT/<name>`) once its
+distillation has finished, on one host (fine-tuning a student is small next to distilling it). `distil report ROOT`
+gathers the points' config differences, final losses and XNLI accuracies into one table.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import inspect
 import itertools
 import json
 import os
@@ -26,12 +33,14 @@ import shlex
 import subprocess
 import sys
 from pathlib import Path
-from typing import Callable, Iterable, Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 from distil.atomic import write_text_atomically
-from distil.config import ConfigError, import_file
+from distil.config import ConfigError, import_file, load_config
 
 LAUNCHERS = ("local", "print", "tpu", "slurm", "xpk")
+SWEEP_RECORD = "sweep.json"  # ROOT/sweep.json: each point's status and overrides (the local launcher)
+XNLI_DIR = "xnli"  # a point's XNLI run, inside its workdir
 Point = dict[str, object]
 
 
@@ -49,22 +58,40 @@ def zip_(*axes: Sequence[Point]) -> list[Point]:
     return [{key: value for point in combination for key, value in point.items()} for combination in zip(*axes)]
 
 
-def load_sweep(path: str | os.PathLike) -> tuple[str, list[Point]]:
-    """(config spec, points) of a sweep file."""
+@dataclasses.dataclass(frozen=True)
+class Sweep:
+    """A sweep file: the config every point starts from, the points' overrides, and the XNLI config that fine-tunes
+    each point's student afterwards (None: distillation only)."""
+
+    config: str
+    points: list[Point]
+    xnli: str | None = None
+
+
+def load_sweep(path: str | os.PathLike, config: str | None = None, xnli: str | None = None) -> Sweep:
+    """The sweep file at `path`; `config` and `xnli` replace its CONFIG and XNLI (e.g. the same ablation at
+    `distilmbert:runlocal` here and at `distilmbert:tpu=v4-32` on a pod). `get_sweep(config)` may take the resolved base config, so that
+    points can follow its shape (layer maps from `config.student.teacher_layers`)."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: sweep file not found")
     module = import_file(path, "sweep")
     if not isinstance(getattr(module, "CONFIG", None), str) or not callable(getattr(module, "get_sweep", None)):
         raise ConfigError(f"{path}: a sweep file defines CONFIG = 'name[:variant]' and get_sweep() -> list of dicts")
-    points = module.get_sweep()
+    xnli = xnli or getattr(module, "XNLI", None)
+    if xnli is not None and not isinstance(xnli, str):
+        raise ConfigError(f"{path}: XNLI must be an XNLI config 'name[:variant]' (e.g. 'distilmbert_xnli:runlocal'), "
+                          f"got {xnli!r}")
+    config = config or module.CONFIG
+    takes_config = len(inspect.signature(module.get_sweep).parameters) > 0
+    points = module.get_sweep(load_config(config)) if takes_config else module.get_sweep()
     if not points or not all(isinstance(point, Mapping) for point in points):
         raise ConfigError(f"{path}: get_sweep() must return a non-empty list of {{'KEY': value}} dicts")
     names = [point_name(point) for point in points]
     duplicated = sorted({name for name in names if names.count(name) > 1})
     if duplicated:
         raise ConfigError(f"{path}: points repeat: {', '.join(duplicated)}")
-    return module.CONFIG, [dict(point) for point in points]
+    return Sweep(config, [dict(point) for point in points], xnli)
 
 
 def point_name(point: Mapping[str, object]) -> str:
@@ -88,26 +115,39 @@ def distill_args(config: str, workdir: str, point: Mapping[str, object], *, dist
     return args + ["--distributed"] if distributed else args
 
 
+def xnli_args(xnli_config: str, workdir: str) -> list[str]:
+    """Fine-tunes the student that `distil distill` exported in `workdir`, into `workdir/xnli`."""
+    return ["python", "-m", "distil", "xnli", "--config", xnli_config, "--workdir", f"{workdir}/{XNLI_DIR}",
+            f"--config.init={workdir}"]
+
+
 # ---------------------------------------------------------------------------------------------------- launchers
 
 
-def run_local(config: str, points: Sequence[Point], root: Path, *, python: str = sys.executable,
-              log: Callable[[str], None] = print) -> dict:
-    """Runs the points one after another, each in its own process and workdir; returns (and writes) the record."""
-    record_path = root / "sweep.json"
+def run_local(sweep: Sweep, root: Path, *, python: str = sys.executable, log: Callable[[str], None] = print) -> dict:
+    """Runs the points one after another, each stage in its own process, each point in its own workdir; returns
+    (and writes, after every point) the record `ROOT/sweep.json`: {name: {"status", "overrides"}}."""
+    record_path = root / SWEEP_RECORD
     record = json.loads(record_path.read_text()) if record_path.exists() else {}
     root.mkdir(parents=True, exist_ok=True)
+    points = sweep.points
     for index, point in enumerate(points, 1):
         name = point_name(point)
         workdir = root / name
-        if (workdir / "summary.json").exists():
-            log(f"[{index}/{len(points)}] {name}: finished earlier, skipped")
-            record[name] = {"status": "finished", "overrides": point}
-            continue
-        log(f"[{index}/{len(points)}] {name}: running in {workdir}")
-        command = [python, *distill_args(config, str(workdir), point, distributed=False)[1:]]
-        done = subprocess.run(command)
-        status = "finished" if done.returncode == 0 else f"failed (exit {done.returncode})"
+        stages = [("distill", workdir / "summary.json", distill_args(sweep.config, str(workdir), point,
+                                                                     distributed=False))]
+        if sweep.xnli:
+            stages.append(("xnli", workdir / XNLI_DIR / "xnli_results.json", xnli_args(sweep.xnli, str(workdir))))
+        status = "finished"
+        for stage, done_file, args in stages:
+            if done_file.exists():
+                log(f"[{index}/{len(points)}] {name}: {stage} finished earlier, skipped")
+                continue
+            log(f"[{index}/{len(points)}] {name}: {stage} running in {done_file.parent}")
+            returncode = subprocess.run([python, *args[1:]]).returncode
+            if returncode != 0:
+                status = f"failed in {stage} (exit {returncode})"
+                break
         record[name] = {"status": status, "overrides": point}
         write_text_atomically(record_path, json.dumps(record, indent=2, default=str) + "\n")
         log(f"[{index}/{len(points)}] {name}: {status}")
@@ -115,31 +155,39 @@ def run_local(config: str, points: Sequence[Point], root: Path, *, python: str =
     return record
 
 
-def print_points(config: str, points: Sequence[Point], root: str) -> str:
-    lines = [f"{len(points)} point(s) of {config}:"]
-    for point in points:
+def print_points(sweep: Sweep, root: str) -> str:
+    then = f", then XNLI ({sweep.xnli}) in <workdir>/{XNLI_DIR}" if sweep.xnli else ""
+    lines = [f"{len(sweep.points)} point(s) of {sweep.config}{then}:"]
+    for point in sweep.points:
         lines.append(f"  {root}/{point_name(point)}  {' '.join(override_args(point)) or '(the config as it is)'}")
     return "\n".join(lines)
 
 
-def tpu_commands(config: str, points: Sequence[Point], root: str, *, tpu: str, zone: str, repo_dir: str) -> str:
-    """One `gcloud ... ssh --worker=all` line per point: every host of the slice runs the same command."""
+def tpu_commands(sweep: Sweep, root: str, *, tpu: str, zone: str, repo_dir: str) -> str:
+    """One `gcloud ... ssh --worker=all` line per point: every host of the slice runs the same command (each line
+    returns when the run ends); with XNLI, a second line fine-tunes the student on worker 0."""
     lines = []
-    for point in points:
-        inner = f"cd {repo_dir} && " + shlex.join(distill_args(config, f"{root}/{point_name(point)}", point,
-                                                               distributed=True))
-        lines.append(shlex.join(["gcloud", "compute", "tpus", "tpu-vm", "ssh", tpu, f"--zone={zone}", "--worker=all",
-                                 f"--command={inner}"]))
+    for point in sweep.points:
+        workdir = f"{root}/{point_name(point)}"
+        stages = [("all", distill_args(sweep.config, workdir, point, distributed=True))]
+        if sweep.xnli:
+            stages.append(("0", xnli_args(sweep.xnli, workdir)))
+        for workers, args in stages:
+            lines.append(shlex.join(["gcloud", "compute", "tpus", "tpu-vm", "ssh", tpu, f"--zone={zone}",
+                                     f"--worker={workers}", f"--command=cd {repo_dir} && {shlex.join(args)}"]))
     return "\n".join(lines)
 
 
-def slurm_scripts(config: str, points: Sequence[Point], root: str, *, nodes: int, gpus_per_node: int,
-                  repo_dir: str, partition: str | None) -> dict[str, str]:
-    """{file name: sbatch script} per point: one process per node driving its GPUs, the first node coordinating."""
+def slurm_scripts(sweep: Sweep, root: str, *, nodes: int, gpus_per_node: int, repo_dir: str,
+                  partition: str | None) -> dict[str, str]:
+    """{file name: sbatch script} per point: one process per node driving its GPUs, the first node coordinating;
+    with XNLI, one task on the first node fine-tunes the student afterwards."""
     scripts = {}
-    for point in points:
+    for point in sweep.points:
         name = point_name(point)
-        command = shlex.join(distill_args(config, f"{root}/{name}", point, distributed=True))
+        command = shlex.join(distill_args(sweep.config, f"{root}/{name}", point, distributed=True))
+        xnli = [f"srun --nodes=1 --ntasks=1 {shlex.join(xnli_args(sweep.xnli, f'{root}/{name}'))}"] if sweep.xnli \
+            else []
         scripts[f"{name}.sbatch"] = "\n".join([
             "#!/bin/bash",
             f"#SBATCH --job-name=distil-{name}"[:80],
@@ -155,17 +203,23 @@ def slurm_scripts(config: str, points: Sequence[Point], root: str, *, nodes: int
             "export COORDINATOR_ADDRESS=$(scontrol show hostnames \"$SLURM_JOB_NODELIST\" | head -n 1):12355",
             "export XLA_PYTHON_CLIENT_MEM_FRACTION=0.95",
             f"srun --ntasks={nodes} --ntasks-per-node=1 {command} --coordinator=\"$COORDINATOR_ADDRESS\"",
+            *xnli,
             "",
         ])
     return scripts
 
 
-def xpk_commands(config: str, points: Sequence[Point], root: str, *, cluster: str, device_type: str,
-                 num_slices: int, docker_image: str) -> str:
+def xpk_commands(sweep: Sweep, root: str, *, cluster: str, device_type: str, num_slices: int,
+                 docker_image: str) -> str:
+    """One `xpk workload create` per point; with XNLI, the first pod of the first slice (JobSet's JOB_INDEX and
+    JOB_COMPLETION_INDEX both 0) fine-tunes the student once the distillation has finished."""
     lines = []
-    for point in points:
+    for point in sweep.points:
         name = point_name(point)
-        command = shlex.join(distill_args(config, f"{root}/{name}", point, distributed=True))
+        command = shlex.join(distill_args(sweep.config, f"{root}/{name}", point, distributed=True))
+        if sweep.xnli:
+            command += (' && { [ "${JOB_INDEX:-0}${JOB_COMPLETION_INDEX:-0}" != 00 ] || '
+                        f"{shlex.join(xnli_args(sweep.xnli, f'{root}/{name}'))}; }}")
         device_flag = "--tpu-type" if device_type.startswith("v") else "--device-type"
         # GKE names: lowercase, at most 40 characters; the hash keeps truncated names of different points apart.
         slug = re.sub(r"[^a-z0-9-]+", "-", f"distil-{name}".lower())[:32].strip("-")

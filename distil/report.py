@@ -135,7 +135,7 @@ def _card_average(values: Mapping[str, float]) -> float | None:
     return None
 
 
-def _cell(mean: float | None, std: float = 0.0) -> str:
+def percent_cell(mean: float | None, std: float = 0.0) -> str:
     if mean is None or not math.isfinite(mean):
         return ""
     return f"{mean:.1f} ±{std:.1f}" if std else f"{mean:.1f}"
@@ -156,8 +156,8 @@ def split_table(runs: Sequence[Mapping], split: str, *, with_card: bool) -> str:
 
     def row(name: str, values: Mapping[str, float], stds: Mapping[str, float] | None = None, average=None,
             average_std=0.0, card=None) -> str:
-        cells = [_cell(values.get(language), (stds or {}).get(language, 0.0)) for language in languages]
-        return "| " + " | ".join([name, *cells, _cell(average, average_std), _cell(card)]) + " |"
+        cells = [percent_cell(values.get(language), (stds or {}).get(language, 0.0)) for language in languages]
+        return "| " + " | ".join([name, *cells, percent_cell(average, average_std), percent_cell(card)]) + " |"
 
     def ratio_row(name: str, student: Mapping[str, float], teacher: Mapping[str, float], average=None) -> str:
         ratios = {language: 100 * student[language] / teacher[language]
@@ -252,14 +252,3 @@ def write_files(runs: Sequence[Mapping], folder: str | os.PathLike, stem: str, j
     write_text_atomically(paths["md"], results_markdown(runs))
     plot_results(runs, paths["png"])
     return paths
-
-
-def merge_reports(run_paths: Sequence[str | os.PathLike], out_dir: str | os.PathLike) -> dict[str, Path]:
-    """`distil report`: the runs' results in one table and plot, `OUT/xnli_report.{json,md,png}`. Every file is read
-    and checked before anything is written."""
-    if not run_paths:
-        raise ReportError("no runs given; expected one or more workdirs of `distil xnli`")
-    runs = [read_results(path) for path in run_paths]
-    sources = [str(results_path(path)) for path in run_paths]
-    out_dir = make_output_folder(out_dir, "report folder")
-    return write_files(runs, out_dir, REPORT_STEM, {"runs": runs, "sources": sources})

@@ -8,9 +8,10 @@ import os
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from conftest import REPO
-from distil import cli, launch
+from distil import cli, launch, report
 from distil.config import ConfigError
 
 GOLDEN = Path(__file__).parent / "data" / "golden"
@@ -52,6 +53,47 @@ def test_slurm_scripts_match_the_golden_files(tmp_path, capsys):
     assert capsys.readouterr().out.count("sbatch ") == 4
 
 
+@pytest.mark.parametrize("launcher, extra", [
+    ("tpu", ["--tpu", "distil-v4-32", "--zone", "us-central2-b", "--workdir", "/mnt/shared/sweeps/o"]),
+    ("xpk", ["--cluster", "gke-v5p", "--device-type", "v5p-128", "--docker-image", "us-docker.pkg.dev/my/distil:latest",
+             "--workdir", "/gcs/sweeps/o"]),
+])
+def test_sweeps_with_xnli_chain_the_fine_tuning_on_one_host(launcher, extra, capsys):
+    """A sweep file with XNLI: after each point's distillation on every host, its student is fine-tuned and
+    evaluated on one (TPU worker 0; the first pod of the first slice on GKE); --config replaces the file's CONFIG and
+    the layer maps follow it."""
+    assert cli.main(["sweep", str(REPO / "experiments" / "objectives_sweep.py"), "--launcher", launcher, *extra,
+                     "--config", "distilmbert:tpu=v4-32"]) == 0
+    assert capsys.readouterr().out == (GOLDEN / f"objectives_{launcher}.txt").read_text()
+
+
+def test_slurm_script_with_xnli_matches_the_golden_file(tmp_path, capsys):
+    assert cli.main(["sweep", str(REPO / "experiments" / "objectives_sweep.py"), "--launcher", "slurm", "--workdir",
+                     "/scratch/sweeps/o", "--out", str(tmp_path), "--nodes", "1", "--gpus-per-node", "8",
+                     "--repo-dir", "/home/me/distil", "--config", "distilmbert:gpu=8xh100"]) == 0
+    script = tmp_path / "alpha_ce=5.0-alpha_mlm=2.0-alpha_cos=0.0-alpha_minilm=1.0-minilm_teacher_layer=9.sbatch"
+    assert script.read_text() == (GOLDEN / "objectives_minilm.sbatch").read_text()
+
+
+@pytest.mark.parametrize("sweep_file", sorted((REPO / "experiments").glob("*_sweep.py")), ids=lambda path: path.stem)
+@pytest.mark.parametrize("base", ["distilmbert", "distilmbert:runlocal"])
+def test_every_shipped_sweep_point_is_a_valid_config(sweep_file, base):
+    """Each point of each shipped sweep, at full size (mBERT's shapes) and at runlocal, resolves to a config the
+    trainer accepts, checked against the models' shapes (layer maps, widths, heads) as `distil distill` does."""
+    from distil.config import load_config
+    from distil.train import distill
+
+    sweep = launch.load_sweep(sweep_file, base)
+    assert sweep.config == base and len(sweep.points) >= 2
+    for point in sweep.points:
+        config = load_config(base, [arg.removeprefix("--config.") for arg in launch.override_args(point)])
+        distill.check_config(config, num_devices=8, process_count=1, dry_run=True)  # mBERT's shapes, no folder
+        vocab_size = 119_547
+        teacher = distill._teacher_config(config, vocab_size)
+        student = distill._student_config(config, teacher, vocab_size)
+        distill._check_models(config, distill._objective(config), teacher, student, vocab_size)
+
+
 def test_bad_sweep_files_name_the_file(tmp_path):
     bad = tmp_path / "bad.py"
     bad.write_text("CONFIG = 'distilmbert'\ndef get_sweep():\n    return [{'a': 1}, {'a': 1}]\n")
@@ -76,7 +118,7 @@ def test_two_point_local_sweep_runs_then_skips(tmp_path, capsys):
     assert cli.main(["sweep", str(sweep), "--launcher", "local", "--workdir", str(root)]) == 1  # one point fails
     record = json.loads((root / "sweep.json").read_text())
     statuses = {name.split("temperature=")[1]: entry["status"] for name, entry in record.items()}
-    assert statuses == {"1.0": "finished", "2.0": "finished", "0.0": "failed (exit 2)"}
+    assert statuses == {"1.0": "finished", "2.0": "finished", "0.0": "failed in distill (exit 2)"}
     for name, entry in record.items():
         if entry["status"] == "finished":
             assert (root / name / "student" / "model.safetensors").exists()
@@ -85,3 +127,47 @@ def test_two_point_local_sweep_runs_then_skips(tmp_path, capsys):
     assert cli.main(["sweep", str(sweep), "--launcher", "local", "--workdir", str(root)]) == 1
     out = capsys.readouterr().out
     assert out.count("finished earlier, skipped") == 2 and "2 of 3 point(s) finished" in out
+    _check_sweep_report(root, record, tmp_path / "report", capsys)
+
+
+def _xnli_results(test: dict[str, float]) -> dict:
+    """What `distil xnli` writes, for one seed (the report reads files only)."""
+    per_seed = [{"seed": 0, "selected_step": 8, "test": test, "dev": test}]
+    return {"model": "student", "family": "distilbert", **report.aggregate_seeds(per_seed), "seeds": per_seed}
+
+
+def _check_sweep_report(root: Path, record: dict, out: Path, capsys) -> None:
+    """`distil report ROOT`: a row per point in sweep.json's order with the one config field that differs, the final
+    loss terms of each summary.json, and XNLI accuracies where a point has them."""
+    names = list(record)
+    finished = [name for name in names if record[name]["status"] == "finished"]
+    (root / finished[1] / "xnli").mkdir()
+    (root / finished[1] / "xnli" / report.RESULTS_FILE).write_text(
+        json.dumps(_xnli_results({"en": 0.5, "fr": 0.4, "zh": 0.375})))
+    assert cli.main(["report", str(root), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    table = (out / "sweep_report.md").read_text()
+    assert table in printed
+    lines = [line for line in table.splitlines() if line.startswith("| ")]
+    header = [cell.strip() for cell in lines[0].strip("|").split("|")]
+    assert header[:4] == ["run", "status", "loss.temperature", "step"] and "mlm" in header and "ce" in header
+    rows = {cells[0]: dict(zip(header, cells)) for cells in
+            ([cell.strip() for cell in line.strip("|").split("|")] for line in lines[1:4])}
+    assert list(rows) == names  # sweep.json's order, the failed point with its status and override only
+    failed = next(name for name in names if name not in finished)
+    assert rows[failed]["status"] == "failed in distill (exit 2)" and rows[failed]["loss.temperature"] == "0.0"
+    assert rows[failed]["step"] == rows[failed]["loss"] == ""
+    for name in finished:
+        final = json.loads((root / name / "summary.json").read_text())["final"]
+        assert rows[name]["loss.temperature"] == str(record[name]["overrides"]["loss.temperature"])
+        assert rows[name]["status"] == "finished" and rows[name]["step"] == "2"
+        for term in ("loss", "ce", "mlm", "cos"):
+            assert float(rows[name][term]) == pytest.approx(final[term], rel=1e-3), (name, term)
+    xnli_row = next(line for line in lines if line.startswith(f"| {finished[1]} | 2.0 | 42.5 |"))
+    assert xnli_row.endswith("| 50.0 | 40.0 | 37.5 |")  # en fr zh, the XNLI paper's order; avg (50+40+37.5)/3
+    summary = json.loads((out / "sweep_report.json").read_text())
+    assert summary["differing_fields"] == ["loss.temperature"]
+    assert [run["xnli"] is not None for run in summary["runs"]] == [False, True, False]
+    for image in ("loss_curves.png", "xnli_report.png"):
+        with Image.open(out / image) as png:
+            assert png.format == "PNG"

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from distil import cli, report
+from distil import cli, report, sweep_report
 
 LANGUAGES = ("en", "fr", "es", "de", "ar", "zh", "ur")
 
@@ -80,7 +80,7 @@ def _write(path: Path, text: str) -> Path:
 
 
 @pytest.mark.parametrize("content, message", [
-    (None, r"no xnli_results\.json; expected the results of `distil xnli`"),
+    (None, r"no xnli_results\.json, config\.json or sweep\.json; expected a `distil xnli` workdir"),
     ("{oops", r"xnli_results\.json: not valid JSON"),
     ("[1]", r"xnli_results\.json: expected a JSON object, got list"),
     (json.dumps({k: v for k, v in TEACHER.items() if k != "test"}), r"xnli_results\.json: key 'test' is missing"),
@@ -96,7 +96,7 @@ def test_unreadable_results_are_named_and_nothing_is_written(tmp_path, capsys, c
     if content is not None:
         _write(bad / report.RESULTS_FILE, content)
     with pytest.raises(report.ReportError, match=message):
-        report.merge_reports([good, bad], tmp_path / "out")
+        sweep_report.write_report([good, bad], tmp_path / "out")
     assert not (tmp_path / "out").exists()
     assert cli.main(["report", str(good), str(bad), "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
