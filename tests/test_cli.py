@@ -368,11 +368,13 @@ def test_prepare_prints_a_summary_and_names_skipped_files(tmp_path, capsys):
 
 
 def test_ctrl_c_during_prepare_exits_130_and_a_rerun_finishes_identically(tmp_path, capsys):
-    """A real `distil prepare` with a worker process, interrupted as a terminal does (SIGINT to the process group)."""
+    """A real `distil prepare` with a worker process, interrupted as a terminal does (SIGINT to the process group).
+    The corpus is large enough (~240 shards, seconds of work) that the signal lands before the last shard even on a
+    fast idle machine (24 shards once finished within the polling interval)."""
     corpus = tmp_path / "corpus"
     corpus.mkdir()
     for lang in ("en", "de"):
-        (corpus / f"{lang}.txt").write_text(embedded_corpus_file(lang).read_text(encoding="utf-8") * 24,
+        (corpus / f"{lang}.txt").write_text(embedded_corpus_file(lang).read_text(encoding="utf-8") * 240,
                                             encoding="utf-8")
     argv = ["prepare", str(corpus), str(tmp_path / "out"), "--shard-size", "500"]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
@@ -388,7 +390,7 @@ def test_ctrl_c_during_prepare_exits_130_and_a_rerun_finishes_identically(tmp_pa
     assert process.returncode == 130, err
     assert err == "distil prepare: interrupted; finished shards are kept, rerun the same command to resume\n"
     interrupted = json.loads(index.read_text())
-    assert 0 < len(interrupted["shards"]) < 24 and not interrupted["complete"]
+    assert len(interrupted["shards"]) > 0 and not interrupted["complete"]
 
     code, out, _ = run([*argv, "--num-workers", "0"], capsys)
     assert code == 0 and f"reused {len(interrupted['shards'])} shard(s) of an earlier run" in out
