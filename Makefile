@@ -25,5 +25,14 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(TEST_ENV) $(BIN)/python -m pytest -q tests $(PYTEST_ARGS)
 
+# The performance benchmarks of experiments/PERFORMANCE.md, one after another (~30 min on 2 CPU cores); each writes
+# runs/bench/NAME.json and its printed tables to runs/bench/NAME.md.
+BENCHES := step inference input_vs_step scaling precision
+bench: $(STAMP)
+	mkdir -p runs/bench
+	for name in $(BENCHES); do \
+		JAX_PLATFORMS=cpu $(BIN)/distil bench $$name --out runs/bench/$$name.json | tee runs/bench/$$name.md || exit 1; \
+	done
+
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -535,8 +535,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
         if restored is not None:
             state = restored
             _log(f"resumed from {manager.directory} at step {start_step}")
-        _log(f"distil distill: {num_steps} steps of {batching.global_batch} sequences "
-             f"({batching.micro_batches} micro-batches) on mesh {dict(mesh.shape)}; terms "
+        unit = "packed rows" if batching.composition == "packed" else "sequences"
+        micro = f"{batching.micro_batches} micro-batch{'es' if batching.micro_batches > 1 else ''}"
+        _log(f"distil distill: {num_steps} steps of {batching.global_batch} {unit} ({micro}) on mesh "
+             f"{dict(mesh.shape)}; terms "
              + ", ".join(f"{objective.alpha(t):g}·{t}" for t in objective.terms))
 
         # Loop.
