@@ -73,9 +73,9 @@ def run_demo(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> d
     }
 
     seconds = {
-        "teacher": _stage("1/4 MLM pre-training of the teacher", stages["teacher"] / "summary.json",
+        "teacher": _stage("1/4 MLM pre-training of the teacher", stages["teacher"] / distill.SUMMARY_FILE,
                           lambda: distill.train_and_evaluate(teacher_config, stages["teacher"])),
-        "student": _stage("2/4 distilling the student", stages["student"] / "summary.json",
+        "student": _stage("2/4 distilling the student", stages["student"] / distill.SUMMARY_FILE,
                           lambda: distill.train_and_evaluate(student_config, stages["student"])),
     }
     for model in ("teacher", "student"):
@@ -92,8 +92,8 @@ def run_demo(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> d
     speed = measure_speedup(teacher_folder, student_folder, batch=config.speed_batch)
     summary = {
         "workdir": str(workdir), "seconds": seconds, "speed": speed,
-        "teacher": json.loads((stages["teacher"] / "summary.json").read_text()),
-        "student": json.loads((stages["student"] / "summary.json").read_text()),
+        "teacher": json.loads((stages["teacher"] / distill.SUMMARY_FILE).read_text()),
+        "student": json.loads((stages["student"] / distill.SUMMARY_FILE).read_text()),
         "xnli": {run["model"]: run["test"] for run in runs},
         "dry_run": full_recipe_dry_run(),
     }

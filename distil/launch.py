@@ -39,6 +39,7 @@ from distil.atomic import write_text_atomically
 from distil.config import ConfigError, import_file, load_config
 
 LAUNCHERS = ("local", "print", "tpu", "slurm", "xpk")
+SUMMARY_FILE = "summary.json"  # distil.train.distill.SUMMARY_FILE: a finished point (not imported: no jax here)
 SWEEP_RECORD = "sweep.json"  # ROOT/sweep.json: each point's status and overrides (the local launcher)
 XNLI_DIR = "xnli"  # a point's XNLI run, inside its workdir
 Point = dict[str, object]
@@ -134,7 +135,7 @@ def run_local(sweep: Sweep, root: Path, *, python: str = sys.executable, log: Ca
     for index, point in enumerate(points, 1):
         name = point_name(point)
         workdir = root / name
-        stages = [("distill", workdir / "summary.json", distill_args(sweep.config, str(workdir), point,
+        stages = [("distill", workdir / SUMMARY_FILE, distill_args(sweep.config, str(workdir), point,
                                                                      distributed=False))]
         if sweep.xnli:
             stages.append(("xnli", workdir / XNLI_DIR / "xnli_results.json", xnli_args(sweep.xnli, str(workdir))))

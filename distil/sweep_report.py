@@ -25,10 +25,11 @@ from typing import Mapping, Sequence
 from distil import report
 from distil.atomic import make_output_folder, write_atomically, write_text_atomically
 from distil.data.nli import xnli_languages
+from distil.launch import SWEEP_RECORD, XNLI_DIR
+from distil.train.distill import CONFIG_FILE, SUMMARY_FILE
+from distil.train.metrics import METRICS_FILE
 from distil.train.objective import TERMS
 
-CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, SWEEP_RECORD, XNLI_DIR = (
-    "config.json", "metrics.jsonl", "summary.json", "sweep.json", "xnli")
 LOSS_TERMS = ("loss", *TERMS)  # the weighted total, then each objective term as `distil distill` logs it
 STEM = "sweep_report"
 
@@ -87,8 +88,7 @@ def read_run(folder: Path, name: str) -> dict:
     xnli_file = folder / XNLI_DIR / report.RESULTS_FILE
     xnli = report.read_results(xnli_file) if xnli_file.is_file() else None
     return {"name": name, "folder": str(folder), "config": flatten(config), "complete": True, "status": status,
-            "final": final,
-            "seconds": summary.get("seconds") if summary else None, "curve": curve, "xnli": xnli}
+            "final": final, "seconds": summary.get("seconds") if summary else None, "curve": curve, "xnli": xnli}
 
 
 def _is_distill_run(folder: Path) -> bool:

@@ -1,5 +1,5 @@
 """The demo: the whole pipeline at laptop scale on the embedded default data (`distil demo`, the README's first
-command; about 6 minutes on 2 CPU cores).
+command; 3 min 40 s on 2 idle CPU cores).
 
     distil demo [--workdir runs/demo] [--config.teacher_steps=200 ...]
 

@@ -45,6 +45,7 @@ from distil.train.state import (OptimizerSettings, abstract_train_state, create_
 from distil.train.step import DistillStudent, frozen_paths, make_train_step
 
 CONFIG_FILE = "config.json"
+SUMMARY_FILE = "summary.json"  # written last: a finished run
 STUDENT_DIR = "student"
 TRIM_DIR = "trim"  # the trimmed tokenizer and kept_ids.json of a config.trim run
 
@@ -589,7 +590,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
         "seconds": time.perf_counter() - started,
     }
     if jax.process_index() == 0:
-        write_text_atomically(workdir / "summary.json", json.dumps(summary, indent=2) + "\n")
+        write_text_atomically(workdir / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
         _log(f"wrote {workdir / STUDENT_DIR} (Hugging Face folder), {workdir / 'metrics.jsonl'}")
     return summary
 
