@@ -4,10 +4,11 @@ pipeline next to the steps/s of the trainer's step, at the same batch shape (the
     python experiments/bench_input_vs_step.py [--sizes full,runlocal] [--seconds 5] [--out input.json]
     distil bench input_vs_step --out input.json
 
-Pipeline: exactly what `distil distill` runs per step on the host: the embedded corpus binarised with the size's
-tokenizer (`prepare_corpus`), length-grouped batches (`GroupedBatchSource`), MLM masking per micro-batch with
-count^-0.7 token probabilities (`MaskUpdate`), through grain with the trainer's read options (2 threads, prefetch
-4); timed for `--seconds`, and once more single-threaded without grain (the CPU cost of one batch). Step: the
+Pipeline: exactly what `distil distill` runs per step on the host (`distill.input_pipeline`, the trainer's own
+function): the embedded corpus binarised with the size's tokenizer (`prepare_corpus`), the config's batch
+composition (`GroupedBatchSource`; the recipe packs rows of 512), MLM masking per group of rows with count^-0.7
+token probabilities (`MaskUpdate`), through grain with the trainer's read options (2 threads, prefetch 4); timed
+for `--seconds`, and once more single-threaded without grain (the CPU cost of one batch). Step: the
 trainer's compiled step on the same shape (`bench_step`'s chunked float32 variant, in a fresh process). Both
 compete for the same cores during training, so the single-threaded rate is the honest one: its inverse is the
 share of a core the input costs per step.
@@ -28,13 +29,8 @@ import benchlib  # noqa: E402
 
 def pipeline_rates(size: str, seconds: float, workdir: Path) -> dict:
     """Batches/s of the trainer's pipeline for `size` (the same calls, in the same order, as train_and_evaluate)."""
-    import grain
-
-    from distil.data.batching import GroupedBatchSource
-    from distil.data.binarize import load_token_counts, open_binarized
-    from distil.data.masking import token_probs_from_counts
-    from distil.tokenization import default_vocab_path, load_tokenizer, special_token_ids
-    from distil.train.distill import MaskUpdate, prepare_corpus
+    from distil.tokenization import default_vocab_path, load_tokenizer
+    from distil.train.distill import input_pipeline, prepare_corpus
 
     config = bench_step.trainer_config(size)
     config.data.corpus = "embedded"
@@ -45,17 +41,8 @@ def pipeline_rates(size: str, seconds: float, workdir: Path) -> dict:
     started = time.perf_counter()
     prepare_corpus(config, tokenizer_path, data_dir)
     prepare_s = time.perf_counter() - started
-    sequences = open_binarized(data_dir)
-    specials = special_token_ids(tokenizer)
-    token_probs = token_probs_from_counts(load_token_counts(data_dir), [specials.pad, specials.unk, specials.cls,
-                                                                       specials.sep, specials.mask],
-                                          smoothing=config.masking.mlm_smoothing)
-    batching = config.batching
-    source = GroupedBatchSource(sequences, global_batch=batching.global_batch, max_length=config.data.max_length,
-                                seed=config.seed, pad_to_multiple=batching.pad_to_multiple,
-                                group_by_length=batching.group_by_length, process_index=0, process_count=1)
-    mask_update = MaskUpdate(token_probs, specials, tokenizer.get_vocab_size(), config.masking, seed=config.seed,
-                             micro_batches=batching.micro_batches)
+    pipeline = input_pipeline(config, data_dir, tokenizer, tokenizer.get_vocab_size())
+    source, mask_update, batching = pipeline.source, pipeline.mask_update, config.batching
 
     def measure(batches) -> dict:
         count = tokens = positions = 0
@@ -72,10 +59,8 @@ def pipeline_rates(size: str, seconds: float, workdir: Path) -> dict:
                 "padding_fraction": 1.0 - tokens / positions}
 
     single = measure(mask_update(step, source[step]) for step in range(len(source)))
-    dataset = grain.MapDataset.source(source).map_with_index(mask_update).to_iter_dataset(
-        grain.ReadOptions(num_threads=2, prefetch_buffer_size=4))
-    threaded = measure(iter(dataset))
-    return {"single_thread": single, "grain": threaded, "sequences": len(sequences), "prepare_s": prepare_s,
+    threaded = measure(iter(pipeline.dataset))
+    return {"single_thread": single, "grain": threaded, "sequences": len(pipeline.sequences), "prepare_s": prepare_s,
             "global_batch": batching.global_batch, "micro_batches": batching.micro_batches,
             "max_length": config.data.max_length}
 
@@ -116,7 +101,7 @@ def main(argv=None) -> None:
          "pipeline x step", "pipeline CPU per step"], rows, align="lllrrrrr")
     print("\n### Input pipeline (batching + masking) vs the step it feeds\n")
     print(table)
-    print(f"\nThe embedded corpus, lengths as they come (grouped, padded to the config's multiple); machine "
+    print(f"\nThe embedded corpus, batched as the config composes them (the recipe packs rows); machine "
           f"{machine['cpu']}, {machine['cores']} cores, load {machine['load_average']}.")
     results["markdown"] = table
     benchlib.write_json(args.out, results)

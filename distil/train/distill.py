@@ -30,7 +30,7 @@ from distil import hf, losses, sharding, trim
 from distil.atomic import write_text_atomically
 from distil.config import ConfigError
 from distil.data.batching import GlobalBatchError, GroupedBatchSource
-from distil.data.binarize import load_token_counts, open_binarized, prepare
+from distil.data.binarize import TokenSequences, load_token_counts, open_binarized, prepare
 from distil.data.embedded import embedded_corpus_dir
 from distil.data.masking import mask_batch, token_probs_from_counts
 from distil.models import (ModelConfig, abstract_model, create_model, mbert_base, model_class, parameter_count,
@@ -339,6 +339,42 @@ class MaskUpdate:
         return batch
 
 
+@dataclasses.dataclass
+class InputPipeline:
+    """What the trainer reads each step: the binarised corpus, its token counts, the per-host batch source, the
+    masking transform, and the grain dataset that applies it on 2 threads with 4 batches prefetched."""
+
+    sequences: TokenSequences
+    token_counts: np.ndarray
+    source: GroupedBatchSource
+    mask_update: MaskUpdate
+    dataset: grain.IterDataset
+
+
+def input_pipeline(config, data_dir: Path, tokenizer, vocab_size: int) -> InputPipeline:
+    """The host side of training over a corpus `prepare_corpus` wrote to `data_dir` (also what
+    experiments/bench_input_vs_step.py times)."""
+    sequences = open_binarized(data_dir)
+    token_counts = load_token_counts(data_dir)
+    specials = special_token_ids(tokenizer)
+    token_probs = token_probs_from_counts(token_counts, [specials.pad, specials.unk, specials.cls, specials.sep,
+                                                         specials.mask], smoothing=config.masking.mlm_smoothing)
+    batching = config.batching
+    try:
+        source = GroupedBatchSource(sequences, global_batch=batching.global_batch,
+                                    max_length=config.data.max_length, seed=config.seed,
+                                    pad_to_multiple=batching.pad_to_multiple, group_by_length=batching.group_by_length,
+                                    micro_batches=batching.micro_batches, composition=batching.composition)
+    except GlobalBatchError as err:
+        raise ConfigError(f"config.batching.global_batch={batching.global_batch}: {err}") from err
+    mask_update = MaskUpdate(token_probs, specials, vocab_size, config.masking, seed=config.seed,
+                             micro_batches=batching.micro_batches, group_size=config.masking.group_size,
+                             first_group=source.process_index * source.local_micro_rows // config.masking.group_size)
+    dataset = grain.MapDataset.source(source).map_with_index(mask_update).to_iter_dataset(
+        grain.ReadOptions(num_threads=2, prefetch_buffer_size=4))
+    return InputPipeline(sequences, token_counts, source, mask_update, dataset)
+
+
 # ------------------------------------------------------------------------------------------------------ step
 
 
@@ -486,31 +522,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
         from jax.experimental import multihost_utils
 
         multihost_utils.sync_global_devices("distil: corpus prepared")
-    sequences = open_binarized(data_dir)
-    token_counts = load_token_counts(data_dir)
-    specials = special_token_ids(tokenizer)
-    token_probs = token_probs_from_counts(token_counts, [specials.pad, specials.unk, specials.cls, specials.sep,
-                                                         specials.mask], smoothing=config.masking.mlm_smoothing)
+    pipeline = input_pipeline(config, data_dir, tokenizer, vocab_size)
     batching = config.batching
-    try:
-        source = GroupedBatchSource(sequences, global_batch=batching.global_batch,
-                                    max_length=config.data.max_length, seed=config.seed,
-                                    pad_to_multiple=batching.pad_to_multiple, group_by_length=batching.group_by_length,
-                                    micro_batches=batching.micro_batches, composition=batching.composition)
-    except GlobalBatchError as err:
-        raise ConfigError(f"config.batching.global_batch={batching.global_batch}: {err}") from err
-    num_steps = config.num_steps or config.num_epochs * source.batches_per_epoch
-    mask_update = MaskUpdate(token_probs, specials, vocab_size, config.masking, seed=config.seed,
-                             micro_batches=batching.micro_batches, group_size=config.masking.group_size,
-                             first_group=source.process_index * source.local_micro_rows // config.masking.group_size)
-    dataset = grain.MapDataset.source(source).map_with_index(mask_update).to_iter_dataset(
-        grain.ReadOptions(num_threads=2, prefetch_buffer_size=4))
-    iterator = iter(dataset)
+    num_steps = config.num_steps or config.num_epochs * pipeline.source.batches_per_epoch
+    iterator = iter(pipeline.dataset)
     data_settings = {
         "seed": config.seed, "global_batch": batching.global_batch, "micro_batches": batching.micro_batches,
         "max_length": config.data.max_length, "pad_to_multiple": batching.pad_to_multiple,
         "group_by_length": batching.group_by_length, "composition": batching.composition,
-        "masking": dict(config.masking), "corpus": corpus_fingerprint(sequences, token_counts),
+        "masking": dict(config.masking), "corpus": corpus_fingerprint(pipeline.sequences, pipeline.token_counts),
     }
 
     with sharding.activation_rules(mesh, rules):
