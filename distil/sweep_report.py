@@ -175,32 +175,32 @@ def runs_table(runs: Sequence[Mapping]) -> tuple[str, list[str], list[str]]:
         final = run["final"]
         cells = [run["name"], run["status"], *(_setting(run["config"].get(key)) for key in fields),
                  _number(final.get("step")), *(_number(final.get(term)) for term in terms),
-                 _number(final.get("tokens_per_sec"), 3),
+                 f"{final['tokens_per_sec']:,.0f}" if final.get("tokens_per_sec") is not None else "",
                  _number(run["seconds"] / 60, 2) if run["seconds"] is not None else ""]
         lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
     return "\n".join(lines), fields, terms
 
 
-def xnli_table(runs: Sequence[Mapping], fields: Sequence[str]) -> str:
-    """XNLI test accuracy (%) per language and average, a row per run that has XNLI results."""
+def xnli_table(runs: Sequence[Mapping]) -> str:
+    """XNLI test accuracy (%) per language and average, a row per run that has XNLI results (the runs table above
+    gives each run's settings)."""
     with_xnli = [run for run in runs if run["xnli"]]
     languages = [language for language in xnli_languages()
                  if any(language in run["xnli"]["test"] for run in with_xnli)]
-    header = ["run", *fields, "avg", *languages]
-    lines = ["| " + " | ".join(header) + " |",
-             "|" + "|".join(["---"] * (1 + len(fields)) + ["---:"] * (1 + len(languages))) + "|"]
+    header = ["run", "avg", *languages]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (1 + len(languages))) + "|"]
     for run in with_xnli:
         test, std = run["xnli"]["test"], run["xnli"]["std"]
-        cells = [run["name"], *(_setting(run["config"].get(key)) for key in fields),
-                 report.percent_cell(100 * run["xnli"]["average"]["test"], 100 * std["average"].get("test", 0.0)),
-                 *(report.percent_cell(100 * test[language], 100 * std["test"].get(language, 0.0)) if language in test
-                   else "" for language in languages)]
+        cells = [run["name"], report.percent_cell(100 * run["xnli"]["average"]["test"],
+                                                  100 * std["average"].get("test", 0.0)),
+                 *(report.percent_cell(100 * test[language], 100 * std["test"].get(language, 0.0))
+                   if language in test else "" for language in languages)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
 def markdown(runs: Sequence[Mapping], xnli_only: Sequence[Mapping], sources: Sequence[str]) -> str:
-    table, fields, _ = runs_table(runs)
+    table, _, _ = runs_table(runs)
     parts = ["# Distillation runs", "",
              f"{len(runs)} run(s) from {', '.join(sources)}. Columns: the config fields that differ between runs, "
              "then the last logged step's loss terms (each the mean per counted position of that step's update), "
@@ -210,7 +210,7 @@ def markdown(runs: Sequence[Mapping], xnli_only: Sequence[Mapping], sources: Seq
         parts += ["## XNLI zero-shot test accuracy (%)", "",
                   "Each run's student fine-tuned on English NLI and evaluated on every language "
                   "(mean ±std over seeds); beside the model card in [xnli_report.md](xnli_report.md).", "",
-                  xnli_table(runs, fields), "", "![XNLI](xnli_report.png)", ""]
+                  xnli_table(runs), "", "![XNLI](xnli_report.png)", ""]
     elif xnli_only:
         parts += ["XNLI runs given alone: see [xnli_report.md](xnli_report.md).", ""]
     return "\n".join(parts)
@@ -219,10 +219,20 @@ def markdown(runs: Sequence[Mapping], xnli_only: Sequence[Mapping], sources: Seq
 # ---------------------------------------------------------------------------------------------------- plots
 
 
-def short_label(run: Mapping, fields: Sequence[str]) -> str:
-    """'temperature=2.0, alpha_ce=5.0': the run's values of the differing fields (its folder name if none)."""
-    parts = [f"{key.rsplit('.', 1)[-1]}={_setting(run['config'][key])}" for key in fields if key in run["config"]]
-    return ", ".join(parts) or run["name"]
+def short_labels(runs: Sequence[Mapping], fields: Sequence[str]) -> dict[str, str]:
+    """{run name: 'alpha_minilm=1.0, minilm_teacher_layer=3'}: each run's differing fields where its value is not the
+    one most runs share (every value, where no value is shared by most); the run's name where nothing is left."""
+    labels = {}
+    for run in runs:
+        parts = []
+        for key in fields:
+            values = [repr(other["config"].get(key)) for other in runs]
+            counts = sorted(((values.count(value), value) for value in set(values)), reverse=True)
+            common = counts[0][1] if counts[0][0] > 1 and (len(counts) == 1 or counts[1][0] < counts[0][0]) else None
+            if key in run["config"] and repr(run["config"][key]) != common:
+                parts.append(f"{key.rsplit('.', 1)[-1]}={_setting(run['config'][key])}")
+        labels[run["name"]] = ", ".join(parts) or run["name"]
+    return labels
 
 
 def plot_loss_curves(runs: Sequence[Mapping], fields: Sequence[str], path: str | os.PathLike) -> None:
@@ -234,6 +244,7 @@ def plot_loss_curves(runs: Sequence[Mapping], fields: Sequence[str], path: str |
     columns = min(len(terms), 3) or 1
     rows = -(-len(terms) // columns) or 1
     figure = Figure(figsize=(4.5 * columns, 3.2 * rows + 0.3 * len(runs)), layout="constrained")
+    labels = short_labels(runs, fields)
     lines = {}
     for index, term in enumerate(terms):
         axes = figure.add_subplot(rows, columns, index + 1)
@@ -242,7 +253,7 @@ def plot_loss_curves(runs: Sequence[Mapping], fields: Sequence[str], path: str |
             if points:
                 (line,) = axes.plot(*zip(*points), marker="." if len(points) < 30 else None,
                                     color=f"C{run_index % 10}")
-                lines[run["name"]] = (line, short_label(run, fields))
+                lines[run["name"]] = (line, labels[run["name"]])
         axes.set_title(term)
         axes.set_xlabel("step")
         axes.set_yscale("log")
@@ -262,7 +273,8 @@ def write_report(paths: Sequence[str | os.PathLike], out_dir: str | os.PathLike)
         raise report.ReportError("no runs given; expected sweep roots or workdirs of `distil distill` / `distil xnli`")
     runs, xnli_only = collect(paths)
     fields = differing_fields(runs)
-    xnli_runs = [{**run["xnli"], "model": short_label(run, fields)} for run in runs if run["xnli"]] + list(xnli_only)
+    labels = short_labels(runs, fields)
+    xnli_runs = [{**run["xnli"], "model": labels[run["name"]]} for run in runs if run["xnli"]] + list(xnli_only)
     out_dir = make_output_folder(out_dir, "report folder")
     written = {}
     if runs:
