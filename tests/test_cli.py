@@ -385,9 +385,11 @@ def test_ctrl_c_during_prepare_exits_130_and_a_rerun_finishes_identically(tmp_pa
     while not (index.exists() and json.loads(index.read_text())["shards"]):
         assert process.poll() is None and time.monotonic() < deadline, process.communicate()
         time.sleep(0.01)
+    seen = json.loads(index.read_text())
     os.killpg(process.pid, signal.SIGINT)
     out, err = process.communicate(timeout=60)
-    assert process.returncode == 130, err
+    # Said in full if it fails: how far prepare was when the signal was sent, and what it printed.
+    assert process.returncode == 130, (len(seen["shards"]), seen["complete"], out, err)
     assert err == "distil prepare: interrupted; finished shards are kept, rerun the same command to resume\n"
     interrupted = json.loads(index.read_text())
     assert len(interrupted["shards"]) > 0 and not interrupted["complete"]
