@@ -36,8 +36,6 @@ def layouts(devices: int) -> dict[str, dict]:
 
 
 def worker(spec: dict) -> dict:
-    import jax
-
     from distil import sharding
 
     config = bench_step.trainer_config(spec["size"], vocab_chunk_size=spec["chunk"], mesh=spec["mesh"])
@@ -47,13 +45,7 @@ def worker(spec: dict) -> dict:
         return out
     batch = bench_step.random_batch(info["shape"], info["vocab_size"])
     with sharding.activation_rules(mesh, rules):
-        batch = sharding.make_global_batch(batch, batch_sharding)
-        holder = {"state": state}
-
-        def step():
-            holder["state"], metrics = compiled(holder["state"], teacher_params, batch)
-            jax.block_until_ready(metrics)
-
+        step = bench_step.step_caller(compiled, state, teacher_params, sharding.make_global_batch(batch, batch_sharding))
         out.update(benchlib.timed_median(step, steps=spec["steps"], warmup=1))
     return out
 

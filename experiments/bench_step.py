@@ -137,6 +137,20 @@ def build_trainer_step(config, devices=None):
     return compiled, state, teacher_params, batch_sharding, mesh, rules, info
 
 
+def step_caller(compiled, state, teacher_params, batch):
+    """One training step as a call without arguments, for timing: the donated state is carried from call to call;
+    returns the step's metrics once computed."""
+    import jax
+
+    holder = {"state": state}
+
+    def step():
+        holder["state"], metrics = compiled(holder["state"], teacher_params, batch)
+        return jax.block_until_ready(metrics)
+
+    return step
+
+
 def random_batch(shape, vocab_size: int, seed: int = 0) -> dict:
     """[micro_batches, rows, length] real tokens (no padding), 15% of them MLM targets (the ids as labels)."""
     import numpy as np
@@ -150,8 +164,6 @@ def random_batch(shape, vocab_size: int, seed: int = 0) -> dict:
 
 
 def jax_worker(spec: dict) -> dict:
-    import jax
-
     from distil import sharding
 
     config = trainer_config(spec["size"], vocab_chunk_size=spec["vocab_chunk_size"],
@@ -159,13 +171,7 @@ def jax_worker(spec: dict) -> dict:
     compiled, state, teacher_params, batch_sharding, mesh, rules, info = build_trainer_step(config)
     batch = random_batch(info["shape"], info["vocab_size"])
     with sharding.activation_rules(mesh, rules):
-        batch = sharding.make_global_batch(batch, batch_sharding)
-        holder = {"state": state}
-
-        def step():
-            holder["state"], metrics = compiled(holder["state"], teacher_params, batch)
-            return jax.block_until_ready(metrics)
-
+        step = step_caller(compiled, state, teacher_params, sharding.make_global_batch(batch, batch_sharding))
         first = {key: float(value) for key, value in step().items()}  # also the first warm-up step
         timing = benchlib.timed_median(step, steps=spec["steps"], warmup=max(spec["warmup"] - 1, 0))
     analysis = {k: v for k, v in info.items() if k not in ("teacher", "student")}

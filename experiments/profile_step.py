@@ -182,8 +182,6 @@ def parts(size: str, chunk: int, steps: int, teacher_dtype: str) -> dict:
 
 
 def whole_step(size: str, chunk: int, steps: int, teacher_dtype: str, trace_dir: str | None = None) -> dict:
-    import jax
-
     from distil import sharding
 
     out = {}
@@ -193,13 +191,8 @@ def whole_step(size: str, chunk: int, steps: int, teacher_dtype: str, trace_dir:
         batch = bench_step.random_batch(info["shape"], info["vocab_size"])
         hlo = compiled.as_text()
         with sharding.activation_rules(mesh, rules):
-            batch = sharding.make_global_batch(batch, batch_sharding)
-            holder = {"state": state}
-
-            def step():
-                holder["state"], metrics = compiled(holder["state"], teacher_params, batch)
-                jax.block_until_ready(metrics)
-
+            step = bench_step.step_caller(compiled, state, teacher_params,
+                                          sharding.make_global_batch(batch, batch_sharding))
             timing = benchlib.timed_median(step, steps=steps, warmup=1)
             trace = traced_ops(step, hlo, f"{trace_dir}/{vocab_chunk_size}") if trace_dir else None
         cost = compiled.cost_analysis()
@@ -209,7 +202,7 @@ def whole_step(size: str, chunk: int, steps: int, teacher_dtype: str, trace_dir:
                      "argument_bytes": info["argument_bytes"], "compile_s": info["compile_s"],
                      "largest_dots": largest_dots(hlo), "trace": trace}
         print(f"  {name}: {timing['median_s']:.2f} s", flush=True)
-        del holder, state, compiled
+        del step, state, compiled
     return out
 
 
