@@ -37,6 +37,7 @@ from typing import Callable, Mapping, Sequence
 
 from distil.atomic import write_text_atomically
 from distil.config import ConfigError, import_file, load_config
+from distil.report import RESULTS_FILE
 
 LAUNCHERS = ("local", "print", "tpu", "slurm", "xpk")
 SUMMARY_FILE = "summary.json"  # distil.train.distill.SUMMARY_FILE: a finished point (not imported: no jax here)
@@ -71,8 +72,8 @@ class Sweep:
 
 def load_sweep(path: str | os.PathLike, config: str | None = None, xnli: str | None = None) -> Sweep:
     """The sweep file at `path`; `config` and `xnli` replace its CONFIG and XNLI (e.g. the same ablation at
-    `distilmbert:runlocal` here and at `distilmbert:tpu=v4-32` on a pod). `get_sweep(config)` may take the resolved base config, so that
-    points can follow its shape (layer maps from `config.student.teacher_layers`)."""
+    `distilmbert:runlocal` here and at `distilmbert:tpu=v4-32` on a pod). `get_sweep(config)` may take the resolved
+    base config, so that points can follow its shape (layer maps from `config.student.teacher_layers`)."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: sweep file not found")
@@ -138,7 +139,7 @@ def run_local(sweep: Sweep, root: Path, *, python: str = sys.executable, log: Ca
         stages = [("distill", workdir / SUMMARY_FILE, distill_args(sweep.config, str(workdir), point,
                                                                      distributed=False))]
         if sweep.xnli:
-            stages.append(("xnli", workdir / XNLI_DIR / "xnli_results.json", xnli_args(sweep.xnli, str(workdir))))
+            stages.append(("xnli", workdir / XNLI_DIR / RESULTS_FILE, xnli_args(sweep.xnli, str(workdir))))
         status = "finished"
         for stage, done_file, args in stages:
             if done_file.exists():

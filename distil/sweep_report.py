@@ -27,7 +27,7 @@ from distil.atomic import make_output_folder, write_atomically, write_text_atomi
 from distil.data.nli import xnli_languages
 from distil.launch import SWEEP_RECORD, XNLI_DIR
 from distil.train.distill import CONFIG_FILE, SUMMARY_FILE
-from distil.train.metrics import METRICS_FILE
+from distil.train.metrics import METRICS_FILE, read_metrics
 from distil.train.objective import TERMS
 
 LOSS_TERMS = ("loss", *TERMS)  # the weighted total, then each objective term as `distil distill` logs it
@@ -42,21 +42,6 @@ def _read_json(path: Path):
         return json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise report.ReportError(f"{path}: not valid JSON ({err})") from None
-
-
-def _read_metrics(path: Path) -> list[dict]:
-    rows = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise report.ReportError(f"{path}:{number}: not a JSON object ({err})") from None
-        if not isinstance(row, dict) or not isinstance(row.get("step"), int):
-            raise report.ReportError(f"{path}:{number}: expected an object with an integer 'step'")
-        rows.append(row)
-    return rows
 
 
 def flatten(config: Mapping, prefix: str = "") -> dict[str, object]:
@@ -75,7 +60,7 @@ def read_run(folder: Path, name: str) -> dict:
     config = _read_json(folder / CONFIG_FILE)
     if not isinstance(config, dict):
         raise report.ReportError(f"{folder / CONFIG_FILE}: expected a JSON object (the run's config)")
-    curve = _read_metrics(folder / METRICS_FILE) if (folder / METRICS_FILE).is_file() else []
+    curve = read_metrics(folder / METRICS_FILE)
     summary = _read_json(folder / SUMMARY_FILE) if (folder / SUMMARY_FILE).is_file() else None
     if summary is not None:
         if not isinstance(summary, dict) or not isinstance(summary.get("final"), dict):
@@ -258,8 +243,8 @@ def plot_loss_curves(runs: Sequence[Mapping], fields: Sequence[str], path: str |
         axes.set_xlabel("step")
         axes.set_yscale("log")
     if lines:
-        figure.legend([line for line, _ in lines.values()], [label for _, label in lines.values()], loc="outside lower center",
-                      fontsize="small", ncols=1 if len(lines) > 4 else len(lines))
+        figure.legend([line for line, _ in lines.values()], [label for _, label in lines.values()],
+                      loc="outside lower center", fontsize="small", ncols=1 if len(lines) > 4 else len(lines))
     write_atomically(path, lambda handle: figure.savefig(handle, format="png", dpi=100))
 
 

@@ -45,7 +45,8 @@ def worker(spec: dict) -> dict:
         return out
     batch = bench_step.random_batch(info["shape"], info["vocab_size"])
     with sharding.activation_rules(mesh, rules):
-        step = bench_step.step_caller(compiled, state, teacher_params, sharding.make_global_batch(batch, batch_sharding))
+        step = bench_step.step_caller(compiled, state, teacher_params,
+                                      sharding.make_global_batch(batch, batch_sharding))
         out.update(benchlib.timed_median(step, steps=spec["steps"], warmup=1))
     return out
 

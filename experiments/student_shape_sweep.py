@@ -20,8 +20,9 @@ def get_sweep(config):
     width, heads = config.student.hidden_size, config.student.num_attention_heads
     if config.teacher.source == "checkpoint":  # the teacher's width comes from its folder: mBERT's 768
         width, heads = 768, 12
-    points.append({"student.init": "random", "student.num_hidden_layers": len(recipe), "student.hidden_size": width // 2,
-                   "student.num_attention_heads": heads // 2, "student.intermediate_size": 2 * width,
+    points.append({"student.init": "random", "student.num_hidden_layers": len(recipe),
+                   "student.hidden_size": width // 2, "student.num_attention_heads": heads // 2,
+                   "student.intermediate_size": 2 * width,
                    "loss.alpha_cos": 0.0, "loss.alpha_hidden_mse": 1.0,
                    "loss.hidden_layer_map": (0, *(layer + 1 for layer in recipe)), "loss.hidden_projection": True})
     return points

@@ -103,3 +103,15 @@ def test_unreadable_results_are_named_and_nothing_is_written(tmp_path, capsys, c
     assert err.startswith(f"distil report: error: {bad}") and err.count("\n") == 1
     assert cli.main(["report", str(good), "--out", str(tmp_path / "out"), "--config.seed=1"]) == 2
     assert "distil report takes no config" in capsys.readouterr().err
+
+
+def test_a_bad_metrics_line_is_named_with_file_and_line(tmp_path, capsys):
+    """`distil report` over a distill workdir reads metrics.jsonl with the trainer's reader, which names the line."""
+    run = tmp_path / "run"
+    run.mkdir()
+    _write(run / "config.json", json.dumps({"seed": 0, "loss": {"temperature": 2.0}}))
+    _write(run / "metrics.jsonl", '{"step": 1, "loss": 3.0}\n{"step": "two"}\n')
+    assert cli.main(["report", str(run), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"distil report: error: {run / 'metrics.jsonl'}:2: expected an object with an integer 'step'\n")
+    assert not (tmp_path / "out").exists()

@@ -21,11 +21,27 @@ from distil.atomic import write_text_atomically
 METRICS_FILE = "metrics.jsonl"
 
 
+class MetricsFileError(ValueError):
+    """A metrics.jsonl line that is not a JSON object with an integer 'step'; the message names file and line."""
+
+
 def read_metrics(path: str | Path) -> list[dict]:
+    """The logged rows of a metrics file ([] where there is none yet)."""
     path = Path(path)
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    rows = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise MetricsFileError(f"{path}:{number}: not a JSON object ({err})") from None
+        if not isinstance(row, dict) or not isinstance(row.get("step"), int):
+            raise MetricsFileError(f"{path}:{number}: expected an object with an integer 'step'")
+        rows.append(row)
+    return rows
 
 
 class MetricsWriter:
