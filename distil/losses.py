@@ -322,6 +322,9 @@ def minilm_relations(
 # The vocabulary terms (ce, mlm, mse) in chunks of positions, without [batch, length, vocab] logits.
 
 VOCABULARY_TERMS = ("ce", "mlm", "mse")
+# Padded vocabulary entries (a share that no tile size near the target divides) get this bias: their logits are
+# this in both models, so their exps are 0 and their logit difference is 0, and they add nothing to any term.
+_PAD_LOGIT = -1e9
 
 
 def vocabulary_losses(
@@ -330,6 +333,7 @@ def vocabulary_losses(
     *,
     coefficients: Mapping[str, float | jax.Array],
     chunk_size: int,
+    tile_size: int = 0,
     mlm_labels=None,
     teacher_hidden=None,
     teacher_decoder: tuple[jax.Array, jax.Array] | None = None,
@@ -338,11 +342,19 @@ def vocabulary_losses(
     temperature: float = 1.0,
 ) -> tuple[jax.Array, dict[str, Loss]]:
     """`soft_cross_entropy`, `masked_lm` and `logits_mse` of the logits `hidden @ embeddingᵀ + bias`, computed
-    about `chunk_size` positions at a time on each device, so neither model's [batch, length, vocab] logits ever
-    exist, forward or backward: the largest buffers are [chunk_size, vocab]. A chunk spans every row of the batch
-    and the same slice of the length: the largest divisor of `length` that is <= chunk_size / rows (rows per
-    device when the batch is split over devices; at least 1 position), so no chunk needs padding. Chunks of
-    ~512 positions keep the vocabulary matmuls about as efficient as one big one (XLA:CPU, 768 wide).
+    about `chunk_size` positions at a time on each device and, within a chunk, `tile_size` vocabulary entries at a
+    time (0: the whole vocabulary at once), so neither model's [batch, length, vocab] logits ever exist, forward or
+    backward. A chunk spans every row of the batch and the same slice of the length: the largest divisor of
+    `length` that is <= chunk_size / rows (rows per device when the batch is split over devices; at least 1
+    position), so no chunk needs padding. A tile is the largest divisor of each device's share of the vocabulary
+    that is <= tile_size, if at least half of it (mBERT's 119,547 = 37 x 3,231), else the share is padded to equal
+    tiles (`_vocabulary_tiles`).
+
+    Why tiles: with a whole-vocabulary chunk every elementwise pass (bias, max, exp, sums, the gradient, its
+    transposed copy) reads and writes [chunk, vocab] arrays of hundreds of MB from main memory; a [chunk, tile]
+    block of ~8 MB stays in the CPU's cache between the matmul that makes it and the passes that use it. On a
+    2-core CPU at full size this takes the vocabulary terms from ~5.0 to ~4.2 s, the four matmuls alone being
+    ~3.7 s (experiments/PERFORMANCE.md).
 
     student_hidden / teacher_hidden: the MLM heads' outputs before the decoder, [batch, length, hidden]
     (`EncoderOutput.mlm_hidden`); *_decoder: (word embedding table [vocab, hidden], bias [vocab]) as stored (the
@@ -353,13 +365,15 @@ def vocabulary_losses(
 
     Returns `(weighted, {term: (sum, count)})` with weighted = Σ_t c_t · sum_t. Only `weighted` carries a gradient
     (the per-term sums are metrics): one custom VJP computes it in the forward pass, as Liger-Kernel's fused
-    linear cross-entropy and MaxText's vocabulary tiling (`vocabulary_tiling.py`) do. Each chunk's logits give
-    d weighted / d logits in closed form (ce: c·w·T·(softmax(s/T) - softmax(t/T)); mlm: c·(softmax(s) - onehot);
-    mse: c·w·2(s - t)), which is turned into the hidden states', embeddings' and bias' gradients right away, so
-    the backward pass only scales them by the incoming cotangent. This costs the same four vocabulary matmuls as
-    plain autodiff (teacher and student logits, d hidden, d embedding), none recomputed, where a remat'ed scan
-    would run the teacher's and student's projections twice. The trainer passes c_t = alpha_t / update count_t,
-    so `weighted` is the micro-batch's share of the update's loss (see `distil.train.objective`).
+    linear cross-entropy and MaxText's vocabulary tiling (`vocabulary_tiling.py`) do. Per chunk, a first pass over
+    the tiles makes each tile's logits and keeps online softmax statistics (running max, normaliser, the KL's
+    cross term, the label's logit), storing only the tile's exps; a second pass turns the stored exps, rescaled to
+    the final statistics, into d weighted / d logits in closed form (ce: c·w·T·(softmax(s/T) - softmax(t/T)); mlm:
+    c·(softmax(s) - onehot); mse: c·w·2(s - t)) and at once into the tile's share of the hidden states', embeddings'
+    and bias' gradients, so the backward pass only scales them by the incoming cotangent. This costs the same four
+    vocabulary matmuls as plain autodiff (teacher and student logits, d hidden, d embedding), none recomputed. The
+    trainer passes c_t = alpha_t / update count_t, so `weighted` is the micro-batch's share of the update's loss
+    (see `distil.train.objective`).
     """
     terms = tuple(term for term in VOCABULARY_TERMS if term in coefficients)
     unknown = sorted(set(coefficients) - set(VOCABULARY_TERMS))
@@ -367,6 +381,8 @@ def vocabulary_losses(
         raise ValueError(f"coefficients must name some of {VOCABULARY_TERMS}, got {sorted(coefficients)}")
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    if tile_size < 0:
+        raise ValueError(f"tile_size must be >= 0 (0 = the whole vocabulary), got {tile_size}")
     if isinstance(temperature, (int, float)) and not temperature > 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
     student_hidden = jnp.asarray(student_hidden)
@@ -392,16 +408,19 @@ def vocabulary_losses(
             raise ValueError(f"mlm_labels must be [batch, length] = {[batch, length]}, got {list(mlm_labels.shape)}")
     else:
         mlm_labels = jnp.full((batch, length), IGNORE_INDEX, jnp.int32)
-    if not needs_teacher:  # placeholders the chunk function never reads
-        teacher_hidden, teacher_decoder = student_hidden[..., :0], (student_decoder[0][:, :0], student_decoder[1])
+    if not needs_teacher:  # placeholders the tile functions never read
+        teacher_hidden, teacher_decoder = student_hidden, student_decoder
     coefficient_vector = jnp.stack([_f32(coefficients[term]) for term in terms])
 
-    shards = _batch_shards(batch)
+    shards = _mesh_shards("batch", batch)
     rows = batch // shards
     chunk = max(divisor for divisor in range(1, length + 1)
                 if length % divisor == 0 and divisor <= max(chunk_size // rows, 1))
+    vocab = student_decoder[0].shape[0]
+    vocab_shards = _mesh_shards("act_vocab", vocab)
+    tile, tiles = _vocabulary_tiles(vocab // vocab_shards, tile_size)
     fused = _fused_vocabulary_losses(terms, float(temperature) if isinstance(temperature, (int, float))
-                                     else temperature, chunk, shards)
+                                     else temperature, chunk, shards, vocab_shards, tile, tiles)
     weighted, sums = fused(coefficient_vector, student_hidden, student_decoder[0], student_decoder[1],
                            teacher_hidden, teacher_decoder[0], teacher_decoder[1], ce_weights, mlm_labels,
                            mse_weights)
@@ -411,16 +430,30 @@ def vocabulary_losses(
     return weighted, {term: (sums[index], counts[term]) for index, term in enumerate(terms)}
 
 
-def _batch_shards(batch: int) -> int:
-    """Into how many parts the logical `batch` axis is split under the mesh and logical rules in scope (1 outside
-    them, or when `batch` rows do not divide evenly)."""
+def _mesh_shards(logical_axis: str, size: int) -> int:
+    """Into how many parts an array axis named `logical_axis` is split under the mesh and logical rules in scope (1
+    outside them, or when `size` does not divide evenly)."""
     mesh = jax.sharding.get_abstract_mesh()
-    spec = nn.logical_to_mesh_axes(("batch",)) if not mesh.empty else None
+    spec = nn.logical_to_mesh_axes((logical_axis,)) if not mesh.empty else None
     axes = spec[0] if spec else None
     if axes is None:
         return 1
     shards = math.prod(mesh.shape[axis] for axis in ((axes,) if isinstance(axes, str) else axes))
-    return shards if batch % shards == 0 else 1
+    return shards if size % shards == 0 else 1
+
+
+def _vocabulary_tiles(share: int, tile_size: int) -> tuple[int, int]:
+    """(tile, tiles) for a device's `share` of the vocabulary: the whole share when tile_size is 0 or larger; the
+    largest divisor of the share <= tile_size when it is at least tile_size / 2; else the fewest tiles of at most
+    tile_size (rounded up to a multiple of 8), the share padded to tiles x tile."""
+    if tile_size == 0 or tile_size >= share:
+        return share, 1
+    divisor = max(d for d in range(1, tile_size + 1) if share % d == 0)
+    if 2 * divisor >= tile_size:
+        return divisor, share // divisor
+    tiles = -(-share // tile_size)
+    tile = -(-share // tiles)
+    return min(-(-tile // 8) * 8, tile_size), tiles
 
 
 def _to_chunks(x: jax.Array, chunk: int) -> jax.Array:
@@ -429,120 +462,170 @@ def _to_chunks(x: jax.Array, chunk: int) -> jax.Array:
     return jnp.moveaxis(x.reshape(batch, length // chunk, chunk, *x.shape[2:]), 1, 0)
 
 
-def _chunk_logits(hidden, embedding, bias):
-    """[batch, chunk, hidden] @ [vocab, hidden]ᵀ + bias -> float32 [batch, chunk, vocab] (the MLM decoder)."""
-    logits = jnp.einsum("bch,vh->bcv", hidden, embedding, preferred_element_type=jnp.float32)
-    return nn.with_logical_constraint(logits + bias.astype(jnp.float32), ("batch", "length", "act_vocab"))
-
-
-def _chunk_terms(terms, temperature, coefficients, student_logits, teacher_logits, ce_weights, mlm_labels,
-                 mse_weights, with_gradient: bool):
-    """Each term's sum over one chunk per row ([len(terms), batch]) and, `with_gradient`, d(Σ_t c_t sum_t) /
-    d student_logits ([batch, chunk, vocab] float32; else None): the plain losses' values, rewritten so that every
-    pass over the vocabulary is one fused loop that recomputes its exps, and no probability array is ever stored
-    (the logits and the gradient are the only [batch, chunk, vocab] arrays). With e = exp((x - max x) / T) and
-    z = Σ e (per row):
-
-        KL(p_t || p_s) = Σ e_t (t - s) / (T z_t) - log z_t + log z_s - (max t - max s) / T
-        -log softmax(s)[y] = log z¹_s + max s - s_y          (z¹ the normaliser at T = 1)
-
-    so the teacher's two sums share one exp and, at the recipe's T = 2, the student's exp((s - max s) / 2)² is its
-    exp at T = 1: four exps per vocabulary entry in all, gradient included, where log_softmax and its probabilities
-    cost seven, and far less memory traffic than storing them.
-    """
-    sums, dlogits = [], None
-
-    def add(gradient):
-        nonlocal dlogits
-        dlogits = gradient if dlogits is None else dlogits + gradient
-
-    inverse = 1.0 / temperature
-    student_max = student_logits.max(-1, keepdims=True)  # [batch, chunk, 1]
-    student_exps = jnp.exp(inverse * (student_logits - student_max)) if "ce" in terms else None
-    for coefficient, term in zip(coefficients, terms):
-        if term == "ce":
-            student_norm = student_exps.sum(-1, keepdims=True)
-            teacher_max = teacher_logits.max(-1, keepdims=True)
-            teacher_exps = jnp.exp(inverse * (teacher_logits - teacher_max))
-            teacher_norm = teacher_exps.sum(-1, keepdims=True)
-            cross = (teacher_exps * (teacher_logits - student_logits)).sum(-1, keepdims=True)
-            kl = (inverse * cross / teacher_norm - jnp.log(teacher_norm) + jnp.log(student_norm)
-                  - inverse * (teacher_max - student_max))[..., 0]
-            sums.append((kl * (temperature**2) * ce_weights).sum(-1))
-            if with_gradient:  # d T²·KL / ds = T·(softmax(s/T) - softmax(t/T))
-                add((coefficient * temperature * ce_weights)[..., None]
-                    * (student_exps / student_norm - teacher_exps / teacher_norm))
-        elif term == "mlm":
-            is_target = mlm_labels != IGNORE_INDEX
-            safe_labels = jnp.where(is_target, mlm_labels, 0)
-            squared = student_exps is not None and isinstance(temperature, float) and temperature == 2.0
-            exps = student_exps * student_exps if squared else jnp.exp(student_logits - student_max)
-            norm = exps.sum(-1, keepdims=True)
-            label_logits = jnp.take_along_axis(student_logits, safe_labels[..., None], axis=-1)
-            sums.append(jnp.where(is_target, (jnp.log(norm) + student_max - label_logits)[..., 0], 0.0).sum(-1))
-            if with_gradient:  # d -log softmax(s)[y] / ds = softmax(s) - onehot(y)
-                onehot = jnp.arange(student_logits.shape[-1]) == safe_labels[..., None]
-                add((coefficient * is_target)[..., None] * (exps / norm - onehot))
-        elif term == "mse":
-            difference = student_logits - teacher_logits
-            sums.append(((difference**2).sum(-1) * mse_weights).sum(-1))
-            if with_gradient:
-                add((2.0 * coefficient * mse_weights)[..., None] * difference)
-    return jnp.stack(sums), dlogits
-
-
-def _fused_vocabulary_losses(terms: tuple[str, ...], temperature, chunk: int, shards: int):
-    """The custom-VJP function behind `vocabulary_losses` for static `terms`, temperature and chunk length:
+def _fused_vocabulary_losses(terms: tuple[str, ...], temperature, chunk: int, shards: int, vocab_shards: int,
+                             tile: int, tiles: int):
+    """The custom-VJP function behind `vocabulary_losses` for static terms, temperature, chunk length and tiling:
     (coefficients, student hidden, embedding, bias, teacher hidden, embedding, bias, ce_weights, mlm_labels,
     mse_weights) -> (weighted, sums [len(terms)]).
 
     `shards`: how many ways the batch is split over devices. The scan carries the embedding and bias gradients
     (and the sums) per batch shard, [shards, vocab, hidden], so each device accumulates its own rows' share
     locally and they are summed once after the scan: summing into one [vocab, hidden] carry would all-reduce it
-    across the data-parallel devices at every chunk.
+    across the data-parallel devices at every chunk. `vocab_shards`: how many ways the vocabulary is split (the
+    `act_vocab` rule); each device's share is cut into `tiles` tiles of `tile` entries, so tile k of every share is
+    processed at once and a tile's arrays are [batch, chunk, vocab_shards, tile].
+
+    With e = exp((x - m) / T) against a running max m, z = Σ e per row, and the per-tile maxes kept:
+        KL(p_t || p_s) = Σ e_t (t - s) / (T z_t) - log z_t + log z_s - (max t - max s) / T
+        -log softmax(s)[y] = log z¹_s + max s - s_y          (z¹ the normaliser at T = 1)
+    At the recipe's T = 2 the student's exp((s - m) / 2)² is its exp at T = 1: two exps per vocabulary entry in all,
+    gradient included.
     """
     needs_teacher = "ce" in terms or "mse" in terms
+    uses = {term: term in terms for term in VOCABULARY_TERMS}
+    squared = uses["ce"] and uses["mlm"] and isinstance(temperature, float) and temperature == 2.0
+    inverse = 1.0 / temperature
 
     def run(coefficients, student_hidden, student_embedding, student_bias, teacher_hidden, teacher_embedding,
             teacher_bias, ce_weights, mlm_labels, mse_weights, *, with_gradient: bool):
         batch, length, width = student_hidden.shape
+        vocab = student_embedding.shape[0]
+        share = vocab // vocab_shards
         compute_dtype = student_hidden.dtype
-        student_table = student_embedding.astype(compute_dtype)  # [vocab, hidden], cast once
-        teacher_table = teacher_embedding.astype(teacher_hidden.dtype)
+        coefficient = dict(zip(terms, coefficients))
+        student_tables = _tiled_decoder(student_embedding.astype(compute_dtype), student_bias, vocab_shards, tile,
+                                        tiles)
+        teacher_tables = (_tiled_decoder(teacher_embedding.astype(teacher_hidden.dtype), teacher_bias, vocab_shards,
+                                         tile, tiles) if needs_teacher else (None, None))
+        # Each label as an index into its vocabulary share (-1 in the other shares): [batch, length, vocab_shards].
+        local_labels = mlm_labels[..., None] - share * jnp.arange(vocab_shards)
+        local_labels = jnp.where((local_labels >= 0) & (local_labels < share), local_labels, -1)
         chunks = (_to_chunks(student_hidden, chunk), _to_chunks(teacher_hidden, chunk),
-                  _to_chunks(ce_weights, chunk), _to_chunks(mlm_labels, chunk),
-                  _to_chunks(mse_weights, chunk))
+                  _to_chunks(ce_weights, chunk), _to_chunks(mlm_labels != IGNORE_INDEX, chunk),
+                  _to_chunks(local_labels, chunk), _to_chunks(mse_weights, chunk))
+        tile_columns = jnp.arange(tile)
+        tile_axes = ("batch", "length", "act_vocab" if vocab_shards > 1 else None, None)
 
         def per_shard(x):  # [batch, ...] -> [shards, batch / shards, ...], split like the batch
             x = x.reshape(shards, x.shape[0] // shards, *x.shape[1:])
             return nn.with_logical_constraint(x, ("batch",) + (None,) * (x.ndim - 1))
 
-        def body(carry, chunk_inputs):
+        def logits(hidden, table, bias):  # -> float32 [batch, chunk, vocab_shards, tile]
+            out = jnp.einsum("bch,rvh->bcrv", hidden, table, preferred_element_type=jnp.float32) + bias
+            return nn.with_logical_constraint(out, tile_axes)
+
+        def rowwise(x, reduce):  # over a tile's (vocab_shards, tile) axes -> [batch, chunk]
+            return reduce(x, axis=(-2, -1))
+
+        def expand(x):  # [batch, chunk] -> [batch, chunk, 1, 1]
+            return x[..., None, None]
+
+        def chunk_body(carry, chunk_inputs):
             sums, d_embedding, d_bias = carry  # [shards, terms], [shards, vocab, hidden], [shards, vocab]
-            hidden, teacher_chunk, chunk_ce_weights, chunk_labels, chunk_mse_weights = chunk_inputs
-            student_logits = _chunk_logits(hidden, student_table, student_bias)  # [batch, chunk, vocab]
-            teacher_logits = (jax.lax.stop_gradient(_chunk_logits(teacher_chunk, teacher_table, teacher_bias))
-                              if needs_teacher else None)
-            chunk_sums, dlogits = _chunk_terms(terms, temperature, coefficients, student_logits, teacher_logits,
-                                               chunk_ce_weights, chunk_labels, chunk_mse_weights, with_gradient)
-            sums = sums + per_shard(chunk_sums.T).sum(1)  # [shards, terms]
+            hidden, teacher_chunk, weights, is_target, chunk_labels, chunk_mse_weights = chunk_inputs
+
+            def statistics(stats, tile_inputs):
+                index, student_table, student_tile_bias, teacher_table, teacher_tile_bias = tile_inputs
+                student_logits = logits(hidden, student_table, student_tile_bias)
+                teacher_logits = (jax.lax.stop_gradient(logits(teacher_chunk, teacher_table, teacher_tile_bias))
+                                  if needs_teacher else None)
+                new, stored = dict(stats), {}
+                if uses["ce"] or uses["mlm"]:
+                    new["student_max"] = jnp.maximum(stats["student_max"], rowwise(student_logits, jnp.max))
+                    stored["student_max"] = new["student_max"]
+                    shifted = student_logits - expand(new["student_max"])
+                    drop = stats["student_max"] - new["student_max"]  # rescales the sums so far
+                if uses["ce"]:
+                    student_exps = jnp.exp(inverse * shifted)
+                    new["student_norm"] = stats["student_norm"] * jnp.exp(inverse * drop) + rowwise(student_exps,
+                                                                                                     jnp.sum)
+                    new["teacher_max"] = jnp.maximum(stats["teacher_max"], rowwise(teacher_logits, jnp.max))
+                    teacher_exps = jnp.exp(inverse * (teacher_logits - expand(new["teacher_max"])))
+                    teacher_drop = jnp.exp(inverse * (stats["teacher_max"] - new["teacher_max"]))
+                    new["teacher_norm"] = stats["teacher_norm"] * teacher_drop + rowwise(teacher_exps, jnp.sum)
+                    new["cross"] = stats["cross"] * teacher_drop + rowwise(
+                        teacher_exps * (teacher_logits - student_logits), jnp.sum)
+                    stored.update(student_exps=student_exps, teacher_exps=teacher_exps,
+                                  teacher_max=new["teacher_max"])
+                if uses["mlm"]:
+                    exps_at_one = student_exps * student_exps if squared else jnp.exp(shifted)
+                    new["norm_at_one"] = stats["norm_at_one"] * jnp.exp(drop) + rowwise(exps_at_one, jnp.sum)
+                    hit = (chunk_labels - index * tile)[..., None] == tile_columns  # [batch, chunk, shards, tile]
+                    new["label_logit"] = stats["label_logit"] + rowwise(jnp.where(hit, student_logits, 0.0), jnp.sum)
+                    if not squared:
+                        stored["exps_at_one"] = exps_at_one
+                if uses["mse"]:
+                    difference = student_logits - teacher_logits
+                    new["squares"] = stats["squares"] + rowwise(difference * difference, jnp.sum)
+                    stored["difference"] = difference
+                return new, (stored if with_gradient else None)
+
+            rows_shape = hidden.shape[:2]
+            init = {}
+            if uses["ce"] or uses["mlm"]:
+                init["student_max"] = jnp.full(rows_shape, -jnp.inf)
+            if uses["ce"]:
+                init.update(student_norm=jnp.zeros(rows_shape), teacher_max=jnp.full(rows_shape, -jnp.inf),
+                            teacher_norm=jnp.zeros(rows_shape), cross=jnp.zeros(rows_shape))
+            if uses["mlm"]:
+                init.update(norm_at_one=jnp.zeros(rows_shape), label_logit=jnp.zeros(rows_shape))
+            if uses["mse"]:
+                init["squares"] = jnp.zeros(rows_shape)
+            stats, stored = jax.lax.scan(statistics, init, (jnp.arange(tiles), *student_tables, *teacher_tables))
+
+            chunk_sums = []  # per row of the chunk, [batch] each
+            for term in terms:
+                if term == "ce":
+                    kl = (inverse * stats["cross"] / stats["teacher_norm"] - jnp.log(stats["teacher_norm"])
+                          + jnp.log(stats["student_norm"]) - inverse * (stats["teacher_max"] - stats["student_max"]))
+                    chunk_sums.append((kl * (temperature**2) * weights).sum(-1))
+                elif term == "mlm":
+                    nll = jnp.log(stats["norm_at_one"]) + stats["student_max"] - stats["label_logit"]
+                    chunk_sums.append(jnp.where(is_target, nll, 0.0).sum(-1))
+                else:
+                    chunk_sums.append((stats["squares"] * chunk_mse_weights).sum(-1))
+            sums = sums + per_shard(jnp.stack(chunk_sums).T).sum(1)  # [shards, terms]
             if not with_gradient:
                 return (sums, d_embedding, d_bias), None
-            dlogits_compute = dlogits.astype(compute_dtype)
-            d_hidden = jnp.einsum("bcv,vh->bch", dlogits_compute, student_table, preferred_element_type=jnp.float32)
-            d_embedding = d_embedding + jnp.einsum("sbcv,sbch->svh", per_shard(dlogits_compute), per_shard(hidden),
-                                                   preferred_element_type=jnp.float32)
-            # Σ over positions as a matrix-vector product: XLA:CPU's column reduction is ~15x slower than a GEMV.
-            shard_dlogits = per_shard(dlogits)
-            d_bias = d_bias + jnp.einsum("sbc,sbcv->sv", jnp.ones(shard_dlogits.shape[:3], jnp.float32),
+
+            def gradients(d_hidden, tile_inputs):
+                index, tile_stored, student_table = tile_inputs
+                dlogits = 0.0
+                if uses["ce"]:  # d T²·KL / ds = T·(softmax(s/T) - softmax(t/T))
+                    student_scale = jnp.exp(inverse * (tile_stored["student_max"] - stats["student_max"]))
+                    teacher_scale = jnp.exp(inverse * (tile_stored["teacher_max"] - stats["teacher_max"]))
+                    dlogits = expand(coefficient["ce"] * temperature * weights) * (
+                        tile_stored["student_exps"] * expand(student_scale / stats["student_norm"])
+                        - tile_stored["teacher_exps"] * expand(teacher_scale / stats["teacher_norm"]))
+                if uses["mlm"]:  # d -log softmax(s)[y] / ds = softmax(s) - onehot(y)
+                    exps_at_one = (tile_stored["student_exps"] * tile_stored["student_exps"] if squared
+                                   else tile_stored["exps_at_one"])
+                    scale = jnp.exp(tile_stored["student_max"] - stats["student_max"]) / stats["norm_at_one"]
+                    hit = (chunk_labels - index * tile)[..., None] == tile_columns
+                    dlogits = dlogits + expand(coefficient["mlm"] * is_target) * (exps_at_one * expand(scale) - hit)
+                if uses["mse"]:
+                    dlogits = dlogits + expand(2.0 * coefficient["mse"] * chunk_mse_weights) * tile_stored["difference"]
+                dlogits_compute = dlogits.astype(compute_dtype)
+                d_hidden = d_hidden + jnp.einsum("bcrv,rvh->bch", dlogits_compute, student_table,
+                                                 preferred_element_type=jnp.float32)
+                tile_d_embedding = jnp.einsum("sbcrv,sbch->srvh", per_shard(dlogits_compute), per_shard(hidden),
+                                              preferred_element_type=jnp.float32)
+                # Σ over positions as a matrix-vector product: XLA:CPU's column reduction is ~15x slower than a GEMV.
+                shard_dlogits = per_shard(dlogits)
+                tile_d_bias = jnp.einsum("sbc,sbcrv->srv", jnp.ones(shard_dlogits.shape[:3], jnp.float32),
                                          shard_dlogits)
+                return d_hidden, (tile_d_embedding, tile_d_bias)
+
+            d_hidden, (tile_d_embedding, tile_d_bias) = jax.lax.scan(
+                gradients, jnp.zeros(hidden.shape, jnp.float32), (jnp.arange(tiles), stored, student_tables[0]))
+            d_embedding = d_embedding + _untiled(tile_d_embedding, share)
+            d_bias = d_bias + _untiled(tile_d_bias, share)
             return (sums, d_embedding, d_bias), d_hidden.astype(compute_dtype)
 
-        vocab = student_embedding.shape[0]
         gradient_init = ((jnp.zeros((shards, vocab, width), jnp.float32), jnp.zeros((shards, vocab), jnp.float32))
                          if with_gradient else (None, None))
         (sums, d_embedding, d_bias), d_hidden = jax.lax.scan(
-            body, (jnp.zeros((shards, len(terms)), jnp.float32), *gradient_init), chunks)
+            chunk_body, (jnp.zeros((shards, len(terms)), jnp.float32), *gradient_init), chunks)
         sums = sums.sum(0)
         weighted = (coefficients * sums).sum()
         if not with_gradient:
@@ -567,3 +650,31 @@ def _fused_vocabulary_losses(terms: tuple[str, ...], temperature, chunk: int, sh
 
     fused.defvjp(forward, backward)
     return fused
+
+
+def _tiled_decoder(table, bias, vocab_shards: int, tile: int, tiles: int):
+    """A decoder's (table [vocab, hidden], bias [vocab]) as the tile scan's inputs: ([tiles, vocab_shards, tile,
+    hidden], float32 [tiles, vocab_shards, tile]); tile k holds entries k·tile ... of every device's share, which is
+    padded at its end (`_PAD_LOGIT` bias) when tiles x tile exceeds it. Each device keeps its own share: only the
+    tile axis moves, and the vocab_shards axis is 1 per device."""
+    vocab, width = table.shape
+    share = vocab // vocab_shards
+    table, bias = table.reshape(vocab_shards, share, width), bias.astype(jnp.float32).reshape(vocab_shards, share)
+    if tiles * tile > share:
+        table = jnp.pad(table, ((0, 0), (0, tiles * tile - share), (0, 0)))
+        bias = jnp.pad(bias, ((0, 0), (0, tiles * tile - share)), constant_values=_PAD_LOGIT)
+    table = jnp.swapaxes(table.reshape(vocab_shards, tiles, tile, width), 0, 1)
+    bias = jnp.swapaxes(bias.reshape(vocab_shards, tiles, tile), 0, 1)
+    if vocab_shards > 1:
+        table = nn.with_logical_constraint(table, (None, "act_vocab", None, None))
+        bias = nn.with_logical_constraint(bias, (None, "act_vocab", None))
+    return table, bias
+
+
+def _untiled(per_tile: jax.Array, share: int) -> jax.Array:
+    """The tile scan's gradient outputs [tiles, shards, vocab_shards, tile, ...] -> [shards, vocab, ...], padding
+    dropped."""
+    tiles, shards, vocab_shards, tile = per_tile.shape[:4]
+    rest = per_tile.shape[4:]
+    out = jnp.moveaxis(per_tile, 0, 2).reshape(shards, vocab_shards, tiles * tile, *rest)[:, :, :share]
+    return out.reshape(shards, vocab_shards * share, *rest)

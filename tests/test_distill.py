@@ -158,8 +158,9 @@ def test_accumulated_update_equals_the_full_batch_update(name):
 @pytest.mark.parametrize("name", ["recipe", "every_term"])
 def test_chunked_vocabulary_step_equals_the_full_logits_step(name):
     """`vocab_chunk_size` > 0 (no [batch, length, vocab] logits, the gradient fused into the forward pass) gives the
-    same update and metrics as the step on full logits (16 positions per chunk: 4 rows x 4 of the 12 positions),
-    with the uneven masks of `_batch`; the models' other outputs are unchanged by the flag."""
+    same update and metrics as the step on full logits (16 positions per chunk: 4 rows x 4 of the 12 positions; the
+    61-token vocabulary in 4 tiles of 16, padded), with the uneven masks of `_batch`; the models' other outputs are
+    unchanged by the flag."""
     objective, kind = OBJECTIVES[name]
     teacher, student = _models(kind)
     teacher_graphdef, teacher_params = nnx.split(teacher)
@@ -168,7 +169,7 @@ def test_chunked_vocabulary_step_equals_the_full_logits_step(name):
     tx = optax.sgd(1.0)
     state = TrainState(step=jnp.zeros((), jnp.int32), rng=jax.random.key_data(jax.random.key(0)), params=params,
                        opt_state=tx.init(params))
-    chunked = dataclasses.replace(objective, vocab_chunk_size=16)
+    chunked = dataclasses.replace(objective, vocab_chunk_size=16, vocab_tile_size=16)
     assert chunked.chunked_vocabulary and not objective.chunked_vocabulary
     results = []
     for each in (objective, chunked):
@@ -176,8 +177,10 @@ def test_chunked_vocabulary_step_equals_the_full_logits_step(name):
                                        attention_heads=student.model.config.num_attention_heads))
         results.append(step(state, teacher_params, _batch(accum=2, rows=4)))
     (state_plain, metrics_plain), (state_chunked, metrics_chunked) = results
+    # atol: the student starts from the teacher, so the KL is ~2e-3 and its float32 rounding (~1e-7 per logit, which
+    # differs between the two ways of blocking the vocabulary matmul) shows at 1e-4 relative.
     for term in objective.terms + ("loss", "grad_norm"):
-        np.testing.assert_allclose(metrics_chunked[term], metrics_plain[term], rtol=2e-6, atol=2e-7, err_msg=term)
+        np.testing.assert_allclose(metrics_chunked[term], metrics_plain[term], rtol=2e-6, atol=1e-6, err_msg=term)
     for (path, got), (_, want) in zip(nnx.to_flat_state(state_chunked.params), nnx.to_flat_state(state_plain.params)):
         np.testing.assert_allclose(got.get_value(), want.get_value(), rtol=1e-5, atol=2e-7, err_msg=str(path))
 
@@ -211,7 +214,8 @@ def _student_tensors(workdir: Path) -> dict:
 def test_one_and_eight_devices_and_three_meshes_agree(tmp_path):
     runs = {"1": ["mesh.num_devices=1", "mesh.data=1"], "8x1x1": ["mesh.data=8"],
             "2x2x2": ["mesh.data=2", "mesh.fsdp=2", "mesh.tensor=2"],
-            "2x2x2 chunked": ["mesh.data=2", "mesh.fsdp=2", "mesh.tensor=2", "loss.vocab_chunk_size=24"]}
+            "2x2x2 chunked": ["mesh.data=2", "mesh.fsdp=2", "mesh.tensor=2", "loss.vocab_chunk_size=24",
+                               "loss.vocab_tile_size=1000"]}  # each device's 4,000 tokens in 4 tiles
     results = {}
     for name, overrides in runs.items():
         workdir = tmp_path / name

@@ -14,7 +14,7 @@ from flax import nnx
 
 from conftest import padded_batch
 from hf_reference import save_hf_model
-from distil import hf
+from distil import hf, losses
 from distil.losses import (HiddenProjection, attention_kl, hidden_cosine, hidden_mse, logits_mse, masked_lm,
                            minilm_relations, soft_cross_entropy, vocabulary_losses)
 
@@ -413,25 +413,27 @@ def _plain_vocabulary(arrays, mask, mlm_labels, coefficients, temperature, ce_we
     return sum(coefficients[term] * out[term][0] for term in out), out
 
 
-def _chunked_vocabulary(arrays, mask, mlm_labels, coefficients, temperature, ce_weights, chunk_size):
+def _chunked_vocabulary(arrays, mask, mlm_labels, coefficients, temperature, ce_weights, chunk_size, tile_size):
     return vocabulary_losses(
         arrays["student_hidden"], (arrays["student_embedding"], arrays["student_bias"]), coefficients=coefficients,
-        chunk_size=chunk_size, mlm_labels=mlm_labels, teacher_hidden=arrays["teacher_hidden"],
+        chunk_size=chunk_size, tile_size=tile_size, mlm_labels=mlm_labels, teacher_hidden=arrays["teacher_hidden"],
         teacher_decoder=(arrays["teacher_embedding"], arrays["teacher_bias"]), ce_weights=ce_weights,
         mse_weights=ce_weights, temperature=temperature)
 
 
-@pytest.mark.parametrize("coefficients,chunk_size,restrict_ce_to_mask,temperature", [
-    ({"ce": 1.0}, 6, False, 2.0),  # 3 rows x 2 positions per chunk, 4 chunks
-    ({"mlm": 1.0}, 2, False, 1.0),  # fewer positions than rows: 1 position (of every row) per chunk
-    ({"mse": 1.0}, 3, True, 1.0),
-    ({"ce": 5.0 / 15, "mlm": 2.0 / 6, "mse": 0.5 / 15}, 12, False, 2.0),  # the trainer's alpha / count; 2 chunks
-    ({"ce": 0.3, "mlm": 1.7}, 20, True, 3.0),  # 20 / 3 rows -> 4 positions, the largest divisor of 8 <= 6
-    ({"ce": 0.3, "mlm": 1.7, "mse": 0.01}, 100, False, 0.5),  # one chunk
+@pytest.mark.parametrize("coefficients,chunk_size,tile_size,vocab,restrict_ce_to_mask,temperature", [
+    ({"ce": 1.0}, 6, 8, VOCAB, False, 2.0),  # 3 rows x 2 positions per chunk, 4 chunks; 41 -> 6 tiles of 8, padded
+    ({"mlm": 1.0}, 2, 1, VOCAB, False, 1.0),  # fewer positions than rows: 1 position (of every row) per chunk
+    ({"mse": 1.0}, 3, 0, VOCAB, True, 1.0),
+    ({"mse": 1.0}, 3, 7, 42, True, 1.0),  # 6 tiles of 7 (a divisor), no padding
+    ({"ce": 5.0 / 15, "mlm": 2.0 / 6, "mse": 0.5 / 15}, 12, 8, VOCAB, False, 2.0),  # the trainer's alpha / count
+    ({"ce": 5.0 / 15, "mlm": 2.0 / 6}, 12, 0, VOCAB, False, 2.0),  # the recipe, the whole vocabulary at once
+    ({"ce": 0.3, "mlm": 1.7}, 20, 24, VOCAB, True, 3.0),  # 20 / 3 rows -> 4 positions; 2 tiles of 24, padded
+    ({"ce": 0.3, "mlm": 1.7, "mse": 0.01}, 100, 100, VOCAB, False, 0.5),  # one chunk, one tile
 ])
-def test_vocabulary_losses_and_gradients_equal_the_plain_losses(coefficients, chunk_size, restrict_ce_to_mask,
-                                                                temperature):
-    arrays, mask, mlm_labels = _decoder_batch()
+def test_vocabulary_losses_and_gradients_equal_the_plain_losses(coefficients, chunk_size, tile_size, vocab,
+                                                                restrict_ce_to_mask, temperature):
+    arrays, mask, mlm_labels = _decoder_batch(vocab=vocab)
     ce_weights = (mlm_labels != -100) if restrict_ce_to_mask else mask
     names = list(arrays)
 
@@ -441,7 +443,7 @@ def test_vocabulary_losses_and_gradients_equal_the_plain_losses(coefficients, ch
         return function
 
     plain = jax.value_and_grad(as_function(_plain_vocabulary), argnums=tuple(range(len(names))), has_aux=True)
-    chunked = jax.value_and_grad(as_function(lambda *a: _chunked_vocabulary(*a, chunk_size)),
+    chunked = jax.value_and_grad(as_function(lambda *a: _chunked_vocabulary(*a, chunk_size, tile_size)),
                                  argnums=tuple(range(len(names))), has_aux=True)
     (want, want_terms), want_grads = plain(*arrays.values())
     (got, got_terms), got_grads = jax.jit(chunked)(*arrays.values())
@@ -459,6 +461,20 @@ def test_vocabulary_losses_and_gradients_equal_the_plain_losses(coefficients, ch
         scale = float(np.abs(want_grad).max())
         assert scale > 0, name
         np.testing.assert_allclose(got_grad, want_grad, atol=2e-6 * scale, rtol=1e-5, err_msg=name)
+
+
+@pytest.mark.parametrize("share,tile_size,want", [
+    (119_547, 4096, (3231, 37)),  # mBERT: 3^2 x 37 x 359, a divisor near the target
+    (8000, 4096, (4000, 2)),  # the embedded vocabulary
+    (10_007, 4096, (3336, 3)),  # a prime: padded to 3 x 3,336 (a multiple of 8)
+    (41, 8, (8, 6)),  # 41 -> 48: 7 padding entries
+    (100, 0, (100, 1)),  # 0: the whole share
+    (100, 512, (100, 1)),
+])
+def test_vocabulary_tiles(share, tile_size, want):
+    tile, tiles = want
+    assert losses._vocabulary_tiles(share, tile_size) == want
+    assert tile <= max(tile_size, share) and tile * tiles >= share and (tiles - 1) * tile < share
 
 
 def test_vocabulary_losses_coefficient_gradients_and_bfloat16():
@@ -492,6 +508,9 @@ def test_vocabulary_losses_bad_arguments_are_named():
     decoder = (arrays["student_embedding"], arrays["student_bias"])
     with pytest.raises(ValueError, match="coefficients must name some of"):
         vocabulary_losses(arrays["student_hidden"], decoder, coefficients={"cos": 1.0}, chunk_size=2)
+    with pytest.raises(ValueError, match="tile_size must be >= 0"):
+        vocabulary_losses(arrays["student_hidden"], decoder, coefficients={"mlm": 1.0}, chunk_size=2, tile_size=-1,
+                          mlm_labels=mlm_labels)
     with pytest.raises(ValueError, match="chunk_size must be >= 1"):
         vocabulary_losses(arrays["student_hidden"], decoder, coefficients={"mlm": 1.0}, chunk_size=0,
                           mlm_labels=mlm_labels)

@@ -79,6 +79,9 @@ def check_config(config: ml_collections.ConfigDict, *, num_devices: int, process
                           "set at least one > 0")
     if loss.vocab_chunk_size < 0:
         raise ConfigError(f"config.loss.vocab_chunk_size must be >= 0 (0 = full logits), got {loss.vocab_chunk_size}")
+    if loss.vocab_tile_size < 0:
+        raise ConfigError(f"config.loss.vocab_tile_size must be >= 0 (0 = the whole vocabulary at once), got "
+                          f"{loss.vocab_tile_size}")
     if config.teacher.source not in ("checkpoint", "random", "none"):
         raise ConfigError(f"config.teacher.source must be 'checkpoint', 'random' or 'none', got "
                           f"{config.teacher.source!r}")

@@ -10,8 +10,9 @@ gradient accumulator. `tests/test_distill.py` checks these counts against the on
 
 With `vocab_chunk_size` > 0 the vocabulary terms (ce, mlm, mse) never see [batch, length, vocab] logits: the models
 hand over their MLM heads' hidden states and tied decoders (`output_mlm_hidden`) and `losses.vocabulary_losses`
-applies the decoders about `vocab_chunk_size` positions at a time, with the gradient of `Σ alpha_t · sum_t / total_t`
-fused into its forward pass; `Objective.loss` is the one place that combines the terms either way.
+applies the decoders about `vocab_chunk_size` positions and `vocab_tile_size` vocabulary entries at a time, with
+the gradient of `Σ alpha_t · sum_t / total_t` fused into its forward pass; `Objective.loss` is the one place that
+combines the terms either way.
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ class Objective:
     minilm_teacher_layer: int = -1
     minilm_relation_heads: int = 12
     vocab_chunk_size: int = 0
+    vocab_tile_size: int = 0
 
     def alpha(self, term: str) -> float:
         return getattr(self, f"alpha_{term}")
@@ -187,6 +189,7 @@ class Objective:
         return losses.vocabulary_losses(
             student.mlm_hidden, student.mlm_decoder, coefficients=coefficients,
             chunk_size=self.vocab_chunk_size if self.vocab_chunk_size > 0 else mask.shape[-1],
+            tile_size=self.vocab_tile_size,
             mlm_labels=mlm_labels, teacher_hidden=teacher.mlm_hidden if needs_teacher else None,
             teacher_decoder=teacher.mlm_decoder if needs_teacher else None, ce_weights=weights, mse_weights=weights,
             temperature=self.temperature,
