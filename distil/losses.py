@@ -497,32 +497,41 @@ def _fused_vocabulary_losses(terms: tuple[str, ...], temperature, chunk: int, sh
                                         tiles)
         teacher_tables = (_tiled_decoder(teacher_embedding.astype(teacher_hidden.dtype), teacher_bias, vocab_shards,
                                          tile, tiles) if needs_teacher else (None, None))
-        # Each label as an index into its vocabulary share (-1 in the other shares): [batch, length, vocab_shards].
-        local_labels = mlm_labels[..., None] - share * jnp.arange(vocab_shards)
-        local_labels = jnp.where((local_labels >= 0) & (local_labels < share), local_labels, -1)
-        chunks = (_to_chunks(student_hidden, chunk), _to_chunks(teacher_hidden, chunk),
-                  _to_chunks(ce_weights, chunk), _to_chunks(mlm_labels != IGNORE_INDEX, chunk),
-                  _to_chunks(local_labels, chunk), _to_chunks(mse_weights, chunk))
-        tile_columns = jnp.arange(tile)
-        tile_axes = ("batch", "length", "act_vocab" if vocab_shards > 1 else None, None)
+        # Where each label sits: its tile (-1 for no label) and its column in that tile's [vocab_shards x tile].
+        is_target = mlm_labels != IGNORE_INDEX
+        label_shard, within_share = jnp.divmod(jnp.where(is_target, mlm_labels, 0), share)
+        label_tile, label_column = jnp.divmod(within_share, tile)
+        label_tile = jnp.where(is_target, label_tile, -1)
+        label_column = label_shard * tile + label_column
 
-        def per_shard(x):  # [batch, ...] -> [shards, batch / shards, ...], split like the batch
+        def positions(x):  # [batch, length, ...] -> [chunks, batch x chunk, ...] (batch-major, split like the batch)
+            x = _to_chunks(x, chunk)
+            return x.reshape(x.shape[0], batch * chunk, *x.shape[3:])
+
+        chunks = tuple(positions(x) for x in (student_hidden, teacher_hidden, ce_weights, is_target, label_tile,
+                                               label_column, mse_weights))
+        tile_columns = jnp.arange(vocab_shards * tile)
+        tile_axes = ("batch", "act_vocab" if vocab_shards > 1 else None)
+
+        def per_shard(x):  # [positions, ...] -> [shards, positions / shards, ...], split like the batch
             x = x.reshape(shards, x.shape[0] // shards, *x.shape[1:])
             return nn.with_logical_constraint(x, ("batch",) + (None,) * (x.ndim - 1))
 
-        def logits(hidden, table, bias):  # -> float32 [batch, chunk, vocab_shards, tile]
-            out = jnp.einsum("bch,rvh->bcrv", hidden, table, preferred_element_type=jnp.float32) + bias
+        def logits(hidden, table, bias):  # -> float32 [positions, vocab_shards x tile]
+            out = jnp.einsum("ph,vh->pv", hidden, table, preferred_element_type=jnp.float32) + bias
             return nn.with_logical_constraint(out, tile_axes)
 
-        def rowwise(x, reduce):  # over a tile's (vocab_shards, tile) axes -> [batch, chunk]
-            return reduce(x, axis=(-2, -1))
+        def rowwise(x, reduce):  # over a tile -> [positions]
+            return reduce(x, axis=-1)
 
-        def expand(x):  # [batch, chunk] -> [batch, chunk, 1, 1]
-            return x[..., None, None]
+        def expand(x):  # [positions] -> [positions, 1]
+            return x[:, None]
 
         def chunk_body(carry, chunk_inputs):
             sums, d_embedding, d_bias = carry  # [shards, terms], [shards, vocab, hidden], [shards, vocab]
-            hidden, teacher_chunk, weights, is_target, chunk_labels, chunk_mse_weights = chunk_inputs
+            hidden, teacher_chunk, weights, targets, chunk_label_tile, chunk_label_column, chunk_mse_weights = (
+                chunk_inputs)
+            label_hit = chunk_label_column[:, None] == tile_columns  # [positions, vocab_shards x tile]
 
             def statistics(stats, tile_inputs):
                 index, student_table, student_tile_bias, teacher_table, teacher_tile_bias = tile_inputs
@@ -550,7 +559,7 @@ def _fused_vocabulary_losses(terms: tuple[str, ...], temperature, chunk: int, sh
                 if uses["mlm"]:
                     exps_at_one = student_exps * student_exps if squared else jnp.exp(shifted)
                     new["norm_at_one"] = stats["norm_at_one"] * jnp.exp(drop) + rowwise(exps_at_one, jnp.sum)
-                    hit = (chunk_labels - index * tile)[..., None] == tile_columns  # [batch, chunk, shards, tile]
+                    hit = label_hit & expand(chunk_label_tile == index)
                     new["label_logit"] = stats["label_logit"] + rowwise(jnp.where(hit, student_logits, 0.0), jnp.sum)
                     if not squared:
                         stored["exps_at_one"] = exps_at_one
@@ -560,31 +569,31 @@ def _fused_vocabulary_losses(terms: tuple[str, ...], temperature, chunk: int, sh
                     stored["difference"] = difference
                 return new, (stored if with_gradient else None)
 
-            rows_shape = hidden.shape[:2]
+            rows = hidden.shape[:1]
             init = {}
             if uses["ce"] or uses["mlm"]:
-                init["student_max"] = jnp.full(rows_shape, -jnp.inf)
+                init["student_max"] = jnp.full(rows, -jnp.inf)
             if uses["ce"]:
-                init.update(student_norm=jnp.zeros(rows_shape), teacher_max=jnp.full(rows_shape, -jnp.inf),
-                            teacher_norm=jnp.zeros(rows_shape), cross=jnp.zeros(rows_shape))
+                init.update(student_norm=jnp.zeros(rows), teacher_max=jnp.full(rows, -jnp.inf),
+                            teacher_norm=jnp.zeros(rows), cross=jnp.zeros(rows))
             if uses["mlm"]:
-                init.update(norm_at_one=jnp.zeros(rows_shape), label_logit=jnp.zeros(rows_shape))
+                init.update(norm_at_one=jnp.zeros(rows), label_logit=jnp.zeros(rows))
             if uses["mse"]:
-                init["squares"] = jnp.zeros(rows_shape)
+                init["squares"] = jnp.zeros(rows)
             stats, stored = jax.lax.scan(statistics, init, (jnp.arange(tiles), *student_tables, *teacher_tables))
 
-            chunk_sums = []  # per row of the chunk, [batch] each
+            position_sums = []  # [positions] each
             for term in terms:
                 if term == "ce":
                     kl = (inverse * stats["cross"] / stats["teacher_norm"] - jnp.log(stats["teacher_norm"])
                           + jnp.log(stats["student_norm"]) - inverse * (stats["teacher_max"] - stats["student_max"]))
-                    chunk_sums.append((kl * (temperature**2) * weights).sum(-1))
+                    position_sums.append(kl * (temperature**2) * weights)
                 elif term == "mlm":
                     nll = jnp.log(stats["norm_at_one"]) + stats["student_max"] - stats["label_logit"]
-                    chunk_sums.append(jnp.where(is_target, nll, 0.0).sum(-1))
+                    position_sums.append(jnp.where(targets, nll, 0.0))
                 else:
-                    chunk_sums.append((stats["squares"] * chunk_mse_weights).sum(-1))
-            sums = sums + per_shard(jnp.stack(chunk_sums).T).sum(1)  # [shards, terms]
+                    position_sums.append(stats["squares"] * chunk_mse_weights)
+            sums = sums + per_shard(jnp.stack(position_sums, axis=-1)).sum(1)  # [shards, terms]
             if not with_gradient:
                 return (sums, d_embedding, d_bias), None
 
@@ -601,25 +610,25 @@ def _fused_vocabulary_losses(terms: tuple[str, ...], temperature, chunk: int, sh
                     exps_at_one = (tile_stored["student_exps"] * tile_stored["student_exps"] if squared
                                    else tile_stored["exps_at_one"])
                     scale = jnp.exp(tile_stored["student_max"] - stats["student_max"]) / stats["norm_at_one"]
-                    hit = (chunk_labels - index * tile)[..., None] == tile_columns
-                    dlogits = dlogits + expand(coefficient["mlm"] * is_target) * (exps_at_one * expand(scale) - hit)
+                    hit = label_hit & expand(chunk_label_tile == index)
+                    dlogits = dlogits + expand(coefficient["mlm"] * targets) * (exps_at_one * expand(scale) - hit)
                 if uses["mse"]:
                     dlogits = dlogits + expand(2.0 * coefficient["mse"] * chunk_mse_weights) * tile_stored["difference"]
                 dlogits_compute = dlogits.astype(compute_dtype)
-                d_hidden = d_hidden + jnp.einsum("bcrv,rvh->bch", dlogits_compute, student_table,
+                d_hidden = d_hidden + jnp.einsum("pv,vh->ph", dlogits_compute, student_table,
                                                  preferred_element_type=jnp.float32)
-                tile_d_embedding = jnp.einsum("sbcrv,sbch->srvh", per_shard(dlogits_compute), per_shard(hidden),
+                tile_d_embedding = jnp.einsum("spv,sph->svh", per_shard(dlogits_compute), per_shard(hidden),
                                               preferred_element_type=jnp.float32)
                 # Σ over positions as a matrix-vector product: XLA:CPU's column reduction is ~15x slower than a GEMV.
                 shard_dlogits = per_shard(dlogits)
-                tile_d_bias = jnp.einsum("sbc,sbcrv->srv", jnp.ones(shard_dlogits.shape[:3], jnp.float32),
+                tile_d_bias = jnp.einsum("sp,spv->sv", jnp.ones(shard_dlogits.shape[:2], jnp.float32),
                                          shard_dlogits)
                 return d_hidden, (tile_d_embedding, tile_d_bias)
 
             d_hidden, (tile_d_embedding, tile_d_bias) = jax.lax.scan(
                 gradients, jnp.zeros(hidden.shape, jnp.float32), (jnp.arange(tiles), stored, student_tables[0]))
-            d_embedding = d_embedding + _untiled(tile_d_embedding, share)
-            d_bias = d_bias + _untiled(tile_d_bias, share)
+            d_embedding = d_embedding + _untiled(tile_d_embedding, vocab_shards, share)
+            d_bias = d_bias + _untiled(tile_d_bias, vocab_shards, share)
             return (sums, d_embedding, d_bias), d_hidden.astype(compute_dtype)
 
         gradient_init = ((jnp.zeros((shards, vocab, width), jnp.float32), jnp.zeros((shards, vocab), jnp.float32))
@@ -630,7 +639,7 @@ def _fused_vocabulary_losses(terms: tuple[str, ...], temperature, chunk: int, sh
         weighted = (coefficients * sums).sum()
         if not with_gradient:
             return (weighted, sums), None
-        d_hidden = jnp.moveaxis(d_hidden, 0, 1).reshape(batch, length, width)
+        d_hidden = jnp.moveaxis(d_hidden.reshape(-1, batch, chunk, width), 0, 1).reshape(batch, length, width)
         return (weighted, sums), (sums, d_hidden, d_embedding.sum(0).astype(student_embedding.dtype),
                                   d_bias.sum(0).astype(student_bias.dtype))
 
@@ -653,28 +662,29 @@ def _fused_vocabulary_losses(terms: tuple[str, ...], temperature, chunk: int, sh
 
 
 def _tiled_decoder(table, bias, vocab_shards: int, tile: int, tiles: int):
-    """A decoder's (table [vocab, hidden], bias [vocab]) as the tile scan's inputs: ([tiles, vocab_shards, tile,
-    hidden], float32 [tiles, vocab_shards, tile]); tile k holds entries k·tile ... of every device's share, which is
-    padded at its end (`_PAD_LOGIT` bias) when tiles x tile exceeds it. Each device keeps its own share: only the
-    tile axis moves, and the vocab_shards axis is 1 per device."""
+    """A decoder's (table [vocab, hidden], bias [vocab]) as the tile scan's inputs: ([tiles, vocab_shards x tile,
+    hidden], float32 [tiles, vocab_shards x tile]); tile k holds entries k·tile ... (k+1)·tile - 1 of every device's
+    share, which is padded at its end (`_PAD_LOGIT` bias) when tiles x tile exceeds it. Each device keeps its own
+    share: only the tile axis moves."""
     vocab, width = table.shape
     share = vocab // vocab_shards
     table, bias = table.reshape(vocab_shards, share, width), bias.astype(jnp.float32).reshape(vocab_shards, share)
     if tiles * tile > share:
         table = jnp.pad(table, ((0, 0), (0, tiles * tile - share), (0, 0)))
         bias = jnp.pad(bias, ((0, 0), (0, tiles * tile - share)), constant_values=_PAD_LOGIT)
-    table = jnp.swapaxes(table.reshape(vocab_shards, tiles, tile, width), 0, 1)
-    bias = jnp.swapaxes(bias.reshape(vocab_shards, tiles, tile), 0, 1)
+    table = jnp.swapaxes(table.reshape(vocab_shards, tiles, tile, width), 0, 1).reshape(tiles, -1, width)
+    bias = jnp.swapaxes(bias.reshape(vocab_shards, tiles, tile), 0, 1).reshape(tiles, -1)
     if vocab_shards > 1:
-        table = nn.with_logical_constraint(table, (None, "act_vocab", None, None))
-        bias = nn.with_logical_constraint(bias, (None, "act_vocab", None))
+        table = nn.with_logical_constraint(table, (None, "act_vocab", None))
+        bias = nn.with_logical_constraint(bias, (None, "act_vocab"))
     return table, bias
 
 
-def _untiled(per_tile: jax.Array, share: int) -> jax.Array:
-    """The tile scan's gradient outputs [tiles, shards, vocab_shards, tile, ...] -> [shards, vocab, ...], padding
+def _untiled(per_tile: jax.Array, vocab_shards: int, share: int) -> jax.Array:
+    """The tile scan's gradient outputs [tiles, shards, vocab_shards x tile, ...] -> [shards, vocab, ...], padding
     dropped."""
-    tiles, shards, vocab_shards, tile = per_tile.shape[:4]
-    rest = per_tile.shape[4:]
-    out = jnp.moveaxis(per_tile, 0, 2).reshape(shards, vocab_shards, tiles * tile, *rest)[:, :, :share]
+    tiles, shards = per_tile.shape[:2]
+    rest = per_tile.shape[3:]
+    out = per_tile.reshape(tiles, shards, vocab_shards, -1, *rest)
+    out = jnp.moveaxis(out, 0, 2).reshape(shards, vocab_shards, -1, *rest)[:, :, :share]
     return out.reshape(shards, vocab_shards * share, *rest)
