@@ -18,8 +18,10 @@ median of `--steps` timed steps; peak memory is that process's max RSS. MFU = th
 teacher forward + student forward and backward, counted analytically) / step time / this CPU's measured float32
 matmul peak (the best of XLA and PyTorch on a 2048³ GEMM, measured first in this command).
 
-Variants (distil): `plain` (full logits), `chunked` (`loss.vocab_chunk_size`), `teacher-bf16` (chunked, teacher
-forward in bfloat16), `all-bf16` (chunked, teacher and student compute in bfloat16, float32 parameters); `torch`.
+Variants (distil): `plain` (full logits), `untiled` (`loss.vocab_chunk_size` positions at a time, the whole
+vocabulary at once), `chunked` (the default: chunks of positions and `loss.vocab_tile_size` tiles of the
+vocabulary), `teacher-bf16` (chunked, teacher forward in bfloat16), `all-bf16` (chunked, teacher and student compute
+in bfloat16, float32 parameters); `torch`.
 """
 
 from __future__ import annotations
@@ -42,20 +44,24 @@ SIZES = {
                      teacher_layers=(0, 3)),
 }
 VARIANTS = {
-    "plain": dict(vocab_chunk_size=0, teacher_dtype="float32", student_dtype="float32"),
-    "chunked": dict(vocab_chunk_size=None, teacher_dtype="float32", student_dtype="float32"),
-    "teacher-bf16": dict(vocab_chunk_size=None, teacher_dtype="bfloat16", student_dtype="float32"),
-    "all-bf16": dict(vocab_chunk_size=None, teacher_dtype="bfloat16", student_dtype="bfloat16"),
+    "plain": dict(vocab_chunk_size=0, vocab_tile_size=0, teacher_dtype="float32", student_dtype="float32"),
+    "untiled": dict(vocab_chunk_size=None, vocab_tile_size=0, teacher_dtype="float32", student_dtype="float32"),
+    "chunked": dict(vocab_chunk_size=None, vocab_tile_size=None, teacher_dtype="float32", student_dtype="float32"),
+    "teacher-bf16": dict(vocab_chunk_size=None, vocab_tile_size=None, teacher_dtype="bfloat16",
+                         student_dtype="float32"),
+    "all-bf16": dict(vocab_chunk_size=None, vocab_tile_size=None, teacher_dtype="bfloat16", student_dtype="bfloat16"),
     "torch": dict(),
 }
 DEFAULT_CHUNK = 512
+DEFAULT_TILE = 4096
 
 
 # --------------------------------------------------------------------------------------------- distil's step
 
 
-def trainer_config(size: str, *, vocab_chunk_size: int = DEFAULT_CHUNK, teacher_dtype: str = "float32",
-                   student_dtype: str = "float32", mesh: dict | None = None, batch: int | None = None):
+def trainer_config(size: str, *, vocab_chunk_size: int = DEFAULT_CHUNK, vocab_tile_size: int = DEFAULT_TILE,
+                   teacher_dtype: str = "float32", student_dtype: str = "float32", mesh: dict | None = None,
+                   batch: int | None = None):
     """The `distilmbert` config of a size: the full recipe with a random full-size teacher (no checkpoint needed:
     the step's cost does not depend on the weights), or `:runlocal`; one compiled length."""
     from distil.config import load_config
@@ -72,6 +78,7 @@ def trainer_config(size: str, *, vocab_chunk_size: int = DEFAULT_CHUNK, teacher_
     config.batching.pad_to_multiple = shape["length"]
     config.teacher.dtype, config.student.dtype = teacher_dtype, student_dtype
     config.loss.vocab_chunk_size = vocab_chunk_size
+    config.loss.vocab_tile_size = vocab_tile_size
     config.num_steps = 1000
     for axis, value in (mesh or {"data": 1, "fsdp": 1, "tensor": 1}).items():
         config.mesh[axis] = value
@@ -167,7 +174,7 @@ def jax_worker(spec: dict) -> dict:
     from distil import sharding
 
     config = trainer_config(spec["size"], vocab_chunk_size=spec["vocab_chunk_size"],
-                            teacher_dtype=spec["teacher_dtype"], student_dtype=spec["student_dtype"])
+                            vocab_tile_size=spec["vocab_tile_size"], teacher_dtype=spec["teacher_dtype"], student_dtype=spec["student_dtype"])
     compiled, state, teacher_params, batch_sharding, mesh, rules, info = build_trainer_step(config)
     batch = random_batch(info["shape"], info["vocab_size"])
     with sharding.activation_rules(mesh, rules):
@@ -269,7 +276,8 @@ def size_table(result: dict, peak: dict) -> str:
         spec = row["spec"]
         row["mfu"] = result["flops_per_step"] / row["median_s"] / peak["float32"]
         dtype = "float32" if variant == "torch" else f"{spec['teacher_dtype']} / {spec['student_dtype']}"
-        chunk = "-" if variant == "torch" else (spec["vocab_chunk_size"] or "off")
+        chunk = ("-" if variant == "torch" else "off" if not spec["vocab_chunk_size"]
+                 else f"{spec['vocab_chunk_size']} / {spec['vocab_tile_size'] or 'all'}")
         speed = f"{row['tokens_per_s'] / reference['tokens_per_s']:.2f}x" if reference else "-"
         cpu_speed = f"{reference['cpu_s'] / row['cpu_s']:.2f}x" if reference else "-"
         memory = f"{row['peak_rss_bytes'] / reference['peak_rss_bytes']:.2f}x" if reference else "-"
@@ -279,7 +287,7 @@ def size_table(result: dict, peak: dict) -> str:
                            speed, cpu_speed, benchlib.gib(row["peak_rss_bytes"]), memory, f"{100 * row['mfu']:.1f}%",
                            compile_s, f"{row['first_step']['loss']:.4f}"])
     return benchlib.markdown_table(
-        ["implementation", "teacher / student compute", "vocab chunk", "s / step", "CPU s / step", "tokens/s",
+        ["implementation", "teacher / student compute", "vocab chunk / tile", "s / step", "CPU s / step", "tokens/s",
          "x PyTorch", "x PyTorch (CPU s)", "peak RSS GiB", "memory x PyTorch", "MFU (fp32 peak)", "compile s",
          "step-1 loss"], table_rows, align="lllrrrrrrrrrr")
 
@@ -290,6 +298,8 @@ def main(argv=None) -> None:
     parser.add_argument("--variants", default="plain,chunked,teacher-bf16,all-bf16,torch")
     parser.add_argument("--chunk", type=int, default=DEFAULT_CHUNK, help="loss.vocab_chunk_size of the chunked "
                         "variants (positions per chunk and device)")
+    parser.add_argument("--tile", type=int, default=DEFAULT_TILE, help="loss.vocab_tile_size of the chunked "
+                        "variants (vocabulary entries per tile; 0 = all)")
     parser.add_argument("--steps", type=int, default=3, help="timed steps per implementation (median)")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--rounds", type=int, default=1, help="run every implementation this many times, "
@@ -318,7 +328,8 @@ def main(argv=None) -> None:
     print(f"machine: {machine['cpu']}, {machine['cores']} cores, load {machine['load_average']}; jax "
           f"{machine['jax']}, torch {machine.get('torch')}; matmul peak float32 {peak['float32'] / 1e9:,.0f} GFLOP/s, "
           f"bfloat16 {peak['bfloat16'] / 1e9:,.0f} GFLOP/s")
-    results = {"machine": machine, "matmul_peak_flops": peak, "chunk": args.chunk, "steps": args.steps, "sizes": {}}
+    results = {"machine": machine, "matmul_peak_flops": peak, "chunk": args.chunk, "tile": args.tile, "steps": args.steps,
+               "sizes": {}}
     for size in sizes:
         shape = SIZES[size]
         config = trainer_config(size)
@@ -334,6 +345,8 @@ def main(argv=None) -> None:
                         "vocab_size": vocab_size, **VARIANTS[variant]}
                 if spec.get("vocab_chunk_size", 0) is None:
                     spec["vocab_chunk_size"] = args.chunk
+                if spec.get("vocab_tile_size", 0) is None:
+                    spec["vocab_tile_size"] = args.tile
                 print(f"[{size}] round {round_index + 1}: {variant} ...", flush=True)
                 result = benchlib.run_worker(__file__, spec)
                 print(f"  {result['median_s']:.2f} s/step ({result['cpu_s']:.2f} CPU s), "

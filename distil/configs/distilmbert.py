@@ -39,13 +39,15 @@ from distil.sharding import STANDARD_LOGICAL_AXIS_RULES
 
 # Hardware variants (`:tpu=v4-32`, `:gpu=8xh100`): mesh, rows per device, accumulation and precision for that slice.
 # Per-device memory from `distil distill --config distilmbert --dry_run` (experiments/dry_run_table.py, README).
+# vocab_tile 0: each chunk's vocabulary terms in one piece. The tiles (`loss.vocab_tile_size`) keep [chunk, tile]
+# blocks in a CPU's cache; an accelerator wants its vocabulary matmuls large, not 37 small ones in a loop.
 HARDWARE = {
     # 16 TPU v4 chips (32 GiB HBM each), 4 hosts: parameters and Adam moments split 4 ways (fsdp), batch 16 ways;
     # 160 rows / 16 chips = 10 rows per chip per update, in 2 micro-batches of 5 with bf16 activations.
-    "tpu=v4-32": dict(data=4, fsdp=4, tensor=1, micro_batches=2, dtype="bfloat16"),
+    "tpu=v4-32": dict(data=4, fsdp=4, tensor=1, micro_batches=2, dtype="bfloat16", vocab_tile=0),
     # 8 H100 (80 GB) in one node: plain data parallelism (the student and its moments fit every GPU), 160 rows =
     # 20 per GPU per update in 2 micro-batches of 10, bf16 activations with float32 parameters and losses.
-    "gpu=8xh100": dict(data=8, fsdp=1, tensor=1, micro_batches=2, dtype="bfloat16"),
+    "gpu=8xh100": dict(data=8, fsdp=1, tensor=1, micro_batches=2, dtype="bfloat16", vocab_tile=0),
 }
 
 
@@ -213,4 +215,5 @@ def get_config(arg=None):
         config.mesh.data, config.mesh.fsdp, config.mesh.tensor = slice_["data"], slice_["fsdp"], slice_["tensor"]
         config.batching.micro_batches = slice_["micro_batches"]
         config.student.dtype = config.teacher.dtype = slice_["dtype"]
+        config.loss.vocab_tile_size = slice_["vocab_tile"]
     return config
