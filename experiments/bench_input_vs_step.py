@@ -86,7 +86,7 @@ def main(argv=None) -> None:
             print(f"[{size}] step ...", flush=True)
             step = benchlib.run_worker(bench_step.__file__, {
                 "size": size, "variant": "chunked", "steps": args.steps, "warmup": 1, "vocab_chunk_size": args.chunk,
-                "vocab_tile_size": bench_step.DEFAULT_TILE, "teacher_dtype": "float32", "student_dtype": "float32"})
+                "vocab_tile_size": None, "teacher_dtype": "float32", "student_dtype": "float32"})
             steps_per_s = 1.0 / step["median_s"]
             shape = bench_step.SIZES[size]
             for mode, label in (("single_thread", "1 thread, no grain"), ("grain", "grain, 2 threads")):

@@ -19,9 +19,9 @@ teacher forward + student forward and backward, counted analytically) / step tim
 matmul peak (the best of XLA and PyTorch on a 2048³ GEMM, measured first in this command).
 
 Variants (distil): `plain` (full logits), `untiled` (`loss.vocab_chunk_size` positions at a time, the whole
-vocabulary at once), `chunked` (the default: chunks of positions and `loss.vocab_tile_size` tiles of the
-vocabulary), `teacher-bf16` (chunked, teacher forward in bfloat16), `all-bf16` (chunked, teacher and student compute
-in bfloat16, float32 parameters); `torch`.
+vocabulary at once), `chunked` (the config's default: chunks of positions and `loss.vocab_tile_size` tiles of the
+vocabulary; runlocal's config takes its small vocabulary whole), `teacher-bf16` (chunked, teacher forward in
+bfloat16), `all-bf16` (chunked, teacher and student compute in bfloat16, float32 parameters); `torch`.
 """
 
 from __future__ import annotations
@@ -53,13 +53,12 @@ VARIANTS = {
     "torch": dict(),
 }
 DEFAULT_CHUNK = 512
-DEFAULT_TILE = 4096
 
 
 # --------------------------------------------------------------------------------------------- distil's step
 
 
-def trainer_config(size: str, *, vocab_chunk_size: int = DEFAULT_CHUNK, vocab_tile_size: int = DEFAULT_TILE,
+def trainer_config(size: str, *, vocab_chunk_size: int = DEFAULT_CHUNK, vocab_tile_size: int | None = None,
                    teacher_dtype: str = "float32", student_dtype: str = "float32", mesh: dict | None = None,
                    batch: int | None = None):
     """The `distilmbert` config of a size: the full recipe with a random full-size teacher (no checkpoint needed:
@@ -78,7 +77,8 @@ def trainer_config(size: str, *, vocab_chunk_size: int = DEFAULT_CHUNK, vocab_ti
     config.batching.pad_to_multiple = shape["length"]
     config.teacher.dtype, config.student.dtype = teacher_dtype, student_dtype
     config.loss.vocab_chunk_size = vocab_chunk_size
-    config.loss.vocab_tile_size = vocab_tile_size
+    if vocab_tile_size is not None:  # else the config's own
+        config.loss.vocab_tile_size = vocab_tile_size
     config.num_steps = 1000
     for axis, value in (mesh or {"data": 1, "fsdp": 1, "tensor": 1}).items():
         config.mesh[axis] = value
@@ -174,7 +174,8 @@ def jax_worker(spec: dict) -> dict:
     from distil import sharding
 
     config = trainer_config(spec["size"], vocab_chunk_size=spec["vocab_chunk_size"],
-                            vocab_tile_size=spec["vocab_tile_size"], teacher_dtype=spec["teacher_dtype"], student_dtype=spec["student_dtype"])
+                            vocab_tile_size=spec["vocab_tile_size"], teacher_dtype=spec["teacher_dtype"],
+                            student_dtype=spec["student_dtype"])
     compiled, state, teacher_params, batch_sharding, mesh, rules, info = build_trainer_step(config)
     batch = random_batch(info["shape"], info["vocab_size"])
     with sharding.activation_rules(mesh, rules):
@@ -298,8 +299,8 @@ def main(argv=None) -> None:
     parser.add_argument("--variants", default="plain,chunked,teacher-bf16,all-bf16,torch")
     parser.add_argument("--chunk", type=int, default=DEFAULT_CHUNK, help="loss.vocab_chunk_size of the chunked "
                         "variants (positions per chunk and device)")
-    parser.add_argument("--tile", type=int, default=DEFAULT_TILE, help="loss.vocab_tile_size of the chunked "
-                        "variants (vocabulary entries per tile; 0 = all)")
+    parser.add_argument("--tile", type=int, help="loss.vocab_tile_size of the chunked variants (vocabulary "
+                        "entries per tile; 0 = all; default: the size's config)")
     parser.add_argument("--steps", type=int, default=3, help="timed steps per implementation (median)")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--rounds", type=int, default=1, help="run every implementation this many times, "
@@ -328,8 +329,8 @@ def main(argv=None) -> None:
     print(f"machine: {machine['cpu']}, {machine['cores']} cores, load {machine['load_average']}; jax "
           f"{machine['jax']}, torch {machine.get('torch')}; matmul peak float32 {peak['float32'] / 1e9:,.0f} GFLOP/s, "
           f"bfloat16 {peak['bfloat16'] / 1e9:,.0f} GFLOP/s")
-    results = {"machine": machine, "matmul_peak_flops": peak, "chunk": args.chunk, "tile": args.tile, "steps": args.steps,
-               "sizes": {}}
+    results = {"machine": machine, "matmul_peak_flops": peak, "chunk": args.chunk, "tile": args.tile,
+               "steps": args.steps, "sizes": {}}
     for size in sizes:
         shape = SIZES[size]
         config = trainer_config(size)
@@ -346,7 +347,7 @@ def main(argv=None) -> None:
                 if spec.get("vocab_chunk_size", 0) is None:
                     spec["vocab_chunk_size"] = args.chunk
                 if spec.get("vocab_tile_size", 0) is None:
-                    spec["vocab_tile_size"] = args.tile
+                    spec["vocab_tile_size"] = (config.loss.vocab_tile_size if args.tile is None else args.tile)
                 print(f"[{size}] round {round_index + 1}: {variant} ...", flush=True)
                 result = benchlib.run_worker(__file__, spec)
                 print(f"  {result['median_s']:.2f} s/step ({result['cpu_s']:.2f} CPU s), "

@@ -172,9 +172,10 @@ def get_config(arg=None):
     # Equal to full logits up to rounding, faster, and the step's largest buffers shrink to [512, vocab].
     config.loss.vocab_chunk_size = 512
     # Within a chunk, the vocabulary about this many entries at a time (0: all at once): each [chunk, tile] block
-    # of logits is used while it is in the CPU's cache (mBERT: 37 tiles of 3,231). ~20% faster vocabulary terms on
-    # CPU; the same arithmetic either way (experiments/PERFORMANCE.md).
-    config.loss.vocab_tile_size = 4096
+    # of logits is used while it is in the CPU's cache (mBERT: 37 tiles of 3,231). The same arithmetic either way;
+    # at full size on CPU the step is 1.16x faster (experiments/PERFORMANCE.md). runlocal's 8,000 x 64 decoder is
+    # cheap enough that the loop costs more than it saves there (12.8K vs 11.4K tokens/s), so it takes it whole.
+    config.loss.vocab_tile_size = 0 if runlocal else 4096
 
     # Vocabulary trimming (`languages=`): before distillation the teacher is cut to the tokens the training corpus
     # (config.data.corpus in config.data.languages) uses, plus the single characters of its scripts (distil.trim).
