@@ -1,14 +1,14 @@
 """Where a full-size distillation step's time and memory go: the compiled step's HLO cost and memory analysis, its
 largest matmuls, and the step's parts timed alone.
 
-    python experiments/profile_step.py [--size full] [--chunk 32] [--steps 2] [--out profile.json]
+    python experiments/profile_step.py [--size full] [--chunk 512] [--tile 4096] [--steps 2] [--out profile.json]
 
 Parts (each jitted alone on the step's shapes, float32 unless `--teacher-dtype`): the teacher forward to its MLM
 head's hidden states, the same with full logits; the student forward + backward without the vocabulary (cos loss
 on the last hidden states); the vocabulary terms (5·ce + 2·mlm) forward + backward from the heads' hidden states,
-on full logits and chunked; the AdamW + clipping update; and the whole step (`make_train_step` as the trainer
-builds it) plain and chunked. The sum of the parts against the whole shows what the step adds (accumulation scan,
-dropout RNG, the embedding scatter-add).
+on full logits, chunked with the whole vocabulary at once and chunked in vocabulary tiles; the AdamW + clipping
+update; and the whole step (`make_train_step` as the trainer builds it) in the same three ways. The sum of the
+parts against the whole shows what the step adds (accumulation scan, dropout RNG, the embedding scatter-add).
 """
 
 from __future__ import annotations
@@ -86,7 +86,7 @@ def traced_ops(run_once, hlo_text: str, workdir: str, top: int = 15) -> dict:
                     for name, ns in totals.most_common(top)]}
 
 
-def parts(size: str, chunk: int, steps: int, teacher_dtype: str) -> dict:
+def parts(size: str, chunk: int, tile: int, steps: int, teacher_dtype: str) -> dict:
     import jax
     import jax.numpy as jnp
     import optax
@@ -143,10 +143,11 @@ def parts(size: str, chunk: int, steps: int, teacher_dtype: str) -> dict:
             return coefficients["ce"] * ce + coefficients["mlm"] * mlm
         return jax.grad(loss, argnums=(0, 1, 2))(hidden, embedding, bias)
 
-    def vocab_chunked(hidden, embedding, bias):
+    def vocab_chunked(hidden, embedding, bias, tile_size=0):
         def loss(hidden, embedding, bias):
             return losses.vocabulary_losses(
-                hidden, (embedding, bias), coefficients=coefficients, chunk_size=chunk, mlm_labels=labels,
+                hidden, (embedding, bias), coefficients=coefficients, chunk_size=chunk, tile_size=tile_size,
+                mlm_labels=labels,
                 teacher_hidden=fixed_teacher.mlm_hidden, teacher_decoder=fixed_teacher.mlm_decoder, ce_weights=mask,
                 temperature=temperature)[0]
         return jax.grad(loss, argnums=(0, 1, 2))(hidden, embedding, bias)
@@ -164,7 +165,9 @@ def parts(size: str, chunk: int, steps: int, teacher_dtype: str) -> dict:
         "teacher forward with full logits": (teacher_logits, (teacher_params,)),
         "student forward + backward, no vocabulary (cos)": (student_no_vocab, (student_params,)),
         "vocabulary terms fwd + bwd, full logits": (vocab_plain, (hidden, embedding, bias)),
-        f"vocabulary terms fwd + bwd, chunked ({chunk})": (vocab_chunked, (hidden, embedding, bias)),
+        f"vocabulary terms fwd + bwd, chunked ({chunk}), whole vocabulary": (vocab_chunked, (hidden, embedding, bias)),
+        f"vocabulary terms fwd + bwd, chunked ({chunk}), tiles ({tile})": (
+            lambda *a: vocab_chunked(*a, tile_size=tile), (hidden, embedding, bias)),
         "AdamW + clip update": (update, (student_params, opt_state)),
     }
     out = {}
@@ -181,12 +184,15 @@ def parts(size: str, chunk: int, steps: int, teacher_dtype: str) -> dict:
     return out
 
 
-def whole_step(size: str, chunk: int, steps: int, teacher_dtype: str, trace_dir: str | None = None) -> dict:
+def whole_step(size: str, chunk: int, tile: int, steps: int, teacher_dtype: str, trace_dir: str | None = None) -> dict:
     from distil import sharding
 
     out = {}
-    for name, vocab_chunk_size in (("whole step, full logits", 0), (f"whole step, chunked ({chunk})", chunk)):
-        config = bench_step.trainer_config(size, vocab_chunk_size=vocab_chunk_size, teacher_dtype=teacher_dtype)
+    for name, vocab_chunk_size, vocab_tile_size in (
+            ("whole step, full logits", 0, 0), (f"whole step, chunked ({chunk}), whole vocabulary", chunk, 0),
+            (f"whole step, chunked ({chunk}), tiles ({tile})", chunk, tile)):
+        config = bench_step.trainer_config(size, vocab_chunk_size=vocab_chunk_size, vocab_tile_size=vocab_tile_size,
+                                           teacher_dtype=teacher_dtype)
         compiled, state, teacher_params, batch_sharding, mesh, rules, info = bench_step.build_trainer_step(config)
         batch = bench_step.random_batch(info["shape"], info["vocab_size"])
         hlo = compiled.as_text()
@@ -194,7 +200,7 @@ def whole_step(size: str, chunk: int, steps: int, teacher_dtype: str, trace_dir:
             step = bench_step.step_caller(compiled, state, teacher_params,
                                           sharding.make_global_batch(batch, batch_sharding))
             timing = benchlib.timed_median(step, steps=steps, warmup=1)
-            trace = traced_ops(step, hlo, f"{trace_dir}/{vocab_chunk_size}") if trace_dir else None
+            trace = traced_ops(step, hlo, f"{trace_dir}/{vocab_chunk_size}-{vocab_tile_size}") if trace_dir else None
         cost = compiled.cost_analysis()
         cost = cost[0] if isinstance(cost, (list, tuple)) else cost
         out[name] = {**timing, "flops": info["flops"], "bytes_accessed": float(cost.get("bytes accessed", 0)),
@@ -210,6 +216,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size", default="full", choices=list(bench_step.SIZES))
     parser.add_argument("--chunk", type=int, default=bench_step.DEFAULT_CHUNK)
+    parser.add_argument("--tile", type=int, default=4096, help="loss.vocab_tile_size of the tiled rows")
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--teacher-dtype", default="float32")
     parser.add_argument("--skip-parts", action="store_true")
@@ -222,9 +229,9 @@ def main() -> None:
     print(f"matmul peak float32 {peak['float32'] / 1e9:,.0f} GFLOP/s; load {machine['load_average']}", flush=True)
     results = {"machine": machine, "matmul_peak_flops": peak}
     if not args.skip_parts:
-        results["parts"] = parts(args.size, args.chunk, args.steps, args.teacher_dtype)
+        results["parts"] = parts(args.size, args.chunk, args.tile, args.steps, args.teacher_dtype)
     with tempfile.TemporaryDirectory(prefix="profile_step-") as trace_dir:
-        results["steps"] = whole_step(args.size, args.chunk, args.steps, args.teacher_dtype,
+        results["steps"] = whole_step(args.size, args.chunk, args.tile, args.steps, args.teacher_dtype,
                                       None if args.no_trace else trace_dir)
     rows = []
     for name, row in {**results.get("parts", {}), **results["steps"]}.items():
