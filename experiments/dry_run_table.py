@@ -19,12 +19,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+# vocab_tile: loss.vocab_tile_size; the accelerator-like meshes take the whole vocabulary per chunk, as the
+# `:tpu=...` / `:gpu=...` config variants do.
 MESHES = {
-    "1 device": dict(data=1, fsdp=1, tensor=1, dtype="float32"),
-    "8 devices (data 8)": dict(data=8, fsdp=1, tensor=1, dtype="float32"),
-    "data 2 x fsdp 2 x tensor 2": dict(data=2, fsdp=2, tensor=2, dtype="float32"),
-    "v4-32-like (data 4 x fsdp 4)": dict(data=4, fsdp=4, tensor=1, dtype="bfloat16"),
-    "8-GPU-like (data 8, bf16)": dict(data=8, fsdp=1, tensor=1, dtype="bfloat16"),
+    "1 device": dict(data=1, fsdp=1, tensor=1, dtype="float32", vocab_tile=4096),
+    "8 devices (data 8)": dict(data=8, fsdp=1, tensor=1, dtype="float32", vocab_tile=4096),
+    "data 2 x fsdp 2 x tensor 2": dict(data=2, fsdp=2, tensor=2, dtype="float32", vocab_tile=4096),
+    "v4-32-like (data 4 x fsdp 4)": dict(data=4, fsdp=4, tensor=1, dtype="bfloat16", vocab_tile=0),
+    "8-GPU-like (data 8, bf16)": dict(data=8, fsdp=1, tensor=1, dtype="bfloat16", vocab_tile=0),
 }
 SNIPPET = """
 import json, sys
@@ -38,7 +40,8 @@ def measure(mesh: dict, rows: int) -> dict:
     devices = mesh["data"] * mesh["fsdp"] * mesh["tensor"]
     overrides = [f"mesh.{axis}={mesh[axis]}" for axis in ("data", "fsdp", "tensor")] + [
         f"batching.global_batch={rows * mesh['data'] * mesh['fsdp']}", "batching.micro_batches=1",
-        f"student.dtype={mesh['dtype']}", f"teacher.dtype={mesh['dtype']}"]
+        f"student.dtype={mesh['dtype']}", f"teacher.dtype={mesh['dtype']}",
+        f"loss.vocab_tile_size={mesh['vocab_tile']}"]
     env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
     done = subprocess.run([sys.executable, "-c", SNIPPET, *overrides], env=env, capture_output=True, text=True,
                           check=True)
@@ -67,7 +70,7 @@ def main() -> None:
         for budget in args.budgets:
             fitting = [r for r in tried if r["peak_bytes"] <= budget * 2**30]
             results[name][f"{budget:g}GiB"] = fitting[-1] if fitting else None
-    lines = ["| mesh | compute | " + " | ".join(f"rows/device <= {b:g} GiB (peak GiB, args GiB)" for b in args.budgets)
+    lines = ["| mesh | compute, vocab tile | " + " | ".join(f"rows/device <= {b:g} GiB (peak GiB, args GiB)" for b in args.budgets)
              + " | GFLOP/step/device at 1 row |", "|---|---|" + "---:|" * (len(args.budgets) + 1)]
     for name, r in results.items():
         cells = []
@@ -75,7 +78,8 @@ def main() -> None:
             best = r[f"{budget:g}GiB"]
             cells.append("none" if best is None else f"{best['rows_per_device']} ({best['peak_bytes'] / 2**30:.1f}, "
                                                      f"{best['argument_bytes'] / 2**30:.1f})")
-        lines.append(f"| {name} | {r['mesh']['dtype']} | " + " | ".join(cells)
+        compute = f"{r['mesh']['dtype']}, {r['mesh']['vocab_tile'] or 'whole'}"
+        lines.append(f"| {name} | {compute} | " + " | ".join(cells)
                      + f" | {r['tried'][0]['flops'] / 1e9:,.0f} |")
     table = "\n".join(lines)
     print(table)
