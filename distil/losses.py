@@ -352,9 +352,10 @@ def vocabulary_losses(
 
     Why tiles: with a whole-vocabulary chunk every elementwise pass (bias, max, exp, sums, the gradient, its
     transposed copy) reads and writes [chunk, vocab] arrays of hundreds of MB from main memory; a [chunk, tile]
-    block of ~8 MB stays in the CPU's cache between the matmul that makes it and the passes that use it. On a
-    2-core CPU at full size this takes the vocabulary terms from ~5.0 to ~4.2 s, the four matmuls alone being
-    ~3.7 s (experiments/PERFORMANCE.md).
+    block of ~7 MB stays in the CPU's cache between the matmul that makes it and the passes that use it. On a
+    2-core CPU at full size the vocabulary terms inside the step go from ~5.2 to ~4.2 s (the four matmuls alone
+    ~3.7 s) and the step is 1.16x faster (experiments/PERFORMANCE.md). Tiles are for caches: on accelerators, or
+    when the vocabulary is small, 0 keeps the matmuls large and the loop away.
 
     student_hidden / teacher_hidden: the MLM heads' outputs before the decoder, [batch, length, hidden]
     (`EncoderOutput.mlm_hidden`); *_decoder: (word embedding table [vocab, hidden], bias [vocab]) as stored (the

@@ -256,16 +256,8 @@ def torch_worker(spec: dict) -> dict:
 
 
 def recipe_flops(teacher, student, tokens: int, length: int) -> float:
-    """Model FLOPs of one step: teacher forward + student forward and backward (2x the forward), matmuls only
-    (dense layers, attention scores and context, the MLM heads' transform and vocabulary projection)."""
-
-    def forward_per_token(config) -> float:
-        width, inner = config.hidden_size, config.intermediate_size
-        layer = 2 * (4 * width * width + 2 * width * inner) + 2 * 2 * length * width
-        head = 2 * width * width + 2 * width * config.vocab_size
-        return config.num_hidden_layers * layer + head
-
-    return tokens * (forward_per_token(teacher) + 3 * forward_per_token(student))
+    """Model FLOPs of one step: teacher forward + student forward and backward (2x the forward), matmuls only."""
+    return tokens * (teacher.forward_flops_per_token(length) + 3 * student.forward_flops_per_token(length))
 
 
 def size_table(result: dict, peak: dict) -> str:
@@ -335,7 +327,7 @@ def main(argv=None) -> None:
         shape = SIZES[size]
         config = trainer_config(size)
         vocab_size = load_tokenizer(config.tokenizer or default_vocab_path()).get_vocab_size()
-        teacher = ModelConfig(vocab_size=vocab_size, **shape["teacher"])
+        teacher = ModelConfig(vocab_size=vocab_size, head="mlm", **shape["teacher"])
         student = teacher.replace(num_hidden_layers=len(shape["teacher_layers"]))
         tokens = shape["batch"] * shape["length"]
         flops = recipe_flops(teacher, student, tokens, shape["length"])

@@ -210,3 +210,12 @@ def test_mlm_hidden_and_decoder_give_the_logits(family):
     np.testing.assert_array_equal(embedding, model.encoder.embeddings.word_embeddings.embedding[...])
     np.testing.assert_allclose(split.mlm_hidden @ embedding.T + bias, default.logits, atol=1e-5)
     np.testing.assert_array_equal(split.last_hidden_state, default.last_hidden_state)
+
+
+def test_forward_flops_per_token_by_hand():
+    """2 layers of width 8 (MLP 16), 10 tokens of vocabulary, length 4: per layer 2·(4·8² + 2·8·16) projections and
+    MLP + 2·2·4·8 attention = 1,152; the MLM head 2·8² + 2·8·10 = 288; without a head, the layers only."""
+    config = ModelConfig(vocab_size=10, hidden_size=8, num_hidden_layers=2, num_attention_heads=2,
+                         intermediate_size=16, head="mlm")
+    assert config.forward_flops_per_token(4) == 2 * 1152 + 288
+    assert config.replace(head=None).forward_flops_per_token(4) == 2 * 1152

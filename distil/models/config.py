@@ -80,6 +80,15 @@ class ModelConfig:
     def replace(self, **changes) -> "ModelConfig":
         return dataclasses.replace(self, **changes)
 
+    def forward_flops_per_token(self, length: int) -> float:
+        """Matmul FLOPs of one forward pass per token of a `length`-token sequence: each layer's projections and
+        MLP, attention scores and context, and the MLM head's transform and vocabulary projection when it has one
+        (model FLOPs, as MFU counts them; a backward pass is twice a forward)."""
+        width = self.hidden_size
+        layer = 2 * (4 * width * width + 2 * width * self.intermediate_size) + 2 * 2 * length * width
+        head = 2 * width * width + 2 * width * self.vocab_size if self.head == "mlm" else 0
+        return self.num_hidden_layers * layer + head
+
 
 def mbert_base(**overrides) -> ModelConfig:
     """bert-base-multilingual-cased: 12 layers, 768 wide, 12 heads, 119,547 WordPiece tokens."""

@@ -17,6 +17,7 @@ import json
 import math
 import os
 import time
+from typing import Callable
 from pathlib import Path
 
 import grain
@@ -424,8 +425,9 @@ class CompiledSteps:
     """The jitted step compiled ahead of use, once per padded length, with its memory and FLOPs logged."""
 
     def __init__(self, jitted, state, teacher_params, batch_sharding, micro_batches: int, micro_rows: int, log,
-                 batch_names: tuple[str, ...]):
+                 batch_names: tuple[str, ...], flops_per_token: Callable[[int], float]):
         self.jitted, self.state, self.teacher_params = jitted, state, teacher_params
+        self.flops_per_token = flops_per_token
         self.batch_names = batch_names
         self.batch_sharding, self.micro_batches, self.micro_rows = batch_sharding, micro_batches, micro_rows
         self.log = log
@@ -442,17 +444,28 @@ class CompiledSteps:
             compiled = self.jitted.lower(self.state, self.teacher_params, self.abstract_batch(length)).compile()
             self.compiled[length] = compiled
             self.analysis[length] = step_analysis(compiled)
-            # XLA's cost analysis counts a loop body once: the step's FLOPs are its micro-batch scan's times the trip
-            # count (the optimizer update outside the loop is then over-counted, ~0.2% at the recipe's sizes).
-            self.analysis[length]["flops"] *= self.micro_batches
+            # XLA's cost analysis counts a loop body once, and the step loops over micro-batches, position chunks
+            # and vocabulary tiles: its count ("xla_flops") is far below the step's. "flops" is the model FLOPs per
+            # device instead (teacher forward + student forward and backward, spread evenly over the devices).
+            tokens = self.micro_batches * self.micro_rows * length
+            self.analysis[length]["flops"] = self.flops_per_token(length) * tokens / self.batch_sharding.num_devices
             self.analysis[length]["compile_seconds"] = time.perf_counter() - started
             self.log(f"compiled the step for length {length} in {self.analysis[length]['compile_seconds']:.1f}s: "
                      + describe_analysis(self.analysis[length]))
         return self.compiled[length]
 
 
+def model_flops_per_token(teacher: ModelConfig | None, student: ModelConfig) -> Callable[[int], float]:
+    """length -> the recipe's model FLOPs per token: teacher forward + student forward and backward (matmuls)."""
+    def per_token(length: int) -> float:
+        teacher_flops = teacher.forward_flops_per_token(length) if teacher is not None else 0.0
+        return teacher_flops + 3 * student.forward_flops_per_token(length)
+    return per_token
+
+
 def step_analysis(compiled) -> dict:
-    """Per-device bytes (arguments, outputs, temporaries, peak) and FLOPs of a compiled step."""
+    """Per-device bytes (arguments, outputs, temporaries, peak) of a compiled step, and XLA's FLOP count (each
+    loop body once)."""
     memory = compiled.memory_analysis()
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
@@ -463,7 +476,7 @@ def step_analysis(compiled) -> dict:
     if memory:  # the CPU backend reports no peak; arguments + outputs + temporaries bound it
         out["peak_bytes"] = max(out["peak_bytes"], out["argument_bytes"] + out["output_bytes"] + out["temp_bytes"]
                                 - out["alias_bytes"])
-    out["flops"] = float((cost or {}).get("flops", 0.0))
+    out["xla_flops"] = float((cost or {}).get("flops", 0.0))
     return out
 
 
@@ -472,7 +485,7 @@ def describe_analysis(analysis: dict) -> str:
     return (f"per device {analysis.get('argument_bytes', 0) / mib:,.0f} MiB arguments, "
             f"{analysis.get('temp_bytes', 0) / mib:,.0f} MiB temporaries, "
             f"{analysis.get('peak_bytes', 0) / mib:,.0f} MiB peak; {analysis['flops'] / 1e9:,.1f} GFLOP per step "
-            "per device")
+            "per device (model FLOPs)")
 
 
 # ------------------------------------------------------------------------------------------------------ main
@@ -547,7 +560,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
         state, state_shardings = create_train_state(parts.init_params, (teacher_params,), parts.tx, seed=config.seed,
                                                     mesh=mesh, rules=rules)
         steps = CompiledSteps(parts.jitted, state, teacher_params, parts.batch_sharding, batching.micro_batches,
-                              batching.global_batch // batching.micro_batches, _log, parts.batch_names)
+                              batching.global_batch // batching.micro_batches, _log, parts.batch_names,
+                              model_flops_per_token(teacher_config, student_config))
         ahead = steps.get(config.data.max_length)  # the longest padded length: the step's worst-case memory
         del ahead
 
@@ -663,7 +677,7 @@ def dry_run(config: ml_collections.ConfigDict) -> dict:
         batching = config.batching
         steps = CompiledSteps(parts.jitted, state, teacher_params, parts.batch_sharding, batching.micro_batches,
                               batching.global_batch // batching.micro_batches, lambda message: None,
-                              parts.batch_names)
+                              parts.batch_names, model_flops_per_token(teacher_config, student_config))
         steps.get(config.data.max_length)
     analysis = steps.analysis[config.data.max_length]
     micro_rows = batching.global_batch // batching.micro_batches
