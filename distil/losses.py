@@ -474,7 +474,8 @@ def _fused_vocabulary_losses(terms: tuple[str, ...], temperature, chunk: int, sh
     locally and they are summed once after the scan: summing into one [vocab, hidden] carry would all-reduce it
     across the data-parallel devices at every chunk. `vocab_shards`: how many ways the vocabulary is split (the
     `act_vocab` rule); each device's share is cut into `tiles` tiles of `tile` entries, so tile k of every share is
-    processed at once and a tile's arrays are [batch, chunk, vocab_shards, tile].
+    processed at once and a tile's arrays are [batch x chunk, vocab_shards x tile]: plain row-major matmuls (a
+    [batch, chunk, shards, tile] layout made XLA:CPU transpose every table tile before its matmul).
 
     With e = exp((x - m) / T) against a running max m, z = Σ e per row, and the per-tile maxes kept:
         KL(p_t || p_s) = Σ e_t (t - s) / (T z_t) - log z_t + log z_s - (max t - max s) / T
