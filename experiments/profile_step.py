@@ -203,7 +203,7 @@ def whole_step(size: str, chunk: int, tile: int, steps: int, teacher_dtype: str,
             trace = traced_ops(step, hlo, f"{trace_dir}/{vocab_chunk_size}-{vocab_tile_size}") if trace_dir else None
         cost = compiled.cost_analysis()
         cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-        out[name] = {**timing, "flops": info["flops"], "bytes_accessed": float(cost.get("bytes accessed", 0)),
+        out[name] = {**timing, "flops": info["xla_flops"], "bytes_accessed": float(cost.get("bytes accessed", 0)),
                      "transcendentals": float(cost.get("transcendentals", 0)), "temp_bytes": info["temp_bytes"],
                      "argument_bytes": info["argument_bytes"], "compile_s": info["compile_s"],
                      "largest_dots": largest_dots(hlo), "trace": trace}

@@ -484,8 +484,9 @@ def describe_analysis(analysis: dict) -> str:
     mib = 2**20
     return (f"per device {analysis.get('argument_bytes', 0) / mib:,.0f} MiB arguments, "
             f"{analysis.get('temp_bytes', 0) / mib:,.0f} MiB temporaries, "
-            f"{analysis.get('peak_bytes', 0) / mib:,.0f} MiB peak; {analysis['flops'] / 1e9:,.1f} GFLOP per step "
-            "per device (model FLOPs)")
+            f"{analysis.get('peak_bytes', 0) / mib:,.0f} MiB peak; "
+            + (f"{analysis['flops'] / 1e9:,.1f} GFLOP per step per device (model FLOPs)" if "flops" in analysis
+               else f"{analysis['xla_flops'] / 1e9:,.1f} GFLOP per step per device (XLA's count, each loop body once)"))
 
 
 # ------------------------------------------------------------------------------------------------------ main
