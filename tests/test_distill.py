@@ -177,10 +177,11 @@ def test_chunked_vocabulary_step_equals_the_full_logits_step(name):
                                        attention_heads=student.model.config.num_attention_heads))
         results.append(step(state, teacher_params, _batch(accum=2, rows=4)))
     (state_plain, metrics_plain), (state_chunked, metrics_chunked) = results
-    # atol: the student starts from the teacher, so the KL is ~2e-3 and its float32 rounding (~1e-7 per logit, which
-    # differs between the two ways of blocking the vocabulary matmul) shows at 1e-4 relative.
+    # ce's atol: the student starts from the teacher, so the KL is ~2e-3 and its float32 rounding (~1e-7 per logit,
+    # which differs between the two ways of blocking the vocabulary matmul) shows at 1e-4 relative (3e-7 measured).
     for term in objective.terms + ("loss", "grad_norm"):
-        np.testing.assert_allclose(metrics_chunked[term], metrics_plain[term], rtol=2e-6, atol=1e-6, err_msg=term)
+        np.testing.assert_allclose(metrics_chunked[term], metrics_plain[term], rtol=2e-6,
+                                   atol=1e-6 if term == "ce" else 2e-7, err_msg=term)
     for (path, got), (_, want) in zip(nnx.to_flat_state(state_chunked.params), nnx.to_flat_state(state_plain.params)):
         np.testing.assert_allclose(got.get_value(), want.get_value(), rtol=1e-5, atol=2e-7, err_msg=str(path))
 
