@@ -17,8 +17,8 @@ import json
 import math
 import os
 import time
-from typing import Callable
 from pathlib import Path
+from typing import Callable
 
 import grain
 import jax
