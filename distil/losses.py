@@ -523,9 +523,6 @@ def _fused_vocabulary_losses(terms: tuple[str, ...], temperature, chunk: int, sh
             out = jnp.einsum("ph,vh->pv", hidden, table, preferred_element_type=jnp.float32) + bias
             return nn.with_logical_constraint(out, tile_axes)
 
-        def rowwise(x, reduce):  # over a tile -> [positions]
-            return reduce(x, axis=-1)
-
         def expand(x):  # [positions] -> [positions, 1]
             return x[:, None]
 
@@ -542,32 +539,31 @@ def _fused_vocabulary_losses(terms: tuple[str, ...], temperature, chunk: int, sh
                                   if needs_teacher else None)
                 new, stored = dict(stats), {}
                 if uses["ce"] or uses["mlm"]:
-                    new["student_max"] = jnp.maximum(stats["student_max"], rowwise(student_logits, jnp.max))
+                    new["student_max"] = jnp.maximum(stats["student_max"], student_logits.max(-1))
                     stored["student_max"] = new["student_max"]
                     shifted = student_logits - expand(new["student_max"])
                     drop = stats["student_max"] - new["student_max"]  # rescales the sums so far
                 if uses["ce"]:
                     student_exps = jnp.exp(inverse * shifted)
-                    new["student_norm"] = stats["student_norm"] * jnp.exp(inverse * drop) + rowwise(student_exps,
-                                                                                                     jnp.sum)
-                    new["teacher_max"] = jnp.maximum(stats["teacher_max"], rowwise(teacher_logits, jnp.max))
+                    new["student_norm"] = stats["student_norm"] * jnp.exp(inverse * drop) + student_exps.sum(-1)
+                    new["teacher_max"] = jnp.maximum(stats["teacher_max"], teacher_logits.max(-1))
                     teacher_exps = jnp.exp(inverse * (teacher_logits - expand(new["teacher_max"])))
                     teacher_drop = jnp.exp(inverse * (stats["teacher_max"] - new["teacher_max"]))
-                    new["teacher_norm"] = stats["teacher_norm"] * teacher_drop + rowwise(teacher_exps, jnp.sum)
-                    new["cross"] = stats["cross"] * teacher_drop + rowwise(
-                        teacher_exps * (teacher_logits - student_logits), jnp.sum)
+                    new["teacher_norm"] = stats["teacher_norm"] * teacher_drop + teacher_exps.sum(-1)
+                    new["cross"] = stats["cross"] * teacher_drop + (
+                        teacher_exps * (teacher_logits - student_logits)).sum(-1)
                     stored.update(student_exps=student_exps, teacher_exps=teacher_exps,
                                   teacher_max=new["teacher_max"])
                 if uses["mlm"]:
                     exps_at_one = student_exps * student_exps if squared else jnp.exp(shifted)
-                    new["norm_at_one"] = stats["norm_at_one"] * jnp.exp(drop) + rowwise(exps_at_one, jnp.sum)
+                    new["norm_at_one"] = stats["norm_at_one"] * jnp.exp(drop) + exps_at_one.sum(-1)
                     hit = label_hit & expand(chunk_label_tile == index)
-                    new["label_logit"] = stats["label_logit"] + rowwise(jnp.where(hit, student_logits, 0.0), jnp.sum)
+                    new["label_logit"] = stats["label_logit"] + jnp.where(hit, student_logits, 0.0).sum(-1)
                     if not squared:
                         stored["exps_at_one"] = exps_at_one
                 if uses["mse"]:
                     difference = student_logits - teacher_logits
-                    new["squares"] = stats["squares"] + rowwise(difference * difference, jnp.sum)
+                    new["squares"] = stats["squares"] + (difference * difference).sum(-1)
                     stored["difference"] = difference
                 return new, (stored if with_gradient else None)
 
