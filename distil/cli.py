@@ -10,9 +10,14 @@
     distil xnli --workdir DIR             fine-tune on English NLI, evaluate zero-shot on the 15 XNLI languages
     distil report RUN_DIR... --out DIR    merge XNLI results of several runs into one table and plot
 
-Every command reports bad input as one line naming the file, field or flag and what was expected, and exits 2;
-Ctrl-C exits 130 with one line (what was finished is kept: `prepare` and `demo` resume, an export leaves DST as it
-was). Warnings and notes from the library (logger `distil`) are printed as `distil COMMAND: warning: ...`.
+    distil sweep SWEEP.py --launcher L    run or launch every point of a sweep (local, print, tpu, slurm, xpk)
+    distil bench NAME                     run a benchmark of a checkout's experiments/bench_NAME.py
+
+Exit codes: 0 done (also: a run that had finished earlier, left untouched); 2 bad input, named in one line (a
+file, field or flag and what was expected; a workdir in use, of another config, or holding another's files); 3 a
+training failure, in one line (the step, the loss term, the last good checkpoint); 130 Ctrl-C, in one line (what
+was finished is kept: `prepare`, `distill`, `xnli` and `demo` resume, an export leaves DST as it was). Warnings
+and notes from the library (logger `distil`) are printed as `distil COMMAND: warning: ...`.
 """
 
 from __future__ import annotations
@@ -58,6 +63,13 @@ def _finite_at_least_zero(text: str) -> float:
     if not 0 <= value < math.inf:
         raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text!r}")
     return value
+
+
+def _path(text: str) -> str:
+    """A path argument with `~` and `$VAR` expanded (also in `--workdir=~/runs`, which no shell expands)."""
+    from distil.config import expand_path
+
+    return expand_path(text)
 
 
 def _layer_list(text: str) -> list[int]:
@@ -304,8 +316,8 @@ def cmd_demo(args) -> int:
     config = load_config(args.config, args.overrides)
     summary = run_demo(config, args.workdir)
     workdir = Path(summary["workdir"])
-    print(f"wrote {workdir / 'report.md'} (+ loss_curves.png, xnli_results.{{json,md,png}}, demo.json); the student "
-          f"is {workdir / 'student' / 'student'} (a Hugging Face folder); {summary['total_seconds']:.0f} s")
+    print(f"{workdir / 'report.md'} (+ loss_curves.png, xnli_results.{{json,md,png}}, demo.json); the student "
+          f"is {workdir / 'student' / 'student'} (a Hugging Face folder); ran in {summary['total_seconds']:.0f} s")
     return 0
 
 
@@ -355,7 +367,7 @@ def _dry_run(config) -> int:
 def cmd_sweep(args) -> int:
     from distil import launch
 
-    sweep = launch.load_sweep(args.sweep, args.sweep_config, args.xnli)
+    sweep = launch.load_sweep(args.sweep, args.sweep_config, args.xnli, args.overrides)
     root = args.workdir or f"runs/{Path(args.sweep).stem}"
     if args.launcher == "local":
         record = launch.run_local(sweep, Path(root))
@@ -441,36 +453,36 @@ def build_parser() -> argparse.ArgumentParser:
                         help="drop stored tensors the model does not have instead of refusing the checkpoint")
 
     inspect = commands.add_parser("inspect", help="print a checkpoint's config, parameters per module, dtypes")
-    inspect.add_argument("folder", help="a Hugging Face folder (config.json + model.safetensors)")
+    inspect.add_argument("folder", type=_path, help="a Hugging Face folder (config.json + model.safetensors)")
     inspect.add_argument("--json", action="store_true", help="print the report as JSON")
     inspect.add_argument("--allow-unused", **allow_unused)
     inspect.set_defaults(run=cmd_inspect, interrupted="")
 
     export = commands.add_parser("export", help="write a model as a Hugging Face folder")
-    export.add_argument("source", help="a Hugging Face folder")
-    export.add_argument("destination", help="folder to write: new, empty, or written by distil (replaced as a whole)")
+    export.add_argument("source", type=_path, help="a Hugging Face folder")
+    export.add_argument("destination", type=_path, help="folder to write: new, empty, or written by distil (replaced as a whole)")
     export.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), help="convert the parameters")
-    export.add_argument("--tokenizer", help="vocab.txt / tokenizer.json / folder to save beside the model")
+    export.add_argument("--tokenizer", type=_path, help="vocab.txt / tokenizer.json / folder to save beside the model")
     export.add_argument("--allow-unused", **allow_unused)
     export.set_defaults(run=cmd_export, interrupted="; the destination is unchanged")
 
     extract = commands.add_parser("extract", help="initialise a DistilBERT student from BERT teacher layers")
-    extract.add_argument("teacher", help="a Hugging Face BERT folder")
-    extract.add_argument("destination", help="folder to write the student to (new, empty, or written by distil)")
+    extract.add_argument("teacher", type=_path, help="a Hugging Face BERT folder")
+    extract.add_argument("destination", type=_path, help="folder to write the student to (new, empty, or written by distil)")
     extract.add_argument("--layers", type=_layer_list, default=[0, 2, 4, 7, 9, 11],
                          help="teacher layers, comma-separated (default 0,2,4,7,9,11)")
     extract.add_argument("--no-mlm-transform", action="store_true",
                          help="keep the student's MLM transform random instead of copying the teacher's")
-    extract.add_argument("--tokenizer", help="vocab.txt / tokenizer.json / folder to save beside the student")
+    extract.add_argument("--tokenizer", type=_path, help="vocab.txt / tokenizer.json / folder to save beside the student")
     extract.add_argument("--allow-unused", **allow_unused)
     extract.set_defaults(run=cmd_extract, interrupted="; the destination is unchanged")
 
     prepare = commands.add_parser("prepare", help="binarise a text corpus into token shards and token counts")
-    prepare.add_argument("source", help="a <lang>.txt file, a folder of them, or 'wikipedia' (tfds)")
-    prepare.add_argument("out_dir", help="output folder (a rerun resumes)")
-    prepare.add_argument("--tokenizer", help="vocab.txt / tokenizer.json / folder (default: the mBERT vocab)")
+    prepare.add_argument("source", type=_path, help="a <lang>.txt file, a folder of them, or 'wikipedia' (tfds)")
+    prepare.add_argument("out_dir", type=_path, help="output folder (a rerun resumes)")
+    prepare.add_argument("--tokenizer", type=_path, help="vocab.txt / tokenizer.json / folder (default: the mBERT vocab)")
     prepare.add_argument("--languages", help="comma-separated languages to keep")
-    prepare.add_argument("--data-dir", help="tensorflow-datasets data_dir (source 'wikipedia')")
+    prepare.add_argument("--data-dir", type=_path, help="tensorflow-datasets data_dir (source 'wikipedia')")
     prepare.add_argument("--sampling-alpha", type=_finite_at_least_zero,
                          help="mix languages with p ∝ lines^alpha (mBERT: 0.7)")
     prepare.add_argument("--num-lines", type=_int_at_least(1), help="lines to draw / read")
@@ -483,18 +495,18 @@ def build_parser() -> argparse.ArgumentParser:
     prepare.set_defaults(run=cmd_prepare, interrupted="; finished shards are kept, rerun the same command to resume")
 
     trim = commands.add_parser("trim", help="keep only the vocabulary a corpus of the target languages uses")
-    trim.add_argument("source", help="a Hugging Face folder with its tokenizer (teacher or student)")
-    trim.add_argument("destination", help="folder to write (new, empty, or written by distil; replaced as a whole)")
-    trim.add_argument("--corpus", required=True,
+    trim.add_argument("source", type=_path, help="a Hugging Face folder with its tokenizer (teacher or student)")
+    trim.add_argument("destination", type=_path, help="folder to write (new, empty, or written by distil; replaced as a whole)")
+    trim.add_argument("--corpus", type=_path, required=True,
                       help="a folder of <lang>.txt files, 'wikipedia' (tfds, with --data-dir), or a folder written "
                            "by distil prepare with the model's tokenizer")
     trim.add_argument("--languages", help="comma-separated languages of the corpus to keep (default: all)")
     trim.add_argument("--min-count", type=_int_at_least(1), default=1,
                       help="keep tokens used at least this often (default 1)")
-    trim.add_argument("--keep-vocab", help="a file of tokens to keep as well, one per line")
+    trim.add_argument("--keep-vocab", type=_path, help="a file of tokens to keep as well, one per line")
     trim.add_argument("--no-single-chars", action="store_true",
                       help="do not keep the single-character pieces of the corpus' scripts")
-    trim.add_argument("--data-dir", help="tensorflow-datasets data_dir (corpus 'wikipedia')")
+    trim.add_argument("--data-dir", type=_path, help="tensorflow-datasets data_dir (corpus 'wikipedia')")
     trim.add_argument("--allow-unused", **allow_unused)
     trim.set_defaults(run=cmd_trim, interrupted="; the destination is unchanged")
 
@@ -502,7 +514,7 @@ def build_parser() -> argparse.ArgumentParser:
                                epilog="Any --config.KEY=VALUE overrides a field of the config.")
     demo.add_argument("--config", default=DEFAULT_DEMO_CONFIG,
                       help="config file[:arg], or a shipped config's name[:arg] (default: %(default)s)")
-    demo.add_argument("--workdir", default="runs/demo", help="where the demo writes its outputs")
+    demo.add_argument("--workdir", type=_path, default="runs/demo", help="where the demo writes its outputs")
     demo.set_defaults(run=cmd_demo, takes_config=True,
                       interrupted="; rerun the same command to resume (the binarised corpus is kept)")
     distill = commands.add_parser("distill", help="distil a student from a teacher (or MLM pre-training)",
@@ -511,7 +523,7 @@ def build_parser() -> argparse.ArgumentParser:
     distill.add_argument("--config", default="distilmbert",
                          help="config file[:variant], or a shipped config's name[:variant] (default: %(default)s; "
                               "e.g. distilmbert:runlocal)")
-    distill.add_argument("--workdir", help="checkpoints, metrics.jsonl, student/ go here (required unless --dry_run)")
+    distill.add_argument("--workdir", type=_path, help="checkpoints, metrics.jsonl, student/ go here (required unless --dry_run)")
     distill.add_argument("--distributed", action="store_true",
                          help="one process per host: jax.distributed.initialize() before anything else")
     distill.add_argument("--coordinator", help="HOST:PORT of process 0, where the cluster does not say it")
@@ -520,27 +532,30 @@ def build_parser() -> argparse.ArgumentParser:
                               "memory and FLOPs; reads no data and no weights")
     distill.set_defaults(run=cmd_distill, takes_config=True,
                          interrupted="; rerun the same command to resume from the last checkpoint")
-    sweep = commands.add_parser("sweep", help="run or launch every point of a sweep file")
-    sweep.add_argument("sweep", help="a sweep file (CONFIG = 'name[:variant]', get_sweep() -> override dicts)")
+    sweep = commands.add_parser("sweep", help="run or launch every point of a sweep file",
+                                epilog="Any --config.KEY=VALUE applies to every point (e.g. the teacher checkpoint "
+                                       "or the data dir on the cluster); every point is resolved and checked before "
+                                       "anything runs or is printed.")
+    sweep.add_argument("sweep", type=_path, help="a sweep file (CONFIG = 'name[:variant]', get_sweep() -> override dicts)")
     sweep.add_argument("--launcher", choices=("local", "print", "tpu", "slurm", "xpk"), default="print")
     sweep.add_argument("--config", dest="sweep_config",
                        help="start every point from this config[:variant] instead of the sweep file's CONFIG "
                             "(e.g. distilmbert:runlocal here, distilmbert:tpu=v4-32 on a pod)")
     sweep.add_argument("--xnli", help="fine-tune each point's student with this XNLI config[:variant] instead of the "
                                       "sweep file's XNLI (e.g. distilmbert_xnli:runlocal)")
-    sweep.add_argument("--workdir", help="root of the points' workdirs (default runs/<sweep name>)")
+    sweep.add_argument("--workdir", type=_path, help="root of the points' workdirs (default runs/<sweep name>)")
     sweep.add_argument("--repo-dir", default="~/distil", help="the checkout on the hosts (tpu, slurm)")
     sweep.add_argument("--tpu", default="my-tpu", help="TPU VM name (tpu)")
     sweep.add_argument("--zone", default="us-central2-b", help="its zone (tpu)")
     sweep.add_argument("--nodes", type=int, default=2, help="nodes per run (slurm)")
     sweep.add_argument("--gpus-per-node", type=int, default=8, help="(slurm)")
     sweep.add_argument("--partition", help="(slurm)")
-    sweep.add_argument("--out", help="where the sbatch scripts go (slurm; default the workdir root)")
+    sweep.add_argument("--out", type=_path, help="where the sbatch scripts go (slurm; default the workdir root)")
     sweep.add_argument("--cluster", default="my-cluster", help="GKE cluster (xpk)")
     sweep.add_argument("--device-type", default="v4-32", help="TPU type (v4-32) or GPU type (h100-80gb-8) (xpk)")
     sweep.add_argument("--num-slices", type=int, default=1, help="(xpk)")
     sweep.add_argument("--docker-image", default="python:3.11", help="an image with distil installed (xpk)")
-    sweep.set_defaults(run=cmd_sweep, interrupted="; rerun the same command: finished points are skipped, an interrupted one resumes")
+    sweep.set_defaults(run=cmd_sweep, takes_config=True, interrupted="; rerun the same command: finished points are skipped, an interrupted one resumes")
     xnli = commands.add_parser("xnli", help="fine-tune on English NLI, evaluate zero-shot on the 15 XNLI languages",
                                epilog="Any --config.KEY=VALUE overrides a field of the config (e.g. "
                                       "--config.init=DIR). Rerunning on a workdir resumes an interrupted seed and "
@@ -548,16 +563,16 @@ def build_parser() -> argparse.ArgumentParser:
     xnli.add_argument("--config", default="distilmbert_xnli",
                       help="config file[:variant], or a shipped config's name[:variant] (default: %(default)s; "
                            "e.g. mbert_xnli, distilmbert_xnli:runlocal)")
-    xnli.add_argument("--workdir", required=True, help="xnli_results.{json,md,png} and one folder per seed go here")
+    xnli.add_argument("--workdir", type=_path, required=True, help="xnli_results.{json,md,png} and one folder per seed go here")
     xnli.set_defaults(run=cmd_xnli, takes_config=True,
                       interrupted="; rerun the same command to resume (finished seeds are kept)")
     report = commands.add_parser("report", help="gather runs (a sweep's points) into one table with plots",
                                  epilog="Reads result files only: config.json, metrics.jsonl, summary.json of "
                                         "distil distill, xnli_results.json of distil xnli.")
-    report.add_argument("runs", nargs="+", metavar="RUN_DIR",
+    report.add_argument("runs", type=_path, nargs="+", metavar="RUN_DIR",
                         help="a sweep root (distil sweep --workdir), a distil distill workdir, or a distil xnli "
                              "workdir (or its xnli_results.json)")
-    report.add_argument("--out", required=True,
+    report.add_argument("--out", type=_path, required=True,
                         help="folder for sweep_report.{json,md}, loss_curves.png and xnli_report.{json,md,png}")
     report.set_defaults(run=cmd_report, interrupted="")
 
@@ -604,6 +619,7 @@ def _one_line(err: BaseException) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     from distil.config import split_overrides
+    from distil.train.run import EXIT_BAD_INPUT, EXIT_TRAINING_FAILED, TrainingError
 
     command, interrupted = "", ""
     try:
@@ -614,8 +630,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return exit.code if isinstance(exit.code, int) else 2
         command, interrupted = args.command, args.interrupted
         if overrides and not getattr(args, "takes_config", False):
-            raise ValueError(f"{overrides[0]}: distil {command} takes no config; only distil demo, distill "
-                             "and xnli read --config.KEY=VALUE overrides")
+            raise ValueError(f"{overrides[0]}: distil {command} takes no config; only distil demo, distill, "
+                             "xnli and sweep read --config.KEY=VALUE overrides")
         args.overrides = overrides
         with _console_log(command):
             return args.run(args)
@@ -624,7 +640,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except (ValueError, OSError) as err:  # our errors name the file/field/flag; no traceback needed
         print(f"distil {command}: error: {_one_line(err)}", file=sys.stderr)
-        return 2
+        return EXIT_BAD_INPUT
+    except TrainingError as err:
+        print(f"distil {command}: training failed: {_one_line(err)}", file=sys.stderr)
+        return EXIT_TRAINING_FAILED
 
 
 if __name__ == "__main__":

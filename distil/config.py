@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ast
 import importlib.util
+import os
 from pathlib import Path
 from typing import Sequence
 
@@ -120,10 +121,16 @@ def _coerce(value, current, key: str, source: Path):
     elif isinstance(current, str):
         return str(value)
     elif isinstance(current, (tuple, list)):
-        if isinstance(value, (tuple, list)):
-            return type(current)(value)
-        if isinstance(value, (int, float, str)):  # 'layers=3' for a one-element list
-            return type(current)([value])
+        items = list(value) if isinstance(value, (tuple, list)) else [value]  # 'layers=3': a one-element list
+        kinds = {type(item) for item in current}
+        if len(kinds) == 1 and kinds <= {int, float, str}:  # the items must fit the current items' type
+            kind = kinds.pop()
+            items = [_coerce(item, current[0], f"{key}[{index}]", source) if kind is not str or isinstance(item, str)
+                     else item for index, item in enumerate(items)]
+            if kind is str and not all(isinstance(item, str) for item in items):
+                items = None
+        if items is not None and all(isinstance(item, (int, float, str, bool, tuple, list)) for item in items):
+            return type(current)(items)
     else:
         return value
     raise ConfigError(
@@ -160,3 +167,20 @@ def split_overrides(argv: Sequence[str]) -> tuple[list[str], list[str]]:
     overrides = [arg for arg in argv if arg.startswith(OVERRIDE_PREFIX)]
     rest = [arg for arg in argv if not arg.startswith(OVERRIDE_PREFIX)]
     return overrides, rest
+
+
+def expand_path(text: str) -> str:
+    """`~`, `~user` and `$VAR` / `${VAR}` expanded, as a shell would before handing a path over."""
+    return os.path.expanduser(os.path.expandvars(text)) if text else text
+
+
+def expand_paths(config: ml_collections.ConfigDict, keys: Sequence[str]) -> None:
+    """Expands the path values of `keys` ('data.corpus', ...) in place: what config.json records and every reader
+    uses. A value naming an unset variable keeps it (`$NOPE/x`), so the error then names the path as written."""
+    for key in keys:
+        *parents, leaf = key.split(".")
+        node = config
+        for name in parents:
+            node = node[name]
+        if isinstance(node[leaf], str):
+            node[leaf] = expand_path(node[leaf])

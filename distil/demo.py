@@ -8,7 +8,9 @@
 4. report.md with loss curves (loss_curves.png), the XNLI table of both beside the model card's rows
    (xnli_results.{json,md,png}), the student's speed-up over the teacher measured here, and what the full recipe needs
    (its memory dry run and the launch commands).
-A stage whose result file exists is reused; an interrupted one resumes from its checkpoint (the trainers do that).
+The demo's workdir is a run of its own (distil.train.run): locked while it runs, of one demo config, and final once
+its report is written (a rerun prints where it is and changes nothing). Each stage is a run in its own folder: a
+finished one is reused, an interrupted one resumes from its checkpoint (the trainers do that).
 """
 
 from __future__ import annotations
@@ -20,7 +22,6 @@ import sys
 import time
 from pathlib import Path
 
-import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
@@ -28,25 +29,30 @@ from flax import nnx
 
 from distil import hf, report
 from distil.atomic import write_atomically, write_text_atomically
-from distil.config import load_config
+from distil.config import ConfigError, load_config
 from distil.models import parameter_count
 from distil.sweep_report import LOSS_TERMS
 from distil.train import distill, xnli
 from distil.train.metrics import read_metrics
-
-REPORT_FILE = "report.md"
+from distil.train.run import (DEMO_FILE, LOSS_CURVES_FILE, METRICS_FILE, REPORT_FILE, RESULTS_FILE, RUN_FILE,
+                              STUDENT_DIR, SUMMARY_FILE, open_run, read_json)
 
 
 def _log(message: str) -> None:
     print(f"distil demo: {message}", flush=True)
 
 
-def _stage(name: str, done: Path, run) -> float:
-    """Runs a stage unless its result file exists; returns the seconds it took (0 when reused)."""
-    if done.exists():
-        _log(f"{name}: reusing {done.parent} (finished earlier)")
+def _finished(folder: Path) -> bool:
+    record = folder / RUN_FILE
+    return record.is_file() and read_json(record, "run record").get("status") == "finished"
+
+
+def _stage(name: str, folder: Path, run) -> float:
+    """Runs a stage (its trainer reuses it when it finished earlier); returns the seconds it took (0 when reused)."""
+    if _finished(folder):
+        _log(f"{name}: reusing {folder} (finished earlier)")
         return 0.0
-    _log(f"{name} -> {done.parent}")
+    _log(f"{name} -> {folder}")
     started = time.perf_counter()
     result = run()
     if isinstance(result, dict) and "stopped_at" in result:  # SIGTERM: the stage saved its checkpoint
@@ -55,9 +61,26 @@ def _stage(name: str, done: Path, run) -> float:
     return time.perf_counter() - started
 
 
+def check_config(config: ml_collections.ConfigDict) -> None:
+    for key in ("teacher_steps", "student_steps", "speed_batch"):
+        if not isinstance(config[key], int) or config[key] < 1:
+            raise ConfigError(f"config.{key} must be an integer >= 1, got {config[key]!r}")
+
+
 def run_demo(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict:
+    """Runs (or resumes) the demo in `workdir`; returns its summary (`demo.json`; a finished demo's, untouched)."""
+    check_config(config)
     workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
+    with open_run(workdir, "demo", config) as run:
+        if run.finished:
+            _log(run.finished_message())
+            return read_json(workdir / DEMO_FILE, "demo summary")
+        summary = _run_stages(config, workdir)
+        run.mark_finished()
+        return summary
+
+
+def _run_stages(config: ml_collections.ConfigDict, workdir: Path) -> dict:
     started = time.perf_counter()
     seed = f"seed={config.seed}"
     stages = {"teacher": workdir / "teacher", "student": workdir / "student",
@@ -65,7 +88,7 @@ def run_demo(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> d
     teacher_config = load_config("distilmbert:runlocal", [*config.teacher, f"num_steps={config.teacher_steps}", seed])
     student_config = load_config("distilmbert:runlocal", [
         *config.student, f"num_steps={config.student_steps}", seed,
-        f"teacher.checkpoint={stages['teacher'] / distill.STUDENT_DIR}"])
+        f"teacher.checkpoint={stages['teacher'] / STUDENT_DIR}"])
     xnli_configs = {
         "teacher": load_config("mbert_xnli:runlocal", [*config.xnli, f"init={stages['teacher']}", "name=teacher"]),
         "student": load_config("distilmbert_xnli:runlocal", [*config.xnli, f"init={stages['student']}",
@@ -73,32 +96,32 @@ def run_demo(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> d
     }
 
     seconds = {
-        "teacher": _stage("1/4 MLM pre-training of the teacher", stages["teacher"] / distill.SUMMARY_FILE,
+        "teacher": _stage("1/4 MLM pre-training of the teacher", stages["teacher"],
                           lambda: distill.train_and_evaluate(teacher_config, stages["teacher"])),
-        "student": _stage("2/4 distilling the student", stages["student"] / distill.SUMMARY_FILE,
+        "student": _stage("2/4 distilling the student", stages["student"],
                           lambda: distill.train_and_evaluate(student_config, stages["student"])),
     }
     for model in ("teacher", "student"):
         stage = stages[f"xnli-{model}"]
-        seconds[f"xnli-{model}"] = _stage(f"3/4 XNLI of the {model}", stage / "xnli_results.json",
+        seconds[f"xnli-{model}"] = _stage(f"3/4 XNLI of the {model}", stage,
                                           lambda: xnli.train_and_evaluate(xnli_configs[model], stage))
 
     _log("4/4 report")
     runs = [report.read_results(stages["xnli-teacher"]), report.read_results(stages["xnli-student"])]
-    report.write_files(runs, workdir, "xnli_results", {"runs": runs})
-    plot_loss_curves({name: read_metrics(stages[name] / "metrics.jsonl") for name in ("teacher", "student")},
-                     workdir / "loss_curves.png")
-    teacher_folder, student_folder = (stages[name] / distill.STUDENT_DIR for name in ("teacher", "student"))
+    report.write_files(runs, workdir, RESULTS_FILE.removesuffix(".json"), {"runs": runs})
+    plot_loss_curves({name: read_metrics(stages[name] / METRICS_FILE) for name in ("teacher", "student")},
+                     workdir / LOSS_CURVES_FILE)
+    teacher_folder, student_folder = (stages[name] / STUDENT_DIR for name in ("teacher", "student"))
     speed = measure_speedup(teacher_folder, student_folder, batch=config.speed_batch)
     summary = {
         "workdir": str(workdir), "seconds": seconds, "speed": speed,
-        "teacher": json.loads((stages["teacher"] / distill.SUMMARY_FILE).read_text()),
-        "student": json.loads((stages["student"] / distill.SUMMARY_FILE).read_text()),
+        "teacher": read_json(stages["teacher"] / SUMMARY_FILE, "summary"),
+        "student": read_json(stages["student"] / SUMMARY_FILE, "summary"),
         "xnli": {run["model"]: run["test"] for run in runs},
         "dry_run": full_recipe_dry_run(),
     }
     summary["total_seconds"] = time.perf_counter() - started
-    write_text_atomically(workdir / "demo.json", json.dumps(summary, indent=2, default=str) + "\n")
+    write_text_atomically(workdir / DEMO_FILE, json.dumps(summary, indent=2, default=str) + "\n")
     write_text_atomically(workdir / REPORT_FILE, to_markdown(summary, workdir))
     return summary
 
@@ -165,7 +188,7 @@ def to_markdown(summary: dict, workdir: Path) -> str:
     teacher, student, speed = summary["teacher"], summary["student"], summary["speed"]
     # The XNLI report's sections, one level down (its title is this section's).
     xnli_table = "\n".join(f"#{line}" if line.startswith("## ") else line
-                           for line in (workdir / "xnli_results.md").read_text(encoding="utf-8").splitlines()[1:])
+                           for line in (workdir / RESULTS_FILE).with_suffix(".md").read_text(encoding="utf-8").splitlines()[1:])
     averages = {model: 100 * sum(test.values()) / len(test) for model, test in summary["xnli"].items()}
     near_chance = all(abs(average - 100 / 3) < 3 for average in averages.values())
     final_t, final_s = teacher["final"], student["final"]

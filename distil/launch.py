@@ -8,11 +8,19 @@ A sweep file defines
         return product([{"loss.temperature": t} for t in (1.0, 2.0, 4.0)],
                        zip_([{"loss.alpha_ce": 5.0, "loss.alpha_mlm": 2.0}, {"loss.alpha_ce": 2.0, "loss.alpha_mlm": 5.0}]))
 
-and each point is a dict of `--config.KEY=VALUE` overrides. A point's workdir is `ROOT/<name>`, its name built from
-its overrides, so a rerun finds the same folders: `local` skips points whose `summary.json` exists, resumes
-interrupted ones (the trainer resumes from the workdir's checkpoint), records failures in `ROOT/sweep.json` and goes
-on. The other launchers run nothing: they print (or, for SLURM, write) the commands that start each point on every
-host of a slice or cluster; `jax.distributed.initialize()` (`distil distill --distributed`) finds the topology there.
+and each point is a dict of `--config.KEY=VALUE` overrides; `distil sweep ... --config.KEY=VALUE` adds settings to
+every point (a teacher checkpoint, a data dir, a mesh). Every launcher first resolves every point (base config +
+the command line's overrides + the point's) and checks its values; one bad point stops the sweep before anything
+runs or is printed, naming the point and the key.
+
+A point's identity is its fully resolved config (and the XNLI config it is fine-tuned with, and the library
+versions): its workdir is `ROOT/<name>-<fingerprint>`, the name built from its overrides. A rerun finds the same
+folders; a point whose config changed (in the sweep file, the base config or the command line) is a new point in a
+new folder, never "finished earlier". `local` skips points whose runs are finished, resumes interrupted ones (the
+trainer resumes from the workdir's checkpoint), and records the current points' status in `ROOT/sweep.json` (points
+no longer in the sweep are left out of it, their folders untouched). The other launchers run nothing: they print
+(or, for SLURM, write) the commands that start each point on every host of a slice or cluster;
+`jax.distributed.initialize()` (`distil distill --distributed`) finds the topology there.
 
 A sweep file may also set `XNLI = "distilmbert_xnli[:variant]"`: each point's student is then fine-tuned on English
 NLI and evaluated zero-shot (`distil xnli --workdir ROOT/<name>/xnli --config.init=ROOT/<name>`) once its
@@ -35,14 +43,12 @@ import sys
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
-from distil.atomic import write_text_atomically
-from distil.config import ConfigError, import_file, load_config
-from distil.report import RESULTS_FILE
+from distil.atomic import OutputError, make_output_folder, stale_temporaries, write_text_atomically
+from distil.config import OVERRIDE_PREFIX, ConfigError, import_file, load_config
+from distil.train import run as run_scaffold
+from distil.train.run import LOCK_FILE, RUN_FILE, SWEEP_RECORD, XNLI_DIR
 
 LAUNCHERS = ("local", "print", "tpu", "slurm", "xpk")
-SUMMARY_FILE = "summary.json"  # distil.train.distill.SUMMARY_FILE: a finished point (not imported: no jax here)
-SWEEP_RECORD = "sweep.json"  # ROOT/sweep.json: each point's status and overrides (the local launcher)
-XNLI_DIR = "xnli"  # a point's XNLI run, inside its workdir
 Point = dict[str, object]
 
 
@@ -61,19 +67,32 @@ def zip_(*axes: Sequence[Point]) -> list[Point]:
 
 
 @dataclasses.dataclass(frozen=True)
+class ResolvedPoint:
+    """One point: its folder name (readable name + fingerprint), its overrides, and its fingerprint."""
+
+    name: str
+    overrides: Point
+    fingerprint: str
+
+
+@dataclasses.dataclass(frozen=True)
 class Sweep:
-    """A sweep file: the config every point starts from, the points' overrides, and the XNLI config that fine-tunes
-    each point's student afterwards (None: distillation only)."""
+    """A sweep file: the config every point starts from, the command line's overrides for every point, the points
+    (resolved and checked), and the XNLI config that fine-tunes each point's student afterwards (None: distillation
+    only)."""
 
     config: str
-    points: list[Point]
+    points: list[ResolvedPoint]
     xnli: str | None = None
+    overrides: tuple[str, ...] = ()
 
 
-def load_sweep(path: str | os.PathLike, config: str | None = None, xnli: str | None = None) -> Sweep:
-    """The sweep file at `path`; `config` and `xnli` replace its CONFIG and XNLI (e.g. the same ablation at
-    `distilmbert:runlocal` here and at `distilmbert:tpu=v4-32` on a pod). `get_sweep(config)` may take the resolved
-    base config, so that points can follow its shape (layer maps from `config.student.teacher_layers`)."""
+def load_sweep(path: str | os.PathLike, config: str | None = None, xnli: str | None = None,
+               overrides: Sequence[str] = ()) -> Sweep:
+    """The sweep file at `path`, every point resolved and checked; `config` and `xnli` replace its CONFIG and XNLI
+    (e.g. the same ablation at `distilmbert:runlocal` here and at `distilmbert:tpu=v4-32` on a pod), `overrides`
+    (`--config.KEY=VALUE`) apply to every point. `get_sweep(config)` may take the resolved base config, so that
+    points can follow its shape (layer maps from `config.student.teacher_layers`)."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: sweep file not found")
@@ -85,15 +104,52 @@ def load_sweep(path: str | os.PathLike, config: str | None = None, xnli: str | N
         raise ConfigError(f"{path}: XNLI must be an XNLI config 'name[:variant]' (e.g. 'distilmbert_xnli:runlocal'), "
                           f"got {xnli!r}")
     config = config or module.CONFIG
+    overrides = tuple(override if override.startswith(OVERRIDE_PREFIX) else OVERRIDE_PREFIX + override
+                      for override in overrides)
     takes_config = len(inspect.signature(module.get_sweep).parameters) > 0
-    points = module.get_sweep(load_config(config)) if takes_config else module.get_sweep()
-    if not points or not all(isinstance(point, Mapping) for point in points):
+    try:
+        points = module.get_sweep(load_config(config, overrides)) if takes_config else module.get_sweep()
+    except ConfigError:
+        raise
+    except Exception as err:  # the sweep file's own code
+        raise ConfigError(f"{path}: get_sweep() failed: {type(err).__name__}: {err}") from None
+    if not isinstance(points, Sequence) or not points or not all(isinstance(point, Mapping) for point in points):
         raise ConfigError(f"{path}: get_sweep() must return a non-empty list of {{'KEY': value}} dicts")
     names = [point_name(point) for point in points]
     duplicated = sorted({name for name in names if names.count(name) > 1})
     if duplicated:
         raise ConfigError(f"{path}: points repeat: {', '.join(duplicated)}")
-    return Sweep(config, [dict(point) for point in points], xnli)
+    resolved = [resolve_point(config, dict(point), overrides, xnli, where=f"{path}: point {point_name(point)}")
+                for point in points]
+    return Sweep(config, resolved, xnli, overrides)
+
+
+def resolve_point(config: str, point: Point, overrides: Sequence[str], xnli: str | None, *,
+                  where: str) -> ResolvedPoint:
+    """The point's configs resolved and checked as its commands will read them (any error names the point), and
+    its fingerprint: the distillation's, and the XNLI run's when there is one (without config.init, which is the
+    point's own folder)."""
+    from distil.train import distill, xnli as xnli_trainer
+
+    keys = {override[len(OVERRIDE_PREFIX):].partition("=")[0] for override in overrides}
+    clash = sorted(keys & set(point))
+    if clash:
+        raise ConfigError(f"{where}: sets {', '.join(clash)}, which the command line's --config.{clash[0]} sets for "
+                          "every point; drop one of them")
+    try:
+        distill_config = load_config(config, [*overrides, *override_args(point)])
+        run_scaffold.resolve_config("distill", distill_config)
+        distill.check_config(distill_config, num_devices=None, process_count=1)
+        identity = [run_scaffold.fingerprint("distill", run_scaffold.config_data(distill_config))]
+        if xnli:
+            xnli_config = load_config(xnli, ["init="])
+            run_scaffold.resolve_config("xnli", xnli_config)
+            xnli_trainer.check_config(xnli_config, num_devices=None, process_count=1)
+            identity.append(run_scaffold.fingerprint("xnli", run_scaffold.config_data(xnli_config)))
+    except ConfigError as err:
+        raise ConfigError(f"{where}: {err}") from None
+    digest = hashlib.sha256(" ".join(identity).encode()).hexdigest()[:8]
+    return ResolvedPoint(f"{point_name(point)}-{digest}", point, digest)
 
 
 def point_name(point: Mapping[str, object]) -> str:
@@ -112,8 +168,9 @@ def override_args(point: Mapping[str, object]) -> list[str]:
             for key, value in point.items()]
 
 
-def distill_args(config: str, workdir: str, point: Mapping[str, object], *, distributed: bool) -> list[str]:
-    args = ["python", "-m", "distil", "distill", "--config", config, "--workdir", workdir, *override_args(point)]
+def distill_args(sweep: Sweep, workdir: str, point: ResolvedPoint, *, distributed: bool) -> list[str]:
+    args = ["python", "-m", "distil", "distill", "--config", sweep.config, "--workdir", workdir, *sweep.overrides,
+            *override_args(point.overrides)]
     return args + ["--distributed"] if distributed else args
 
 
@@ -126,42 +183,68 @@ def xnli_args(xnli_config: str, workdir: str) -> list[str]:
 # ---------------------------------------------------------------------------------------------------- launchers
 
 
+def _finished(folder: Path) -> bool:
+    record = folder / RUN_FILE
+    try:
+        return record.is_file() and json.loads(record.read_text(encoding="utf-8")).get("status") == "finished"
+    except (OSError, ValueError):
+        return False
+
+
+def _open_root(root: Path) -> run_scaffold.WorkdirLock:
+    """The sweep root, locked for this sweep: new, empty, or a sweep root already (its sweep.json)."""
+    make_output_folder(root, "sweep root")
+    if not (root / SWEEP_RECORD).exists():
+        own = {LOCK_FILE, *(entry.name for entry in stale_temporaries(root))}
+        foreign = sorted(entry.name for entry in root.iterdir() if entry.name not in own)
+        if foreign:
+            raise OutputError(f"{root}: holds files distil did not write for a sweep ({', '.join(foreign[:6])}; no "
+                              f"{SWEEP_RECORD}); choose a new or empty --workdir")
+    lock = run_scaffold.WorkdirLock(root, "sweep")
+    lock.acquire()
+    lock.announce()
+    return lock
+
+
 def run_local(sweep: Sweep, root: Path, *, python: str = sys.executable, log: Callable[[str], None] = print) -> dict:
     """Runs the points one after another, each stage in its own process, each point in its own workdir; returns
-    (and writes, after every point) the record `ROOT/sweep.json`: {name: {"status", "overrides"}}."""
+    (and writes, after every point) the record `ROOT/sweep.json`: {name: {"status", "overrides", "fingerprint"}}
+    of this sweep's points."""
     record_path = root / SWEEP_RECORD
-    record = json.loads(record_path.read_text()) if record_path.exists() else {}
-    root.mkdir(parents=True, exist_ok=True)
-    points = sweep.points
-    for index, point in enumerate(points, 1):
-        name = point_name(point)
-        workdir = root / name
-        stages = [("distill", workdir / SUMMARY_FILE, distill_args(sweep.config, str(workdir), point,
-                                                                     distributed=False))]
-        if sweep.xnli:
-            stages.append(("xnli", workdir / XNLI_DIR / RESULTS_FILE, xnli_args(sweep.xnli, str(workdir))))
-        status = "finished"
-        for stage, done_file, args in stages:
-            if done_file.exists():
-                log(f"[{index}/{len(points)}] {name}: {stage} finished earlier, skipped")
-                continue
-            log(f"[{index}/{len(points)}] {name}: {stage} running in {done_file.parent}")
-            returncode = subprocess.run([python, *args[1:]]).returncode
-            if returncode != 0:
-                status = f"failed in {stage} (exit {returncode})"
-                break
-        record[name] = {"status": status, "overrides": point}
-        write_text_atomically(record_path, json.dumps(record, indent=2, default=str) + "\n")
-        log(f"[{index}/{len(points)}] {name}: {status}")
-    write_text_atomically(record_path, json.dumps(record, indent=2, default=str) + "\n")
-    return record
+    lock = _open_root(root)
+    try:
+        record = {}
+        points = sweep.points
+        for index, point in enumerate(points, 1):
+            workdir = root / point.name
+            stages = [("distill", workdir, distill_args(sweep, str(workdir), point, distributed=False))]
+            if sweep.xnli:
+                stages.append(("xnli", workdir / XNLI_DIR, xnli_args(sweep.xnli, str(workdir))))
+            status = "finished"
+            for stage, folder, args in stages:
+                if _finished(folder):
+                    log(f"[{index}/{len(points)}] {point.name}: {stage} finished earlier, skipped")
+                    continue
+                log(f"[{index}/{len(points)}] {point.name}: {stage} running in {folder}")
+                returncode = subprocess.run([python, *args[1:]]).returncode
+                if returncode != 0:
+                    status = f"failed in {stage} (exit {returncode})"
+                    break
+            record[point.name] = {"status": status, "overrides": point.overrides, "fingerprint": point.fingerprint}
+            write_text_atomically(record_path, json.dumps(record, indent=2, default=str) + "\n")
+            log(f"[{index}/{len(points)}] {point.name}: {status}")
+        return record
+    finally:
+        lock.release()
 
 
 def print_points(sweep: Sweep, root: str) -> str:
     then = f", then XNLI ({sweep.xnli}) in <workdir>/{XNLI_DIR}" if sweep.xnli else ""
     lines = [f"{len(sweep.points)} point(s) of {sweep.config}{then}:"]
+    if sweep.overrides:
+        lines.append(f"  every point: {' '.join(sweep.overrides)}")
     for point in sweep.points:
-        lines.append(f"  {root}/{point_name(point)}  {' '.join(override_args(point)) or '(the config as it is)'}")
+        lines.append(f"  {root}/{point.name}  {' '.join(override_args(point.overrides)) or '(the config as it is)'}")
     return "\n".join(lines)
 
 
@@ -170,8 +253,8 @@ def tpu_commands(sweep: Sweep, root: str, *, tpu: str, zone: str, repo_dir: str)
     returns when the run ends); with XNLI, a second line fine-tunes the student on worker 0."""
     lines = []
     for point in sweep.points:
-        workdir = f"{root}/{point_name(point)}"
-        stages = [("all", distill_args(sweep.config, workdir, point, distributed=True))]
+        workdir = f"{root}/{point.name}"
+        stages = [("all", distill_args(sweep, workdir, point, distributed=True))]
         if sweep.xnli:
             stages.append(("0", xnli_args(sweep.xnli, workdir)))
         for workers, args in stages:
@@ -186,8 +269,8 @@ def slurm_scripts(sweep: Sweep, root: str, *, nodes: int, gpus_per_node: int, re
     with XNLI, one task on the first node fine-tunes the student afterwards."""
     scripts = {}
     for point in sweep.points:
-        name = point_name(point)
-        command = shlex.join(distill_args(sweep.config, f"{root}/{name}", point, distributed=True))
+        name = point.name
+        command = shlex.join(distill_args(sweep, f"{root}/{name}", point, distributed=True))
         xnli = [f"srun --nodes=1 --ntasks=1 {shlex.join(xnli_args(sweep.xnli, f'{root}/{name}'))}"] if sweep.xnli \
             else []
         scripts[f"{name}.sbatch"] = "\n".join([
@@ -217,8 +300,8 @@ def xpk_commands(sweep: Sweep, root: str, *, cluster: str, device_type: str, num
     JOB_COMPLETION_INDEX both 0) fine-tunes the student once the distillation has finished."""
     lines = []
     for point in sweep.points:
-        name = point_name(point)
-        command = shlex.join(distill_args(sweep.config, f"{root}/{name}", point, distributed=True))
+        name = point.name
+        command = shlex.join(distill_args(sweep, f"{root}/{name}", point, distributed=True))
         if sweep.xnli:
             command += (' && { [ "${JOB_INDEX:-0}${JOB_COMPLETION_INDEX:-0}" != 00 ] || '
                         f"{shlex.join(xnli_args(sweep.xnli, f'{root}/{name}'))}; }}")

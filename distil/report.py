@@ -23,10 +23,10 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from distil.atomic import make_output_folder, write_atomically, write_text_atomically
+from distil.atomic import write_atomically, write_text_atomically
 from distil.data.nli import xnli_languages
+from distil.train.run import RESULTS_FILE
 
-RESULTS_FILE = "xnli_results.json"
 REPORT_STEM = "xnli_report"
 SPLITS = ("dev", "test")
 

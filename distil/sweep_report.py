@@ -23,12 +23,12 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 from distil import report
-from distil.atomic import make_output_folder, write_atomically, write_text_atomically
+from distil.atomic import write_atomically, write_text_atomically
 from distil.data.nli import xnli_languages
-from distil.launch import SWEEP_RECORD, XNLI_DIR
-from distil.train.distill import CONFIG_FILE, SUMMARY_FILE
-from distil.train.metrics import METRICS_FILE, read_metrics
+from distil.train.metrics import read_metrics
 from distil.train.objective import TERMS
+from distil.train.run import (CHECKPOINT_DIR, CONFIG_FILE, LOSS_CURVES_FILE, METRICS_FILE, SUMMARY_FILE, SWEEP_RECORD,
+                              RUN_FILE, XNLI_DIR, check_output_folder, flatten)
 
 LOSS_TERMS = ("loss", *TERMS)  # the weighted total, then each objective term as `distil distill` logs it
 STEM = "sweep_report"
@@ -42,17 +42,6 @@ def _read_json(path: Path):
         return json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise report.ReportError(f"{path}: not valid JSON ({err})") from None
-
-
-def flatten(config: Mapping, prefix: str = "") -> dict[str, object]:
-    """{'loss': {'temperature': 2.0}} -> {'loss.temperature': 2.0}; lists become tuples (hashable, comparable)."""
-    out = {}
-    for key, value in config.items():
-        if isinstance(value, Mapping):
-            out.update(flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = tuple(value) if isinstance(value, list) else value
-    return out
 
 
 def read_run(folder: Path, name: str) -> dict:
@@ -77,7 +66,9 @@ def read_run(folder: Path, name: str) -> dict:
 
 
 def _is_distill_run(folder: Path) -> bool:
-    return (folder / CONFIG_FILE).is_file() and ((folder / METRICS_FILE).is_file() or (folder / "checkpoints").is_dir()
+    if (folder / RUN_FILE).is_file():
+        return _read_json(folder / RUN_FILE).get("command") == "distill"
+    return (folder / CONFIG_FILE).is_file() and ((folder / METRICS_FILE).is_file() or (folder / CHECKPOINT_DIR).is_dir()
                                                  or (folder / SUMMARY_FILE).is_file())
 
 
@@ -94,10 +85,12 @@ def collect(paths: Sequence[str | os.PathLike]) -> tuple[list[dict], list[dict]]
         elif _is_distill_run(path):
             runs.append(read_run(path, path.name))
         else:
-            record = _read_json(path / SWEEP_RECORD) if (path / SWEEP_RECORD).is_file() else {}
-            names = list(record)
-            names += sorted(child.name for child in path.iterdir()
-                            if child.is_dir() and child.name not in names and _is_distill_run(child))
+            if (path / SWEEP_RECORD).is_file():  # this sweep's points (folders of points no longer in it are not)
+                record = _read_json(path / SWEEP_RECORD)
+                names = list(record)
+            else:
+                record, names = {}, sorted(child.name for child in path.iterdir()
+                                           if child.is_dir() and _is_distill_run(child))
             if not names:
                 raise report.ReportError(
                     f"{path}: no {report.RESULTS_FILE}, {CONFIG_FILE} or {SWEEP_RECORD}; expected a `distil xnli` "
@@ -190,7 +183,7 @@ def markdown(runs: Sequence[Mapping], xnli_only: Sequence[Mapping], sources: Seq
              f"{len(runs)} run(s) from {', '.join(sources)}. Columns: the config fields that differ between runs, "
              "then the last logged step's loss terms (each the mean per counted position of that step's update), "
              "tokens/s and wall time. A run that has not finished shows the last step it logged.", "",
-             table, "", "![loss curves](loss_curves.png)", ""]
+             table, "", f"![loss curves]({LOSS_CURVES_FILE})", ""]
     if any(run["xnli"] for run in runs):
         parts += ["## XNLI zero-shot test accuracy (%)", "",
                   "Each run's student fine-tuned on English NLI and evaluated on every language "
@@ -260,7 +253,9 @@ def write_report(paths: Sequence[str | os.PathLike], out_dir: str | os.PathLike)
     fields = differing_fields(runs)
     labels = short_labels(runs, fields)
     xnli_runs = [{**run["xnli"], "model": labels[run["name"]]} for run in runs if run["xnli"]] + list(xnli_only)
-    out_dir = make_output_folder(out_dir, "report folder")
+    names = [f"{STEM}.json", f"{STEM}.md", LOSS_CURVES_FILE,
+             *(f"{report.REPORT_STEM}.{suffix}" for suffix in ("json", "md", "png"))]
+    out_dir = check_output_folder(out_dir, names, "report folder")  # never over a file distil did not write
     written = {}
     if runs:
         written["md"] = out_dir / f"{STEM}.md"
@@ -272,7 +267,7 @@ def write_report(paths: Sequence[str | os.PathLike], out_dir: str | os.PathLike)
                         "xnli": run["xnli"] and {key: run["xnli"][key] for key in ("test", "dev", "average", "std")}}
                      for run in runs]}, indent=2, default=list) + "\n")
         write_text_atomically(written["md"], markdown(runs, xnli_only, [str(path) for path in paths]))
-        written["loss_curves"] = out_dir / "loss_curves.png"
+        written["loss_curves"] = out_dir / LOSS_CURVES_FILE
         plot_loss_curves(runs, fields, written["loss_curves"])
     if xnli_runs:
         xnli_files = report.write_files(xnli_runs, out_dir, report.REPORT_STEM,

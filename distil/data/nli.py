@@ -180,6 +180,9 @@ def read_xtreme_xnli(data_dir: str | os.PathLike, *, split: str, language: str) 
     if index is not None and len(index) != len(lines):
         raise NliFormatError(f"{index_path}: has {len(index)} sample rows but {path} has {len(lines)} rows")
     examples = []
+    # A file is labelled or not as a whole (its first row says which): a 2-column row among labelled ones is a row
+    # that lost a column, never a premise and a label.
+    columns = len(lines[0].split("\t")) if lines else 0
     for row, line in enumerate(lines):
         line_number = row + 1
         fields = line.split("\t")
@@ -187,6 +190,11 @@ def read_xtreme_xnli(data_dir: str | os.PathLike, *, split: str, language: str) 
             raise NliFormatError(
                 f"{path}:{line_number}: expected 2 (premise, hypothesis) or 3 (premise, hypothesis, label) "
                 f"tab-separated columns, got {len(fields)}"
+            )
+        if len(fields) != columns:
+            raise NliFormatError(
+                f"{path}:{line_number}: expected {columns} tab-separated columns like line 1 ("
+                + ("premise, hypothesis, label" if columns == 3 else "premise, hypothesis") + f"), got {len(fields)}"
             )
         if len(fields) == 3:
             label = _label_id(fields[2], XNLI_LABEL_IDS, path, line_number, "XNLI")

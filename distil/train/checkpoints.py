@@ -16,6 +16,7 @@ pre-emption point; either way the loop saves with `force=True` and exits 0.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import threading
@@ -73,17 +74,35 @@ def restore(manager: ocp.CheckpointManager, abstract_state, iterator, settings: 
     step = manager.latest_step()
     if step is None:
         return None, 0
-    saved_settings = manager.restore(step, args=ocp.args.Composite(settings=ocp.args.JsonRestore()))["settings"]
+    where = Path(manager.directory) / str(step)
+    with _named_failures(where):
+        saved_settings = manager.restore(step, args=ocp.args.Composite(settings=ocp.args.JsonRestore()))["settings"]
     check_settings(saved_settings, settings, manager.directory)
-    data_dir = Path(manager.directory) / str(step) / "data"
+    data_dir = where / "data"
     own = data_dir / f"process_{jax.process_index()}-of-{jax.process_count()}.json"
-    if own.exists():
-        restored = manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract_state), data=grain.checkpoint.CheckpointRestore(iterator)))
-    else:  # written by another number of processes
-        restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))
-        iterator.set_state(_shared_iterator_state(data_dir))
+    with _named_failures(where):
+        if own.exists():
+            restored = manager.restore(step, args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(abstract_state), data=grain.checkpoint.CheckpointRestore(iterator)))
+        else:  # written by another number of processes
+            restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))
+            iterator.set_state(_shared_iterator_state(data_dir))
     return restored["state"], step
+
+
+@contextlib.contextmanager
+def _named_failures(where: Path):
+    """An unreadable checkpoint is one line naming it (orbax's own errors run to pages of tree dumps). The run
+    scaffold has already refused any config change that alters the state's shapes, so this is damage or a
+    checkpoint from another program."""
+    try:
+        yield
+    except ResumeError:
+        raise
+    except Exception as err:  # orbax, tensorstore and asyncio raise many types
+        first = str(err).strip().splitlines()[0][:300] if str(err).strip() else ""
+        raise ResumeError(f"{where}: cannot restore this checkpoint ({type(err).__name__}: {first}); it may be "
+                          "damaged: move it aside to resume from the one before, or use a new workdir") from None
 
 
 def _shared_iterator_state(data_dir: Path) -> dict:

@@ -31,7 +31,7 @@ from distil import hf, losses, sharding, trim
 from distil.atomic import write_text_atomically
 from distil.config import ConfigError
 from distil.data.batching import GlobalBatchError, GroupedBatchSource
-from distil.data.binarize import TokenSequences, load_token_counts, open_binarized, prepare
+from distil.data.binarize import MIN_KEPT_LENGTH, TokenSequences, load_token_counts, open_binarized, prepare
 from distil.data.embedded import embedded_corpus_dir
 from distil.data.masking import mask_batch, token_probs_from_counts
 from distil.models import (ModelConfig, abstract_model, create_model, mbert_base, model_class, parameter_count,
@@ -39,20 +39,16 @@ from distil.models import (ModelConfig, abstract_model, create_model, mbert_base
 from distil.models.extract import init_student_from_teacher
 from distil.tokenization import default_vocab_path, load_tokenizer, special_token_ids
 from distil.train import checkpoints
-from distil.train.metrics import MetricsWriter, Progress
+from distil.train.metrics import MetricsWriter, Progress, read_metrics
 from distil.train.objective import TEACHER_TERMS, TERMS, Objective
-from distil.train.state import (OptimizerSettings, abstract_train_state, create_train_state,
-                                learning_rate_schedule, make_optimizer)
+from distil.train.run import (CHECKPOINT_DIR, DATA_DIR, METRICS_FILE, STUDENT_DIR, SUMMARY_FILE, TRIM_DIR,
+                              open_run, read_json, resolve_config)
+from distil.train.state import abstract_train_state, create_train_state, learning_rate_schedule, make_optimizer
 from distil.train.step import DistillStudent, frozen_paths, make_train_step
+from distil.train.trainer import (check_optimizer, configured_device_count, describe_analysis, host_params, log,
+                                  mesh_from_config, mesh_size, optimizer_settings, step_analysis,
+                                  stop_if_not_finite)
 
-CONFIG_FILE = "config.json"
-SUMMARY_FILE = "summary.json"  # written last: a finished run
-STUDENT_DIR = "student"
-TRIM_DIR = "trim"  # the trimmed tokenizer and kept_ids.json of a config.trim run
-
-
-class TrainingError(RuntimeError):
-    """The run cannot go on (a non-finite loss); the message names the step and the term."""
 
 
 # --------------------------------------------------------------------------------------------- config checks
@@ -66,10 +62,15 @@ def _objective(config: ml_collections.ConfigDict) -> Objective:
     return Objective(**fields)
 
 
-def check_config(config: ml_collections.ConfigDict, *, num_devices: int, process_count: int,
+def check_config(config: ml_collections.ConfigDict, *, num_devices: int | None, process_count: int,
                  dry_run: bool = False) -> None:
-    """Errors that need no model or data: fail before anything is built, naming the key and what was expected."""
+    """Errors that need no model or data: fail before anything is built, naming the key and what was expected.
+    `num_devices=None` (a launcher, far from the devices): every check that does not depend on them."""
     loss = config.loss
+    for key, value in (("student.teacher_layers", config.student.teacher_layers),
+                       ("loss.hidden_layer_map", loss.hidden_layer_map),
+                       ("loss.attention_layer_map", loss.attention_layer_map)):
+        _check_layer_list(value, key)
     if not loss.temperature > 0:
         raise ConfigError(f"config.loss.temperature must be > 0, got {loss.temperature}")
     for term in TERMS:
@@ -109,14 +110,11 @@ def check_config(config: ml_collections.ConfigDict, *, num_devices: int, process
     if batching.global_batch % process_count:
         raise ConfigError(f"config.batching.global_batch={batching.global_batch} must be a multiple of the "
                           f"{process_count} processes")
-    if not (config.mesh.num_devices == -1 or 1 <= config.mesh.num_devices <= jax.device_count() or dry_run):
+    if num_devices is not None and not (config.mesh.num_devices == -1 or dry_run
+                                        or 1 <= config.mesh.num_devices <= jax.device_count()):
         raise ConfigError(f"config.mesh.num_devices must be -1 (all) or in [1, {jax.device_count()}], got "
                           f"{config.mesh.num_devices}")
-    try:
-        mesh_config = {axis: config.mesh[axis] for axis in sharding.MESH_AXES}
-        data, fsdp, _ = sharding.mesh_shape(mesh_config, num_devices, prefix="config.mesh")
-    except sharding.MeshError as err:
-        raise ConfigError(str(err)) from err
+    data, fsdp, _ = mesh_size(config, num_devices) if num_devices is not None else (1, 1, 1)
     micro = batching.global_batch // batching.micro_batches
     if micro % (data * fsdp):
         raise ConfigError(f"a micro-batch of config.batching.global_batch / micro_batches = {micro} sequences must "
@@ -136,8 +134,35 @@ def check_config(config: ml_collections.ConfigDict, *, num_devices: int, process
         raise ConfigError("config.log_every_steps and config.checkpoint.every_steps must be > 0")
     if config.get("trim") is not None and config.trim.enabled and config.trim.min_count < 1:
         raise ConfigError(f"config.trim.min_count must be >= 1, got {config.trim.min_count}")
-    if not 0 <= config.optimizer.warmup_fraction <= 1:
-        raise ConfigError(f"config.optimizer.warmup_fraction must be in [0, 1], got {config.optimizer.warmup_fraction}")
+    if config.checkpoint.keep < 1:
+        raise ConfigError(f"config.checkpoint.keep must be >= 1, got {config.checkpoint.keep}")
+    if config.data.max_length < MIN_KEPT_LENGTH:
+        raise ConfigError(f"config.data.max_length must be >= {MIN_KEPT_LENGTH} (shorter sequences are left out), "
+                          f"got {config.data.max_length}")
+    if not config.data.sampling_alpha >= 0:
+        raise ConfigError(f"config.data.sampling_alpha must be >= 0, got {config.data.sampling_alpha}")
+    if batching.pad_to_multiple < 1:
+        raise ConfigError(f"config.batching.pad_to_multiple must be >= 1, got {batching.pad_to_multiple}")
+    _check_masking(config.masking)
+    check_optimizer(config.optimizer)
+
+
+def _check_masking(masking) -> None:
+    for key in ("mlm_mask_prop", "word_mask", "word_keep", "word_rand"):
+        if not 0 <= masking[key] <= 1:
+            raise ConfigError(f"config.masking.{key} must be in [0, 1], got {masking[key]}")
+    if not masking.mlm_mask_prop > 0:
+        raise ConfigError(f"config.masking.mlm_mask_prop must be > 0 (the MLM targets), got {masking.mlm_mask_prop}")
+    total = masking.word_mask + masking.word_keep + masking.word_rand
+    if abs(total - 1) > 1e-6:
+        raise ConfigError(f"config.masking.word_mask + word_keep + word_rand must be 1 (80/10/10), got {total:g}")
+    if not masking.mlm_smoothing >= 0:
+        raise ConfigError(f"config.masking.mlm_smoothing must be >= 0, got {masking.mlm_smoothing}")
+
+
+def _check_layer_list(value, key: str) -> None:
+    if not all(isinstance(item, int) and not isinstance(item, bool) for item in value):
+        raise ConfigError(f"config.{key}={tuple(value)!r}: expected layer numbers (integers), e.g. (0, 2, 4)")
 
 
 def _check_models(config, objective: Objective, teacher_config: ModelConfig | None, student_config: ModelConfig,
@@ -398,12 +423,7 @@ def _step_parts(config, objective: Objective, student_config: ModelConfig, teach
     training run and the memory dry run build it the same way."""
     init_params, build_student = _student_initializer(config, student_config, teacher_graphdef, teacher_config)
     student_graphdef, abstract_params = nnx.split(nnx.eval_shape(build_student, teacher_params), nnx.Param)
-    settings = OptimizerSettings(
-        learning_rate=config.optimizer.learning_rate, num_steps=num_steps,
-        warmup_steps=math.ceil(config.optimizer.warmup_fraction * num_steps), b1=config.optimizer.b1,
-        b2=config.optimizer.b2, eps=config.optimizer.eps, weight_decay=config.optimizer.weight_decay,
-        clip_norm=config.optimizer.clip_norm or None,
-    )
+    settings = optimizer_settings(config.optimizer, num_steps)
     tx = make_optimizer(settings)
     _, state_shardings = abstract_train_state(init_params, (teacher_params,), tx, seed=config.seed, mesh=mesh,
                                               rules=rules)
@@ -463,59 +483,42 @@ def model_flops_per_token(teacher: ModelConfig | None, student: ModelConfig) -> 
     return per_token
 
 
-def step_analysis(compiled) -> dict:
-    """Per-device bytes (arguments, outputs, temporaries, peak) of a compiled step, and XLA's FLOP count (each
-    loop body once)."""
-    memory = compiled.memory_analysis()
-    cost = compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    fields = {"argument_bytes": "argument_size_in_bytes", "output_bytes": "output_size_in_bytes",
-              "temp_bytes": "temp_size_in_bytes", "alias_bytes": "alias_size_in_bytes",
-              "peak_bytes": "peak_memory_in_bytes"}
-    out = {name: int(getattr(memory, attr, 0) or 0) for name, attr in fields.items()} if memory else {}
-    if memory:  # the CPU backend reports no peak; arguments + outputs + temporaries bound it
-        out["peak_bytes"] = max(out["peak_bytes"], out["argument_bytes"] + out["output_bytes"] + out["temp_bytes"]
-                                - out["alias_bytes"])
-    out["xla_flops"] = float((cost or {}).get("flops", 0.0))
-    return out
-
-
-def describe_analysis(analysis: dict) -> str:
-    mib = 2**20
-    return (f"per device {analysis.get('argument_bytes', 0) / mib:,.0f} MiB arguments, "
-            f"{analysis.get('temp_bytes', 0) / mib:,.0f} MiB temporaries, "
-            f"{analysis.get('peak_bytes', 0) / mib:,.0f} MiB peak; "
-            + (f"{analysis['flops'] / 1e9:,.1f} GFLOP per step per device (model FLOPs)" if "flops" in analysis
-               else f"{analysis['xla_flops'] / 1e9:,.1f} GFLOP per step per device (XLA's count, each loop body once)"))
-
-
 # ------------------------------------------------------------------------------------------------------ main
 
 
-def _log(message: str) -> None:
-    if jax.process_index() == 0:
-        print(message, flush=True)
-
-
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict:
-    """Runs (or resumes) the distillation in `workdir`; returns the summary written to `workdir/summary.json`."""
+    """Runs (or resumes, or extends) the distillation in `workdir`; returns the summary written to
+    `workdir/summary.json` (a finished run's, untouched, when it was finished earlier)."""
     workdir = Path(workdir)
     started = time.perf_counter()
 
-    # Config checks, mesh.
-    num_devices = jax.device_count() if config.mesh.num_devices == -1 else config.mesh.num_devices
-    check_config(config, num_devices=num_devices, process_count=jax.process_count())
+    # Config checks (nothing written before they pass), then the workdir: locked, one config, finished is final.
+    resolve_config("distill", config)
+    check_config(config, num_devices=configured_device_count(config), process_count=jax.process_count())
     objective = _objective(config)
-    rules = tuple(tuple(rule) for rule in config.sharding.logical_axis_rules)
-    mesh_config = {axis: config.mesh[axis] for axis in sharding.MESH_AXES}
-    devices = jax.devices() if config.mesh.num_devices == -1 else jax.devices()[: config.mesh.num_devices]
-    mesh = sharding.make_mesh(mesh_config, devices)
     tokenizer_path = config.tokenizer or default_vocab_path()
     tokenizer = load_tokenizer(tokenizer_path)
     vocab_size = tokenizer.get_vocab_size()
     teacher_config = _teacher_config(config, vocab_size)
     student_config = _student_config(config, teacher_config, vocab_size)
     _check_models(config, objective, teacher_config, student_config, vocab_size)
+    with open_run(workdir, "distill", config) as run:
+        if run.finished:
+            log(run.finished_message())
+            return read_json(workdir / SUMMARY_FILE, "summary")
+        if run.changes:
+            log(f"{run.status} with changed settings: " + "; ".join(run.changes))
+        summary = _train(config, workdir, run, objective, tokenizer_path, tokenizer, teacher_config, student_config,
+                         started)
+        if "stopped_at" not in summary:
+            run.mark_finished()
+        return summary
+
+
+def _train(config, workdir: Path, run, objective: Objective, tokenizer_path, tokenizer, teacher_config,
+           student_config, started: float) -> dict:
+    mesh, rules = mesh_from_config(config)
+    vocab_size = tokenizer.get_vocab_size()
 
     # Vocabulary trimming (config.trim): the teacher cut to the tokens of the training corpus, in memory; the
     # student, the tokenizer and the binarised data use the trimmed vocabulary (new ids = rows of kept_ids).
@@ -525,14 +528,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
         vocab_size = trimming.vocab_size
         teacher_config = trim.trimmed_model_config(teacher_config, trimming.kept_ids) if teacher_config else None
         student_config = _student_config(config, teacher_config, vocab_size)
-        _log(f"trimmed the vocabulary to the training corpus: {trimming.source_vocab_size:,} -> {vocab_size:,} "
-             f"tokens ({workdir / TRIM_DIR / trim.KEPT_IDS_FILE})")
-    if jax.process_index() == 0:
-        workdir.mkdir(parents=True, exist_ok=True)
-        write_text_atomically(workdir / CONFIG_FILE, config.to_json_best_effort(indent=2) + "\n")
+        log(f"trimmed the vocabulary to the training corpus: {trimming.source_vocab_size:,} -> {vocab_size:,} "
+            f"tokens ({workdir / TRIM_DIR / trim.KEPT_IDS_FILE})")
 
     # Data: the binarised corpus, length-grouped batches, masking per micro-batch on the host.
-    data_dir = workdir / "data"
+    data_dir = workdir / DATA_DIR
     if jax.process_index() == 0:
         prepare_corpus(config, tokenizer_path, data_dir)
     if jax.process_count() > 1:
@@ -561,29 +561,27 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
         state, state_shardings = create_train_state(parts.init_params, (teacher_params,), parts.tx, seed=config.seed,
                                                     mesh=mesh, rules=rules)
         steps = CompiledSteps(parts.jitted, state, teacher_params, parts.batch_sharding, batching.micro_batches,
-                              batching.global_batch // batching.micro_batches, _log, parts.batch_names,
+                              batching.global_batch // batching.micro_batches, log, parts.batch_names,
                               model_flops_per_token(teacher_config, student_config))
         ahead = steps.get(config.data.max_length)  # the longest padded length: the step's worst-case memory
         del ahead
 
         # Checkpoints: resume if the workdir holds one.
-        manager = checkpoints.make_manager(workdir / "checkpoints", every_steps=config.checkpoint.every_steps,
+        manager = checkpoints.make_manager(workdir / CHECKPOINT_DIR, every_steps=config.checkpoint.every_steps,
                                            keep=config.checkpoint.keep, async_save=config.checkpoint.async_save)
         abstract_state = sharding.abstract_with_shardings(jax.eval_shape(lambda: state), state_shardings)
         restored, start_step = checkpoints.restore(manager, abstract_state, iterator, data_settings)
         if restored is not None:
             state = restored
-            _log(f"resumed from {manager.directory} at step {start_step}")
+            log(f"resumed from {manager.directory} at step {start_step}")
         unit = "packed rows" if batching.composition == "packed" else "sequences"
         micro = f"{batching.micro_batches} micro-batch{'es' if batching.micro_batches > 1 else ''}"
-        _log(f"distil distill: {num_steps} steps of {batching.global_batch} {unit} ({micro}) on mesh "
-             f"{dict(mesh.shape)}; terms "
-             + ", ".join(f"{objective.alpha(t):g}·{t}" for t in objective.terms))
+        log(f"distil distill: {num_steps} steps of {batching.global_batch} {unit} ({micro}) on mesh "
+            f"{dict(mesh.shape)}; terms " + ", ".join(f"{objective.alpha(t):g}·{t}" for t in objective.terms))
 
         # Loop.
         metrics_writer = MetricsWriter(workdir, resume_step=start_step)
         progress = Progress(num_steps, start_step)
-        last_row = None
         with checkpoints.PreemptionGuard() as guard:
             step = start_step
             while step < num_steps:
@@ -592,44 +590,41 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
                 state, metrics = steps.get(local["input_ids"].shape[-1])(state, teacher_params, batch)
                 step += 1
                 metrics = jax.device_get(metrics)
-                bad = [term for term in objective.terms if not np.isfinite(metrics[term])]
-                if bad or not np.isfinite(metrics["loss"]):
-                    manager.wait_until_finished()  # this state is never saved: the last checkpoint stays the last good
-                    name = bad[0] if bad else "total"
-                    raise TrainingError(
-                        f"step {step}: the {name} loss is {metrics[bad[0] if bad else 'loss']}; stopped. The last "
-                        f"good checkpoint (step {manager.latest_step()}) is in {manager.directory}"
-                    )
+                stop_if_not_finite(metrics, objective.terms, step, manager)
                 progress.add_tokens(float(metrics["real_tokens"]))
                 if step % config.log_every_steps == 0 or step == num_steps:
                     steps_per_sec, tokens_per_sec = progress.rates(step)
-                    last_row = {"step": step, **{k: float(v) for k, v in metrics.items()},
-                                "steps_per_sec": steps_per_sec, "tokens_per_sec": tokens_per_sec}
-                    metrics_writer.write(last_row)
-                    progress.report(last_row, objective.terms)
+                    row = {"step": step, **{k: float(v) for k, v in metrics.items()},
+                           "steps_per_sec": steps_per_sec, "tokens_per_sec": tokens_per_sec}
+                    metrics_writer.write(row)
+                    progress.report(row, objective.terms)
                 stop = guard.should_stop(manager, step)
                 checkpoints.save(manager, step, state, iterator, data_settings, force=stop or step == num_steps)
                 if stop:
                     manager.wait_until_finished()
-                    _log(f"saved a checkpoint at step {step} before stopping; rerun the same command to resume")
+                    log(f"saved a checkpoint at step {step} before stopping; rerun the same command to resume")
                     metrics_writer.close()
                     return {"stopped_at": step}
         manager.wait_until_finished()
         metrics_writer.close()
 
     # The student as a Hugging Face folder, with the tokenizer.
-    student = nnx.merge(parts.student_graphdef, _host_params(state.params)).model
+    student = nnx.merge(parts.student_graphdef, host_params(state.params)).model
     if jax.process_index() == 0:
         extra = None if trimming is None else {trim.KEPT_IDS_FILE: trimming.to_json()}
         hf.save_pretrained(student, workdir / STUDENT_DIR, tokenizer=tokenizer, extra_files=extra)
+    logged = read_metrics(workdir / METRICS_FILE) if jax.process_index() == 0 else []
     summary = {
-        "steps": num_steps, "final": last_row, "teacher": dataclasses.asdict(teacher_config) if teacher_config else None,
+        # The last logged row (also when the run resumed from its final checkpoint and trained no more steps).
+        "steps": num_steps, "final": logged[-1] if logged else None,
+        "teacher": dataclasses.asdict(teacher_config) if teacher_config else None,
         "student": dataclasses.asdict(student_config), "step_analysis": {str(k): v for k, v in steps.analysis.items()},
         "seconds": time.perf_counter() - started,
+        "extended": [entry for entry in run.extensions() if entry["extended"]],
     }
     if jax.process_index() == 0:
         write_text_atomically(workdir / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
-        _log(f"wrote {workdir / STUDENT_DIR} (Hugging Face folder), {workdir / 'metrics.jsonl'}")
+        log(f"wrote {workdir / STUDENT_DIR} (Hugging Face folder), {workdir / METRICS_FILE}")
     return summary
 
 
@@ -657,11 +652,11 @@ def dry_run(config: ml_collections.ConfigDict) -> dict:
     if jax.device_count() < num_devices:
         raise ConfigError(f"config.mesh needs {num_devices} devices and {jax.device_count()} are visible; run with "
                           f"XLA_FLAGS=--xla_force_host_platform_device_count={num_devices} JAX_PLATFORMS=cpu")
+    resolve_config("distill", config)
     check_config(config, num_devices=num_devices, process_count=1, dry_run=True)
     objective = _objective(config)
     rules = tuple(tuple(rule) for rule in config.sharding.logical_axis_rules)
-    mesh_config = {axis: config.mesh[axis] for axis in sharding.MESH_AXES}
-    mesh = sharding.make_mesh(mesh_config, jax.devices()[:num_devices])
+    mesh = sharding.make_mesh({axis: config.mesh[axis] for axis in sharding.MESH_AXES}, jax.devices()[:num_devices])
     vocab_size = load_tokenizer(config.tokenizer or default_vocab_path()).get_vocab_size()
     teacher_config = _teacher_config(config, vocab_size)
     student_config = _student_config(config, teacher_config, vocab_size)
@@ -689,12 +684,3 @@ def dry_run(config: ml_collections.ConfigDict) -> dict:
         "max_length": config.data.max_length, "teacher_parameters": parameter_count(teacher_config)
         if teacher_config else 0, "student_parameters": parameter_count(student_config), **analysis,
     }
-
-
-def _host_params(params: nnx.State) -> nnx.State:
-    """Parameters as host arrays, gathered from every process when they span several."""
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
-        return multihost_utils.process_allgather(params, tiled=True)
-    return jax.device_get(params)

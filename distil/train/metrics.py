@@ -17,26 +17,30 @@ from typing import Mapping
 import jax
 
 from distil.atomic import write_text_atomically
-
-METRICS_FILE = "metrics.jsonl"
+from distil.train.run import METRICS_FILE
 
 
 class MetricsFileError(ValueError):
     """A metrics.jsonl line that is not a JSON object with an integer 'step'; the message names file and line."""
 
 
-def read_metrics(path: str | Path) -> list[dict]:
-    """The logged rows of a metrics file ([] where there is none yet)."""
+def read_metrics(path: str | Path, *, torn_tail_ok: bool = False) -> list[dict]:
+    """The logged rows of a metrics file ([] where there is none yet). With `torn_tail_ok`, a last line with no
+    newline that is not JSON is left out: what a run killed in the middle of a write leaves (a resume drops it)."""
     path = Path(path)
     if not path.is_file():
         return []
+    text = path.read_text(encoding="utf-8")
+    lines = text.splitlines()
     rows = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
             row = json.loads(line)
         except json.JSONDecodeError as err:
+            if torn_tail_ok and number == len(lines) and not text.endswith("\n"):
+                break
             raise MetricsFileError(f"{path}:{number}: not a JSON object ({err})") from None
         if not isinstance(row, dict) or not isinstance(row.get("step"), int):
             raise MetricsFileError(f"{path}:{number}: expected an object with an integer 'step'")
@@ -49,7 +53,7 @@ class MetricsWriter:
         self.path = Path(workdir) / METRICS_FILE
         self.enabled = jax.process_index() == 0
         if self.enabled and self.path.exists():
-            kept = [row for row in read_metrics(self.path) if row["step"] <= resume_step]
+            kept = [row for row in read_metrics(self.path, torn_tail_ok=True) if row["step"] <= resume_step]
             write_text_atomically(self.path, "".join(json.dumps(row) + "\n" for row in kept))
         self._file = open(self.path, "a", encoding="utf-8") if self.enabled else None
 

@@ -50,28 +50,27 @@ from distil.data.nli_batches import EvalSet, NliBatches, take_rows
 from distil.models import ModelConfig, abstract_model, model_class, parameter_count
 from distil.tokenization import default_vocab_path, load_tokenizer
 from distil.train import checkpoints
-from distil.train.distill import TrainingError, describe_analysis, step_analysis
 from distil.train.metrics import MetricsWriter, Progress
-from distil.train.state import OptimizerSettings, TrainState, create_train_state, learning_rate_schedule, make_optimizer
+from distil.train.run import (CHECKPOINT_DIR, RESULTS_FILE, SEED_DIR, SEED_RESULTS_FILE, open_run, read_json,
+                              resolve_config)
+from distil.train.state import TrainState, create_train_state, learning_rate_schedule, make_optimizer
 from distil.train.step import frozen_paths
+from distil.train.trainer import (check_optimizer, configured_device_count, describe_analysis, host_params, log,
+                                  mesh_from_config, mesh_size, optimizer_settings, step_analysis,
+                                  stop_if_not_finite)
 
-CONFIG_FILE = "xnli_config.json"  # not config.json: a distil workdir may hold both trainers' files
 LABEL_NAMES = list(nli.NLI_LABELS)
 TRAIN_FORMATS = ("embedded", "multinli_jsonl", "glue_mnli", "xnli_mt", "tfds")
 EVAL_FORMATS = ("embedded", "xtreme", "xnli_original", "tfds")
 _TOKENIZER_FILES = ("tokenizer.json", "vocab.txt")
 
 
-def _log(message: str) -> None:
-    if jax.process_index() == 0:
-        print(message, flush=True)
-
-
 # --------------------------------------------------------------------------------------------- config checks
 
 
-def check_config(config: ml_collections.ConfigDict, *, num_devices: int, process_count: int) -> None:
-    """Errors that need no model or data, naming the key and what was expected."""
+def check_config(config: ml_collections.ConfigDict, *, num_devices: int | None, process_count: int) -> None:
+    """Errors that need no model or data, naming the key and what was expected (`num_devices=None`: a launcher, far
+    from the devices; every check that does not depend on them)."""
     languages = nli.xnli_languages()
     seeds = tuple(config.seeds)
     if not seeds or len(set(seeds)) != len(seeds) or any(not isinstance(s, int) or s < 0 for s in seeds):
@@ -103,18 +102,12 @@ def check_config(config: ml_collections.ConfigDict, *, num_devices: int, process
     if config.eval_every_steps < 0 or config.log_every_steps <= 0:
         raise ConfigError("config.eval_every_steps must be >= 0 (0: at the end of each epoch) and "
                           "config.log_every_steps > 0")
-    if not config.optimizer.learning_rate > 0 or not 0 <= config.optimizer.warmup_fraction <= 1:
-        raise ConfigError("config.optimizer.learning_rate must be > 0 and config.optimizer.warmup_fraction in "
-                          f"[0, 1], got {config.optimizer.learning_rate} and {config.optimizer.warmup_fraction}")
+    check_optimizer(config.optimizer)
     if config.eval.pad_to_multiple < 1:
         raise ConfigError(f"config.eval.pad_to_multiple must be >= 1, got {config.eval.pad_to_multiple}")
     if config.train.max_examples < 0:
         raise ConfigError(f"config.train.max_examples must be >= 0 (0: all), got {config.train.max_examples}")
-    try:
-        mesh_config = {axis: config.mesh[axis] for axis in sharding.MESH_AXES}
-        data, fsdp, _ = sharding.mesh_shape(mesh_config, num_devices, prefix="config.mesh")
-    except sharding.MeshError as err:
-        raise ConfigError(str(err)) from err
+    data, fsdp, _ = mesh_size(config, num_devices) if num_devices is not None else (1, 1, 1)
     for key in ("batch_size", "eval.batch_size"):
         value = config.batch_size if key == "batch_size" else config.eval.batch_size
         if value <= 0 or value % (data * fsdp) or value % process_count:
@@ -368,7 +361,7 @@ def compile_steps(graphdef, state, state_shardings, *, tx, learning_rate, frozen
     begun = time.perf_counter()
     compiled = jitted.lower(state, abstract_batch).compile()
     analysis = step_analysis(compiled)
-    _log(f"compiled the train step in {time.perf_counter() - begun:.1f}s: {describe_analysis(analysis)}")
+    log(f"compiled the train step in {time.perf_counter() - begun:.1f}s: {describe_analysis(analysis)}")
     eval_step = jax.jit(make_eval_step(graphdef, num_languages), in_shardings=(state_shardings.params, eval_shardings),
                         out_shardings=(replicated, replicated))
     return {"train": compiled, "eval": eval_step, "analysis": analysis}
@@ -413,21 +406,6 @@ def _place(pretrained: dict[str, np.ndarray], build, mesh, rules) -> dict[str, j
             for key, value in pretrained.items()}
 
 
-def _host_params(params: nnx.State) -> nnx.State:
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
-        return multihost_utils.process_allgather(params, tiled=True)
-    return jax.device_get(params)
-
-
-def _read_json(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-
-
 # ------------------------------------------------------------------------------------------------------ main
 
 
@@ -438,8 +416,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     started = time.perf_counter()
 
     # Config checks, the starting model, the data: everything that can fail on bad input, before any write.
-    num_devices = jax.device_count() if config.mesh.num_devices == -1 else config.mesh.num_devices
-    check_config(config, num_devices=num_devices, process_count=jax.process_count())
+    resolve_config("xnli", config)
+    check_config(config, num_devices=configured_device_count(config), process_count=jax.process_count())
     start, tokenizer, tokenizer_path = starting_model(config)
     model_config = start.config
     if start.folder is not None:
@@ -457,175 +435,170 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     every = config.eval_every_steps or steps_per_epoch
     selection_steps = sorted({step for step in range(every, num_steps + 1, every)} | {num_steps})
     truncated = int((train["attention_mask"][:, -1] == 1).sum())
-    _log(f"distil xnli: {start.name} ({parameter_count(model_config):,} parameters; {start.describe()})")
+    log(f"distil xnli: {start.name} ({parameter_count(model_config):,} parameters; {start.describe()})")
     shown = f"{selection_steps[:6]}{' ...' if len(selection_steps) > 6 else ''}"
-    _log(f"  {num_examples} training pairs ({truncated} cut to config.max_length={config.max_length}); {num_steps} "
-         f"steps of {config.batch_size}; English dev at steps {shown}; seeds {tuple(config.seeds)}")
-    workdir = make_output_folder(workdir, "workdir")
-    if jax.process_index() == 0:
-        write_text_atomically(workdir / CONFIG_FILE, config.to_json_best_effort(indent=2) + "\n")
+    log(f"  {num_examples} training pairs ({truncated} cut to config.max_length={config.max_length}); {num_steps} "
+        f"steps of {config.batch_size}; English dev at steps {shown}; seeds {tuple(config.seeds)}")
+    with open_run(workdir, "xnli", config) as run:
+        if run.finished:
+            log(run.finished_message())
+            return read_json(workdir / RESULTS_FILE, "XNLI results")
+        if run.changes:
+            log(f"{run.status} with changed settings: " + "; ".join(run.changes))
+        # Mesh, optimizer, the steps (jitted once, for every seed).
+        mesh, rules = mesh_from_config(config)
+        settings = optimizer_settings(config.optimizer, num_steps)
+        tx = make_optimizer(settings)
+        batch_sharding = sharding.batch_sharding(mesh, rules)  # [batch, length]; make_global_batch fits other ranks
+        example_batch = take_rows(train, np.zeros(config.batch_size, np.int64))
 
-    # Mesh, optimizer, the steps (jitted once, for every seed).
-    rules = tuple(tuple(rule) for rule in config.sharding.logical_axis_rules)
-    mesh_config = {axis: config.mesh[axis] for axis in sharding.MESH_AXES}
-    devices = jax.devices() if config.mesh.num_devices == -1 else jax.devices()[: config.mesh.num_devices]
-    mesh = sharding.make_mesh(mesh_config, devices)
-    optimizer = config.optimizer
-    settings = OptimizerSettings(
-        learning_rate=optimizer.learning_rate, num_steps=num_steps,
-        warmup_steps=math.ceil(optimizer.warmup_fraction * num_steps), b1=optimizer.b1, b2=optimizer.b2,
-        eps=optimizer.eps, weight_decay=optimizer.weight_decay, clip_norm=optimizer.clip_norm or None,
-    )
-    tx = make_optimizer(settings)
-    batch_sharding = sharding.batch_sharding(mesh, rules)  # [batch, length]; make_global_batch fits other ranks
-    example_batch = take_rows(train, np.zeros(config.batch_size, np.int64))
+        def shardings_like(batch: dict) -> dict:
+            return {name: jax.sharding.NamedSharding(mesh, jax.P(*tuple(batch_sharding.spec)[: array.ndim]))
+                    for name, array in batch.items()}
 
-    def shardings_like(batch: dict) -> dict:
-        return {name: jax.sharding.NamedSharding(mesh, jax.P(*tuple(batch_sharding.spec)[: array.ndim]))
-                for name, array in batch.items()}
+        batch_shardings = shardings_like(example_batch)
+        eval_sets = {split: EvalSet.pool({language: evals[split, language] for language in languages}, languages)
+                     for split in ("dev", "test")}
+        selection_set = EvalSet.pool({"en": evals["dev", "en"]}, languages)  # the only rows selection ever reads
+        replicated = jax.sharding.NamedSharding(mesh, jax.P())
+        train_settings = {
+            "init": str(start.folder) if start.folder else "random", "model": dataclasses.asdict(model_config),
+            "train_data": fingerprint(train), "max_length": config.max_length, "batch_size": config.batch_size,
+            "num_steps": num_steps, "optimizer": dict(config.optimizer), "process_count": jax.process_count(),
+        }
+        eval_settings = {"eval_data": fingerprint(*evals.values()), "languages": list(languages),
+                         "selection_steps": selection_steps}
+        compiled = {}
 
-    batch_shardings = shardings_like(example_batch)
-    eval_sets = {split: EvalSet.pool({language: evals[split, language] for language in languages}, languages)
-                 for split in ("dev", "test")}
-    selection_set = EvalSet.pool({"en": evals["dev", "en"]}, languages)  # the only rows selection ever reads
-    replicated = jax.sharding.NamedSharding(mesh, jax.P())
-    train_settings = {
-        "init": str(start.folder) if start.folder else "random", "model": dataclasses.asdict(model_config),
-        "train_data": fingerprint(train), "max_length": config.max_length, "batch_size": config.batch_size,
-        "num_steps": num_steps, "optimizer": dict(optimizer), "process_count": jax.process_count(),
-    }
-    eval_settings = {"eval_data": fingerprint(*evals.values()), "languages": list(languages),
-                     "selection_steps": selection_steps}
-    compiled = {}
+        def run_seed(seed: int) -> dict:
+            seed_dir = workdir / SEED_DIR.format(seed=seed)
+            seed_settings = {"seed": seed, **train_settings, **eval_settings}
+            seed_results = seed_dir / SEED_RESULTS_FILE
+            finished = read_json(seed_results, "seed results") if seed_results.is_file() else None
+            if finished and finished.get("settings") == json.loads(json.dumps(seed_settings)):
+                log(f"seed {seed}: reused the finished results in {seed_dir}")
+                return finished
 
-    def run_seed(seed: int) -> dict:
-        seed_dir = workdir / f"xnli_seed{seed}"
-        seed_settings = {"seed": seed, **train_settings, **eval_settings}
-        finished = _read_json(seed_dir / "results.json")
-        if finished and finished.get("settings") == json.loads(json.dumps(seed_settings)):
-            _log(f"seed {seed}: reused the finished results in {seed_dir}")
-            return finished
+            with sharding.activation_rules(mesh, rules):
+                build, init_params = _initializer(model_config, seed)
+                placed = _place(start.pretrained, build, mesh, rules)
+                state, state_shardings = create_train_state(init_params, (placed,), tx, seed=seed, mesh=mesh,
+                                                            rules=rules)
+                graphdef = nnx.graphdef(nnx.eval_shape(build))
+                if not compiled:
+                    frozen = frozen_paths(state.params) if model_config.sinusoidal_pos_embds else set()
+                    compiled.update(compile_steps(
+                        graphdef, state, state_shardings, tx=tx, learning_rate=learning_rate_schedule(settings),
+                        frozen=frozen, batch_shardings=batch_shardings, example_batch=example_batch,
+                        eval_shardings=shardings_like(take_rows(selection_set.encoded, np.zeros(1, np.int64))),
+                        num_languages=len(languages), replicated=replicated))
+                train_step, eval_step = compiled["train"], compiled["eval"]
 
-        with sharding.activation_rules(mesh, rules):
-            build, init_params = _initializer(model_config, seed)
-            state, state_shardings = create_train_state(init_params, (_place(start.pretrained, build, mesh, rules),),
-                                                        tx, seed=seed, mesh=mesh, rules=rules)
-            graphdef = nnx.graphdef(nnx.eval_shape(build))
-            if not compiled:
-                frozen = frozen_paths(state.params) if model_config.sinusoidal_pos_embds else set()
-                compiled.update(compile_steps(
-                    graphdef, state, state_shardings, tx=tx, learning_rate=learning_rate_schedule(settings),
-                    frozen=frozen, batch_shardings=batch_shardings, example_batch=example_batch,
-                    eval_shardings=shardings_like(take_rows(selection_set.encoded, np.zeros(1, np.int64))),
-                    num_languages=len(languages), replicated=replicated))
-            train_step, eval_step = compiled["train"], compiled["eval"]
+                def accuracies_on(eval_set: EvalSet, params) -> dict[str, tuple[int, int]]:
+                    return evaluate(eval_step, params, eval_set, global_batch=config.eval.batch_size,
+                                    pad_to_multiple=config.eval.pad_to_multiple, batch_sharding=batch_sharding)
 
-            def accuracies_on(eval_set: EvalSet, params) -> dict[str, tuple[int, int]]:
-                return evaluate(eval_step, params, eval_set, global_batch=config.eval.batch_size,
-                                pad_to_multiple=config.eval.pad_to_multiple, batch_sharding=batch_sharding)
+                # Data and checkpoints: resume this seed if its folder holds a checkpoint.
+                source = NliBatches(train, global_batch=config.batch_size, seed=seed,
+                                    num_epochs=math.ceil(num_steps / steps_per_epoch))
+                iterator = iter(grain.MapDataset.source(source).to_iter_dataset(
+                    grain.ReadOptions(num_threads=2, prefetch_buffer_size=4)))
+                manager = checkpoints.make_manager(seed_dir / CHECKPOINT_DIR, every_steps=num_steps, keep=1,
+                                                   async_save=config.checkpoint.async_save)
+                selection = {"params": jax.tree.map(lambda x: x.copy(), state.params),
+                             "accuracy": jnp.asarray(-1.0, jnp.float32), "step": jnp.asarray(0, jnp.int32)}
+                saved = {"train": state, "selected": selection}
+                saved_shardings = {"train": state_shardings, "selected": {"params": state_shardings.params,
+                                                                          "accuracy": replicated, "step": replicated}}
+                abstract = sharding.abstract_with_shardings(jax.eval_shape(lambda: saved), saved_shardings)
+                restored, start_step = checkpoints.restore(manager, abstract, iterator,
+                                                           {"seed": seed, **train_settings})
+                if restored is not None:
+                    state, selection = restored["train"], restored["selected"]
+                    log(f"seed {seed}: resumed from {manager.directory} at step {start_step}")
 
-            # Data and checkpoints: resume this seed if its folder holds a checkpoint.
-            source = NliBatches(train, global_batch=config.batch_size, seed=seed,
-                                num_epochs=math.ceil(num_steps / steps_per_epoch))
-            iterator = iter(grain.MapDataset.source(source).to_iter_dataset(
-                grain.ReadOptions(num_threads=2, prefetch_buffer_size=4)))
-            manager = checkpoints.make_manager(seed_dir / "checkpoints", every_steps=num_steps, keep=1,
-                                               async_save=config.checkpoint.async_save)
-            selection = {"params": jax.tree.map(lambda x: x.copy(), state.params),
-                         "accuracy": jnp.asarray(-1.0, jnp.float32), "step": jnp.asarray(0, jnp.int32)}
-            saved = {"train": state, "selected": selection}
-            saved_shardings = {"train": state_shardings, "selected": {"params": state_shardings.params,
-                                                                      "accuracy": replicated, "step": replicated}}
-            abstract = sharding.abstract_with_shardings(jax.eval_shape(lambda: saved), saved_shardings)
-            restored, start_step = checkpoints.restore(manager, abstract, iterator, {"seed": seed, **train_settings})
-            if restored is not None:
-                state, selection = restored["train"], restored["selected"]
-                _log(f"seed {seed}: resumed from {manager.directory} at step {start_step}")
+                # Loop: English dev at each selection point; the best parameters so far are kept (and checkpointed).
+                metrics_writer = MetricsWriter(make_output_folder(seed_dir, "seed folder"), resume_step=start_step)
+                progress = Progress(num_steps, start_step)
+                with checkpoints.PreemptionGuard() as guard:
+                    step = start_step
+                    while step < num_steps:
+                        local = next(iterator)
+                        state, metrics = train_step(state, sharding.make_global_batch(local, batch_sharding))
+                        step += 1
+                        metrics = jax.device_get(metrics)
+                        stop_if_not_finite(metrics, (), step, manager, where=f"seed {seed}, ")
+                        progress.add_tokens(float(metrics["real_tokens"]))
+                        row = None
+                        if step in selection_steps:
+                            accuracy = report.accuracy(*accuracies_on(selection_set, state.params)["en"])
+                            row = {"dev_en_accuracy": accuracy}
+                            if accuracy > float(selection["accuracy"]):
+                                selection = {"params": jax.tree.map(lambda x: x.copy(), state.params),
+                                             "accuracy": jnp.asarray(accuracy, jnp.float32),
+                                             "step": jnp.asarray(step, jnp.int32)}
+                        if row is not None or step % config.log_every_steps == 0 or step == num_steps:
+                            steps_per_sec, tokens_per_sec = progress.rates(step)
+                            row = {"step": step, "seed": seed, **{k: float(v) for k, v in metrics.items()},
+                                   "steps_per_sec": steps_per_sec, "tokens_per_sec": tokens_per_sec, **(row or {})}
+                            metrics_writer.write(row)
+                            progress.report(row, ("accuracy", *(("dev_en_accuracy",) if "dev_en_accuracy" in row
+                                                                else ())))
+                        stop = guard.should_stop(manager, step)
+                        if step in selection_steps or stop:
+                            checkpoints.save(manager, step, {"train": state, "selected": selection}, iterator,
+                                             {"seed": seed, **train_settings}, force=True)
+                        if stop:
+                            manager.wait_until_finished()
+                            metrics_writer.close()
+                            log(f"seed {seed}: saved a checkpoint at step {step} before stopping; rerun the same "
+                                "command to resume")
+                            return {"stopped_at": step}
+                manager.wait_until_finished()
+                metrics_writer.close()
 
-            # Loop: English dev at each selection point; the best parameters so far are kept (and checkpointed).
-            metrics_writer = MetricsWriter(make_output_folder(seed_dir, "seed folder"), resume_step=start_step)
-            progress = Progress(num_steps, start_step)
-            with checkpoints.PreemptionGuard() as guard:
-                step = start_step
-                while step < num_steps:
-                    local = next(iterator)
-                    state, metrics = train_step(state, sharding.make_global_batch(local, batch_sharding))
-                    step += 1
-                    metrics = jax.device_get(metrics)
-                    if not np.isfinite(metrics["loss"]):
-                        manager.wait_until_finished()
-                        raise TrainingError(f"seed {seed}, step {step}: the loss is {metrics['loss']}; stopped. The "
-                                            f"last good checkpoint (step {manager.latest_step()}) is in "
-                                            f"{manager.directory}")
-                    progress.add_tokens(float(metrics["real_tokens"]))
-                    row = None
-                    if step in selection_steps:
-                        accuracy = report.accuracy(*accuracies_on(selection_set, state.params)["en"])
-                        row = {"dev_en_accuracy": accuracy}
-                        if accuracy > float(selection["accuracy"]):
-                            selection = {"params": jax.tree.map(lambda x: x.copy(), state.params),
-                                         "accuracy": jnp.asarray(accuracy, jnp.float32),
-                                         "step": jnp.asarray(step, jnp.int32)}
-                    if row is not None or step % config.log_every_steps == 0 or step == num_steps:
-                        steps_per_sec, tokens_per_sec = progress.rates(step)
-                        row = {"step": step, "seed": seed, **{k: float(v) for k, v in metrics.items()},
-                               "steps_per_sec": steps_per_sec, "tokens_per_sec": tokens_per_sec, **(row or {})}
-                        metrics_writer.write(row)
-                        progress.report(row, ("accuracy", *(("dev_en_accuracy",) if "dev_en_accuracy" in row
-                                                            else ())))
-                    stop = guard.should_stop(manager, step)
-                    if step in selection_steps or stop:
-                        checkpoints.save(manager, step, {"train": state, "selected": selection}, iterator,
-                                         {"seed": seed, **train_settings}, force=True)
-                    if stop:
-                        manager.wait_until_finished()
-                        metrics_writer.close()
-                        _log(f"seed {seed}: saved a checkpoint at step {step} before stopping; rerun the same command "
-                             "to resume")
-                        return {"stopped_at": step}
-            manager.wait_until_finished()
-            metrics_writer.close()
+                # The selected parameters on dev and test of every language.
+                params = selection["params"]
+                selected_step = int(selection["step"])
+                accuracies = {"seed": seed, "selected_step": selected_step,
+                              "selected_dev_en": float(selection["accuracy"])}
+                for split in ("dev", "test"):
+                    sums = accuracies_on(eval_sets[split], params)
+                    accuracies[split] = {language: report.accuracy(*sums[language]) for language in languages}
+                    accuracies.setdefault("average", {})[split] = report.language_average(accuracies[split])
+                model = nnx.merge(graphdef, host_params(params))
+            if jax.process_index() == 0:
+                if config.export_models:
+                    hf.save_pretrained(model, seed_dir / "model", tokenizer=tokenizer, label_names=LABEL_NAMES)
+                write_text_atomically(seed_results,
+                                      json.dumps({**accuracies, "settings": seed_settings}, indent=2) + "\n")
+            averages = accuracies["average"]
+            log(f"seed {seed}: selected step {selected_step} (English dev {100 * accuracies['selected_dev_en']:.1f}%);"
+                f" average dev {100 * averages['dev']:.1f}%, test {100 * averages['test']:.1f}%")
+            return accuracies
 
-            # The selected parameters on dev and test of every language.
-            params = selection["params"]
-            selected_step = int(selection["step"])
-            accuracies = {"seed": seed, "selected_step": selected_step,
-                          "selected_dev_en": float(selection["accuracy"])}
-            for split in ("dev", "test"):
-                sums = accuracies_on(eval_sets[split], params)
-                accuracies[split] = {language: report.accuracy(*sums[language]) for language in languages}
-                accuracies.setdefault("average", {})[split] = report.language_average(accuracies[split])
-            model = nnx.merge(graphdef, _host_params(params))
+        per_seed = []
+        for seed in config.seeds:
+            outcome = run_seed(seed)
+            if "stopped_at" in outcome:
+                return outcome
+            per_seed.append({key: value for key, value in outcome.items() if key != "settings"})
+
+        # Results: per seed and aggregated, as JSON, Markdown beside the model card, and a bar plot.
+        results = {
+            "model": start.name, "family": model_config.family, "architecture": hf.architecture_name(model_config),
+            "init": str(start.folder) if start.folder else "", "parameters": parameter_count(model_config),
+            **report.aggregate_seeds(per_seed),
+            "seeds": per_seed,
+            "train_examples": num_examples,
+            "train_languages": ["en", *config.train_languages],
+            "eval_examples": {split: {language: len(evals[split, language]["labels"]) for language in languages}
+                              for split in ("dev", "test")},
+            "tokenizer": str(tokenizer_path), "max_length": config.max_length, "steps": num_steps,
+            "step_analysis": compiled.get("analysis"), "seconds": time.perf_counter() - started,
+        }
         if jax.process_index() == 0:
-            if config.export_models:
-                hf.save_pretrained(model, seed_dir / "model", tokenizer=tokenizer, label_names=LABEL_NAMES)
-            write_text_atomically(seed_dir / "results.json",
-                                  json.dumps({**accuracies, "settings": seed_settings}, indent=2) + "\n")
-        _log(f"seed {seed}: selected step {selected_step} (English dev {100 * accuracies['selected_dev_en']:.1f}%); "
-             f"average dev {100 * accuracies['average']['dev']:.1f}%, test {100 * accuracies['average']['test']:.1f}%")
-        return accuracies
-
-    per_seed = []
-    for seed in config.seeds:
-        outcome = run_seed(seed)
-        if "stopped_at" in outcome:
-            return outcome
-        per_seed.append({key: value for key, value in outcome.items() if key != "settings"})
-
-    # Results: per seed and aggregated, as JSON, Markdown beside the model card, and a bar plot.
-    results = {
-        "model": start.name, "family": model_config.family, "architecture": hf.architecture_name(model_config),
-        "init": str(start.folder) if start.folder else "", "parameters": parameter_count(model_config),
-        **report.aggregate_seeds(per_seed),
-        "seeds": per_seed,
-        "train_examples": num_examples,
-        "train_languages": ["en", *config.train_languages],
-        "eval_examples": {split: {language: len(evals[split, language]["labels"]) for language in languages}
-                          for split in ("dev", "test")},
-        "tokenizer": str(tokenizer_path), "max_length": config.max_length, "steps": num_steps,
-        "step_analysis": compiled.get("analysis"), "seconds": time.perf_counter() - started,
-    }
-    if jax.process_index() == 0:
-        report.write_files([results], workdir, "xnli_results", results)
-        _log(f"wrote {workdir / 'xnli_results.json'}, .md, .png")
-    return results
+            report.write_files([results], workdir, RESULTS_FILE.removesuffix(".json"), results)
+            log(f"wrote {workdir / RESULTS_FILE}, .md, .png")
+        run.mark_finished()
+        return results
