@@ -96,8 +96,15 @@ def collect(paths: Sequence[str | os.PathLike]) -> tuple[list[dict], list[dict]]
                     f"{path}: no {report.RESULTS_FILE}, {CONFIG_FILE} or {SWEEP_RECORD}; expected a `distil xnli` "
                     "workdir, a `distil distill` workdir or a sweep root (run folders, or the sweep.json of `distil "
                     "sweep`)")
-            runs += [read_run(path / name, name) if _is_distill_run(path / name)
-                     else _unstarted_run(path / name, name, record[name]) for name in names]
+            for name in names:
+                if not _is_distill_run(path / name):
+                    runs.append(_unstarted_run(path / name, name, record[name]))
+                    continue
+                run = read_run(path / name, name)
+                status = record.get(name, {}).get("status") if isinstance(record.get(name), dict) else None
+                if status and status.startswith("failed"):  # what the sweep saw (a run may fail before logging)
+                    run["status"] = status
+                runs.append(run)
     return runs, xnli_only
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ from distil.config import ConfigError
 
 GOLDEN = Path(__file__).parent / "data" / "golden"
 SWEEP = REPO / "experiments" / "temperature_sweep.py"
+MBERT = "/mnt/models/bert-base-multilingual-cased"  # the teacher folder on the cluster, for the full-size sweeps
 
 
 def test_product_and_zip():
@@ -63,31 +65,41 @@ def test_sweeps_with_xnli_chain_the_fine_tuning_on_one_host(launcher, extra, cap
     evaluated on one (TPU worker 0; the first pod of the first slice on GKE); --config replaces the file's CONFIG and
     the layer maps follow it."""
     assert cli.main(["sweep", str(REPO / "experiments" / "objectives_sweep.py"), "--launcher", launcher, *extra,
-                     "--config", "distilmbert:tpu=v4-32"]) == 0
+                     "--config", "distilmbert:tpu=v4-32", f"--config.teacher.checkpoint={MBERT}"]) == 0
     assert capsys.readouterr().out == (GOLDEN / f"objectives_{launcher}.txt").read_text()
 
 
 def test_slurm_script_with_xnli_matches_the_golden_file(tmp_path, capsys):
     assert cli.main(["sweep", str(REPO / "experiments" / "objectives_sweep.py"), "--launcher", "slurm", "--workdir",
                      "/scratch/sweeps/o", "--out", str(tmp_path), "--nodes", "1", "--gpus-per-node", "8",
-                     "--repo-dir", "/home/me/distil", "--config", "distilmbert:gpu=8xh100"]) == 0
-    script = tmp_path / "alpha_ce=5.0-alpha_mlm=2.0-alpha_cos=0.0-alpha_minilm=1.0-minilm_teacher_layer=9.sbatch"
+                     "--repo-dir", "/home/me/distil", "--config", "distilmbert:gpu=8xh100",
+                     f"--config.teacher.checkpoint={MBERT}"]) == 0
+    [script] = tmp_path.glob("alpha_ce=5.0-alpha_mlm=2.0-alpha_cos=0.0-alpha_minilm=1.0-minilm_teacher_layer=9-*.sbatch")
     assert script.read_text() == (GOLDEN / "objectives_minilm.sbatch").read_text()
 
 
 @pytest.mark.parametrize("sweep_file", sorted((REPO / "experiments").glob("*_sweep.py")), ids=lambda path: path.stem)
 @pytest.mark.parametrize("base", ["distilmbert", "distilmbert:runlocal"])
-def test_every_shipped_sweep_point_is_a_valid_config(sweep_file, base):
-    """Each point of each shipped sweep, at full size (mBERT's shapes) and at runlocal, resolves to a config the
-    trainer accepts, checked against the models' shapes (layer maps, widths, heads) as `distil distill` does."""
+def test_every_shipped_sweep_point_is_a_valid_config(sweep_file, base, tmp_path):
+    """Each point of each shipped sweep, at full size (an mBERT-shaped teacher folder, given on the command line for
+    every point) and at runlocal, resolves to a config the trainer accepts, checked against the models' shapes
+    (layer maps, widths, heads) as `distil distill` does."""
+    import transformers
+
     from distil.config import load_config
     from distil.train import distill
 
-    sweep = launch.load_sweep(sweep_file, base)
+    teacher = tmp_path / "mbert"
+    teacher.mkdir()
+    transformers.BertConfig(vocab_size=119_547, architectures=["BertForMaskedLM"]).to_json_file(
+        teacher / "config.json")
+    overrides = [] if base.endswith("runlocal") else [f"--config.teacher.checkpoint={teacher}"]
+    sweep = launch.load_sweep(sweep_file, base, overrides=overrides)
     assert sweep.config == base and len(sweep.points) >= 2
     for point in sweep.points:
-        config = load_config(base, [arg.removeprefix("--config.") for arg in launch.override_args(point)])
-        distill.check_config(config, num_devices=8, process_count=1, dry_run=True)  # mBERT's shapes, no folder
+        config = load_config(base, [arg.removeprefix("--config.") for arg in
+                                    [*overrides, *launch.override_args(point.overrides)]])
+        distill.check_config(config, num_devices=8, process_count=1)
         vocab_size = 119_547
         teacher = distill._teacher_config(config, vocab_size)
         student = distill._student_config(config, teacher, vocab_size)
@@ -104,22 +116,31 @@ def test_bad_sweep_files_name_the_file(tmp_path):
         launch.load_sweep(bad)
 
 
-def test_two_point_local_sweep_runs_then_skips(tmp_path, capsys):
-    sweep = tmp_path / "two.py"
-    sweep.write_text(
+def _write_sweep(path: Path, points: str) -> Path:
+    path.write_text(
         "CONFIG = 'distilmbert:runlocal'\n"
         "FAST = {'num_steps': 2, 'data.max_length': 64, 'batching.pad_to_multiple': 64, 'batching.global_batch': 16,\n"
         "        'teacher.max_position_embeddings': 64, 'student.max_position_embeddings': 64}\n"
-        "def get_sweep():\n"
-        "    return [{**FAST, 'loss.temperature': t} for t in (1.0, 2.0)] + [{**FAST, 'loss.temperature': 0.0}]\n"
+        f"def get_sweep():\n    return {points}\n"
     )
+    return path
+
+
+DIVERGES = "{**FAST, 'loss.temperature': 3.0, 'optimizer.learning_rate': 1e30, 'optimizer.warmup_fraction': 0.0}"
+
+
+def test_a_local_sweep_runs_skips_what_finished_and_forgets_fixed_points(tmp_path, capsys):
+    """Two points finish and one diverges (exit 3); a rerun skips the finished ones; fixing the diverging point makes
+    it a new point, and the old one's failure is no longer the sweep's."""
+    sweep = _write_sweep(tmp_path / "two.py", f"[{{**FAST, 'loss.temperature': t}} for t in (1.0, 2.0)] + [{DIVERGES}]")
     root = tmp_path / "runs"
     os.environ["PYTHONPATH"] = str(REPO)  # the points run in subprocesses of this checkout
     assert cli.main(["sweep", str(sweep), "--launcher", "local", "--workdir", str(root)]) == 1  # one point fails
     record = json.loads((root / "sweep.json").read_text())
-    statuses = {name.split("temperature=")[1]: entry["status"] for name, entry in record.items()}
-    assert statuses == {"1.0": "finished", "2.0": "finished", "0.0": "failed in distill (exit 2)"}
+    statuses = {entry["overrides"]["loss.temperature"]: entry["status"] for entry in record.values()}
+    assert statuses == {1.0: "finished", 2.0: "finished", 3.0: "failed in distill (exit 3)"}
     for name, entry in record.items():
+        assert name.endswith(entry["fingerprint"])
         if entry["status"] == "finished":
             assert (root / name / "student" / "model.safetensors").exists()
             assert json.loads((root / name / "summary.json").read_text())["steps"] == 2
@@ -128,6 +149,34 @@ def test_two_point_local_sweep_runs_then_skips(tmp_path, capsys):
     out = capsys.readouterr().out
     assert out.count("finished earlier, skipped") == 2 and "2 of 3 point(s) finished" in out
     _check_sweep_report(root, record, tmp_path / "report", capsys)
+
+    fixed = DIVERGES.replace("1e30", "1e-3")
+    _write_sweep(sweep, f"[{{**FAST, 'loss.temperature': t}} for t in (1.0, 2.0)] + [{fixed}]")
+    assert cli.main(["sweep", str(sweep), "--launcher", "local", "--workdir", str(root)]) == 0
+    out = capsys.readouterr().out
+    assert out.count("finished earlier, skipped") == 2 and "3 of 3 point(s) finished" in out
+    now = json.loads((root / "sweep.json").read_text())
+    assert [entry["status"] for entry in now.values()] == ["finished"] * 3
+    assert set(now) - set(record) == {next(name for name in now if "learning_rate=0.001" in name)}
+    assert len(list(root.glob("*temperature=3.0-*"))) == 2  # the diverged run's folder is left as it was
+
+
+def test_a_changed_base_config_makes_new_points_and_bad_points_stop_everything(tmp_path, capsys):
+    sweep = _write_sweep(tmp_path / "two.py", "[{**FAST, 'loss.temperature': t} for t in (1.0, 2.0)]")
+    assert cli.main(["sweep", str(sweep), "--workdir", "R"]) == 0
+    names = [line.split()[0] for line in capsys.readouterr().out.splitlines()[1:]]
+    assert cli.main(["sweep", str(sweep), "--workdir", "R", "--config.seed=1"]) == 0
+    reseeded = [line.split()[0] for line in capsys.readouterr().out.splitlines()[2:]]
+    assert [name.rsplit("-", 1)[0] for name in names] == [name.rsplit("-", 1)[0] for name in reseeded]
+    assert not set(names) & set(reseeded)  # same overrides, another base config: other points
+    # One bad point: nothing runs, nothing is printed, the point and the key are named.
+    _write_sweep(sweep, "[{**FAST, 'loss.temperature': t} for t in (1.0, 0.0)]")
+    for launcher in ("local", "print", "tpu"):
+        assert cli.main(["sweep", str(sweep), "--launcher", launcher, "--workdir", str(tmp_path / "root")]) == 2
+        captured = capsys.readouterr()
+        assert captured.out == "" and not (tmp_path / "root").exists()
+        assert re.search(r"two.py: point \S*temperature=0.0: config.loss.temperature must be > 0, got 0.0$",
+                         captured.err.strip()), captured.err
 
 
 def _xnli_results(test: dict[str, float]) -> dict:
@@ -150,12 +199,12 @@ def _check_sweep_report(root: Path, record: dict, out: Path, capsys) -> None:
     assert table in printed
     lines = [line for line in table.splitlines() if line.startswith("| ")]
     header = [cell.strip() for cell in lines[0].strip("|").split("|")]
-    assert header[:4] == ["run", "status", "loss.temperature", "step"] and "mlm" in header and "ce" in header
+    assert header[:3] == ["run", "status", "loss.temperature"] and {"step", "mlm", "ce"} <= set(header)
     rows = {cells[0]: dict(zip(header, cells)) for cells in
             ([cell.strip() for cell in line.strip("|").split("|")] for line in lines[1:4])}
     assert list(rows) == names  # sweep.json's order, the failed point with its status and override only
     failed = next(name for name in names if name not in finished)
-    assert rows[failed]["status"] == "failed in distill (exit 2)" and rows[failed]["loss.temperature"] == "0.0"
+    assert rows[failed]["status"] == "failed in distill (exit 3)" and rows[failed]["loss.temperature"] == "3.0"
     assert rows[failed]["step"] == rows[failed]["loss"] == ""
     for name in finished:
         final = json.loads((root / name / "summary.json").read_text())["final"]
@@ -166,7 +215,7 @@ def _check_sweep_report(root: Path, record: dict, out: Path, capsys) -> None:
     xnli_row = next(line for line in lines if line.startswith(f"| {finished[1]} | 42.5 |"))
     assert xnli_row.endswith("| 50.0 | 40.0 | 37.5 |")  # en fr zh, the XNLI paper's order; avg (50+40+37.5)/3
     summary = json.loads((out / "sweep_report.json").read_text())
-    assert summary["differing_fields"] == ["loss.temperature"]
+    assert summary["differing_fields"] == ["loss.temperature", "optimizer.learning_rate", "optimizer.warmup_fraction"]
     assert [run["xnli"] is not None for run in summary["runs"]] == [False, True, False]
     for image in ("loss_curves.png", "xnli_report.png"):
         with Image.open(out / image) as png:

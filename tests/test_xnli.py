@@ -263,13 +263,22 @@ def test_selection_reads_english_dev_only(finetuned, task, tmp_path):
         np.testing.assert_array_equal(first[name], second[name], err_msg=name)
 
 
-def test_rerun_reuses_finished_seeds(finetuned, task, capsys):
+def test_a_finished_run_is_final_and_more_seeds_reuse_the_finished_ones(finetuned, task, tmp_path, capsys):
     workdir, results = finetuned
-    metrics = (workdir / "xnli_seed0" / "metrics.jsonl").read_text()
+    before = _contents(workdir)
     again = xnli.train_and_evaluate(_task_config(task), workdir)
-    assert "seed 0: reused the finished results" in capsys.readouterr().out
-    assert (workdir / "xnli_seed0" / "metrics.jsonl").read_text() == metrics
+    assert f"{workdir}: finished earlier" in capsys.readouterr().out
+    assert _contents(workdir) == before  # every file as it was
     assert {k: again[k] for k in ("dev", "test", "seeds")} == {k: results[k] for k in ("dev", "test", "seeds")}
+    # Another seed extends the run: the finished seed's results are reused, not trained again.
+    extended = tmp_path / "extended"
+    shutil.copytree(workdir, extended)
+    seeds = tuple(_task_config(task).seeds)
+    more = xnli.train_and_evaluate(_task_config(task, f"seeds={(*seeds, max(seeds) + 1)}"), extended)
+    out = capsys.readouterr().out
+    assert f"seed {seeds[0]}: reused the finished results" in out and "config.seeds" in out
+    assert (extended / "xnli_seed0" / "metrics.jsonl").read_bytes() == before["xnli_seed0/metrics.jsonl"]
+    assert [row["seed"] for row in more["seeds"]] == [*seeds, max(seeds) + 1]
 
 
 # ---------------------------------------------------------------------------------------------- readers

@@ -88,6 +88,11 @@ def xnli_config(family: str, arg=None) -> ml_collections.ConfigDict:
     config.optimizer.clip_norm = 1.0
 
     config.log_every_steps = 50 if runlocal else 200
+    # A jax.profiler trace of steps start_step .. start_step + num_steps - 1 of each seed into its folder's
+    # tensorboard/ (TensorBoard's profile plugin opens it); num_steps 0: none.
+    config.profile = ml_collections.ConfigDict()
+    config.profile.start_step = 10
+    config.profile.num_steps = 0
     config.checkpoint = ml_collections.ConfigDict()  # saved at each selection point, for resuming a seed
     config.checkpoint.async_save = True
     config.export_models = True  # each seed's selected model as a Hugging Face folder, xnli_seed<k>/model/

@@ -199,6 +199,11 @@ def get_config(arg=None):
     config.num_steps = 60 if runlocal else 0  # > 0 overrides num_epochs
 
     config.log_every_steps = 5 if runlocal else 50
+    # A jax.profiler trace of steps start_step .. start_step + num_steps - 1 into WORKDIR/tensorboard (TensorBoard's
+    # profile plugin opens it); num_steps 0: none.
+    config.profile = ml_collections.ConfigDict()
+    config.profile.start_step = 10
+    config.profile.num_steps = 0
     config.checkpoint = ml_collections.ConfigDict()
     config.checkpoint.every_steps = 20 if runlocal else 1000
     config.checkpoint.keep = 2 if runlocal else 3

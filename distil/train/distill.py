@@ -11,6 +11,7 @@ folder. The config is read here and only here; everything below takes plain argu
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -45,6 +46,7 @@ from distil.train.run import (CHECKPOINT_DIR, DATA_DIR, METRICS_FILE, STUDENT_DI
                               open_run, read_json, resolve_config)
 from distil.train.state import abstract_train_state, create_train_state, learning_rate_schedule, make_optimizer
 from distil.train.step import DistillStudent, frozen_paths, make_train_step
+from distil.train.tensorboard import ProfileWindow
 from distil.train.trainer import (check_optimizer, configured_device_count, describe_analysis, host_params, log,
                                   mesh_from_config, mesh_size, optimizer_settings, step_analysis,
                                   stop_if_not_finite)
@@ -582,13 +584,16 @@ def _train(config, workdir: Path, run, objective: Objective, tokenizer_path, tok
         # Loop.
         metrics_writer = MetricsWriter(workdir, resume_step=start_step)
         progress = Progress(num_steps, start_step)
-        with checkpoints.PreemptionGuard() as guard:
+        profile = ProfileWindow(workdir, start_step=config.profile.start_step, num_steps=config.profile.num_steps)
+        with checkpoints.PreemptionGuard() as guard, contextlib.closing(profile):
             step = start_step
             while step < num_steps:
                 local = next(iterator)
                 batch = sharding.make_global_batch(local, parts.batch_sharding)
+                profile.before_step(step + 1)
                 state, metrics = steps.get(local["input_ids"].shape[-1])(state, teacher_params, batch)
                 step += 1
+                profile.after_step(step, metrics)
                 metrics = jax.device_get(metrics)
                 stop_if_not_finite(metrics, objective.terms, step, manager)
                 progress.add_tokens(float(metrics["real_tokens"]))

@@ -3,6 +3,8 @@
 Only process 0 writes. Each line is appended and flushed as it is logged; on resume, lines for steps after the
 restored checkpoint (logged by the interrupted run after its last save) are dropped first, in one atomic rewrite, so
 the file reads as one uninterrupted run.
+
+Each row also goes to TensorBoard event files in `tensorboard/` beside it (`distil.train.tensorboard`).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import jax
 
 from distil.atomic import write_text_atomically
 from distil.train.run import METRICS_FILE
+from distil.train.tensorboard import ScalarWriter
 
 
 class MetricsFileError(ValueError):
@@ -56,16 +59,19 @@ class MetricsWriter:
             kept = [row for row in read_metrics(self.path, torn_tail_ok=True) if row["step"] <= resume_step]
             write_text_atomically(self.path, "".join(json.dumps(row) + "\n" for row in kept))
         self._file = open(self.path, "a", encoding="utf-8") if self.enabled else None
+        self._scalars = ScalarWriter(workdir, resume_step=resume_step)
 
     def write(self, row: Mapping[str, float]) -> None:
         if self._file is not None:
             self._file.write(json.dumps(dict(row)) + "\n")
             self._file.flush()
+        self._scalars.write(row)
 
     def close(self) -> None:
         if self._file is not None:
             self._file.close()
             self._file = None
+        self._scalars.close()
 
 
 class Progress:

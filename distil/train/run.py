@@ -43,6 +43,7 @@ RUN_FILE = "run.json"  # the record: command, config fingerprint, the config, ve
 LOCK_FILE = "run.lock"  # flock-ed by the live run; its text names the holder
 CONFIG_FILE = "config.json"  # the resolved config (a copy of run.json's, for people and reports)
 METRICS_FILE = "metrics.jsonl"  # one JSON object per logged step
+TENSORBOARD_DIR = "tensorboard"  # event files of the run's scalars (and profiles), beside metrics.jsonl
 SUMMARY_FILE = "summary.json"  # distill: written last, the run's outcome
 CHECKPOINT_DIR = "checkpoints"
 DATA_DIR = "data"  # distill: the binarised corpus
@@ -66,8 +67,8 @@ EXIT_TRAINING_FAILED = 3
 # a distillation extended to more steps (its schedule then follows the new num_steps), an XNLI run given more seeds.
 MUTABLE = {
     "distill": ("log_every_steps", "checkpoint.every_steps", "checkpoint.keep", "checkpoint.async_save",
-                "mesh.*", "sharding.*"),
-    "xnli": ("log_every_steps", "checkpoint.async_save", "mesh.*", "sharding.*"),
+                "profile.*", "mesh.*", "sharding.*"),
+    "xnli": ("log_every_steps", "checkpoint.async_save", "profile.*", "mesh.*", "sharding.*"),
     "demo": (),
 }
 GROW = {"distill": ("num_steps",), "xnli": ("seeds",), "demo": ()}
@@ -313,18 +314,26 @@ def _own_entries(folder: Path) -> set[str]:
     return {LOCK_FILE, *(entry.name for entry in stale_temporaries(folder))}
 
 
+def _refuse_foreign(workdir: Path) -> None:
+    """A workdir without run.json must hold nothing but what a starting run leaves (its lock, our temporaries)."""
+    if (workdir / RUN_FILE).exists():
+        return
+    foreign = sorted(entry.name for entry in workdir.iterdir() if entry.name not in _own_entries(workdir))
+    if foreign:
+        shown = ", ".join(foreign[:6]) + (f" and {len(foreign) - 6} more" if len(foreign) > 6 else "")
+        raise OutputError(f"{workdir}: holds files distil did not write for a run ({shown}; no {RUN_FILE}); "
+                          "choose a new or empty workdir")
+
+
 def _open_on_writer(workdir: Path, command: str, data: dict, package_versions: dict) -> Run:
     make_output_folder(workdir, "workdir")
+    _refuse_foreign(workdir)  # before the lock file is created in someone else's folder
     lock = WorkdirLock(workdir, command)
     lock.acquire()
     try:
         record_path = workdir / RUN_FILE
         if not record_path.exists():
-            foreign = sorted(entry.name for entry in workdir.iterdir() if entry.name not in _own_entries(workdir))
-            if foreign:
-                shown = ", ".join(foreign[:6]) + (f" and {len(foreign) - 6} more" if len(foreign) > 6 else "")
-                raise OutputError(f"{workdir}: holds files distil did not write for a run ({shown}; no {RUN_FILE}); "
-                                  "choose a new or empty workdir")
+            _refuse_foreign(workdir)  # again, under the lock
             lock.announce()
             record = {"command": command, "fingerprint": fingerprint(command, data, package_versions),
                       "config": data, "versions": package_versions, "created": _now(), "status": "running",

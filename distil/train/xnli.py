@@ -24,6 +24,7 @@ and the eval step returns (correct, count) sums, added up on the host.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -55,6 +56,7 @@ from distil.train.run import (CHECKPOINT_DIR, RESULTS_FILE, SEED_DIR, SEED_RESUL
                               resolve_config)
 from distil.train.state import TrainState, create_train_state, learning_rate_schedule, make_optimizer
 from distil.train.step import frozen_paths
+from distil.train.tensorboard import ProfileWindow
 from distil.train.trainer import (check_optimizer, configured_device_count, describe_analysis, host_params, log,
                                   mesh_from_config, mesh_size, optimizer_settings, step_analysis,
                                   stop_if_not_finite)
@@ -520,12 +522,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
                 # Loop: English dev at each selection point; the best parameters so far are kept (and checkpointed).
                 metrics_writer = MetricsWriter(make_output_folder(seed_dir, "seed folder"), resume_step=start_step)
                 progress = Progress(num_steps, start_step)
-                with checkpoints.PreemptionGuard() as guard:
+                profile = ProfileWindow(seed_dir, start_step=config.profile.start_step,
+                                        num_steps=config.profile.num_steps)
+                with checkpoints.PreemptionGuard() as guard, contextlib.closing(profile):
                     step = start_step
                     while step < num_steps:
                         local = next(iterator)
+                        profile.before_step(step + 1)
                         state, metrics = train_step(state, sharding.make_global_batch(local, batch_sharding))
                         step += 1
+                        profile.after_step(step, metrics)
                         metrics = jax.device_get(metrics)
                         stop_if_not_finite(metrics, (), step, manager, where=f"seed {seed}, ")
                         progress.add_tokens(float(metrics["real_tokens"]))
