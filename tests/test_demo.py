@@ -36,7 +36,17 @@ def test_demo_runs_every_stage_and_reuses_them(tmp_path, capsys):
     predictions = fill_mask("Paris is the [MASK] of France.")
     assert len(predictions) == 5 and all("token_str" in p for p in predictions)
 
+    # Finished is final: a rerun changes no file.
+    files = {path: path.read_bytes() for path in sorted(workdir.rglob("*")) if path.is_file()}
     capsys.readouterr()
     assert cli.main(["demo", "--workdir", str(workdir), *SHORT]) == 0
-    out = capsys.readouterr().out
-    assert out.count("(finished earlier)") == 4
+    assert f"{workdir}: finished earlier" in capsys.readouterr().out
+    assert {path: path.read_bytes() for path in sorted(workdir.rglob("*")) if path.is_file()} == files
+    # A demo stopped before its report reuses every finished stage; another demo config is refused.
+    record = json.loads((workdir / "run.json").read_text())
+    (workdir / "run.json").write_text(json.dumps({**record, "status": "running"}))
+    (workdir / "report.md").unlink()
+    assert cli.main(["demo", "--workdir", str(workdir), *SHORT]) == 0
+    assert capsys.readouterr().out.count("(finished earlier)") == 4 and (workdir / "report.md").is_file()
+    assert cli.main(["demo", "--workdir", str(workdir), *SHORT, "--config.student_steps=5"]) == 2
+    assert "config.student_steps: 4 -> 5" in capsys.readouterr().err
