@@ -1,0 +1,129 @@
+"""Process and device discovery (`distil.cluster`, `--distributed`) under each platform's environment, simulated on
+127.0.0.1: two processes started with the variables SLURM, an xpk GPU workload on GKE, or a GKE TPU slice sets join
+one `jax.distributed` run with the right process count, ids and devices, and a collective between them works."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO
+from distil import cluster
+
+WORKER = Path(__file__).parent / "hosts" / "cluster_worker.py"
+# Variables of any real cluster this test might run under, which would otherwise leak into the simulated one.
+PLATFORM_PREFIXES = ("SLURM_", "TPU_", "MEGASCALE_", "JAX_COORDINATOR", "JAX_LOCAL_DEVICE", "NNODES", "NODE_RANK",
+                     "KUBERNETES_", "OMPI_", "PMI_")
+
+
+def _free_port(low: int = 20000, high: int = 60000) -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    return port if low <= port < high else _free_port(low, high)
+
+
+def _run_pair(platform: str, per_process: list[dict]) -> list[dict]:
+    """Starts one worker per entry of `per_process` (its platform variables), 4 fake CPU devices each; returns what
+    each printed. A peer that dies or hangs fails the test within the deadline instead of hanging it."""
+    base = {key: value for key, value in os.environ.items() if not key.startswith(PLATFORM_PREFIXES)}
+    base.update(XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO),
+                GCE_METADATA_IP="127.0.0.1:9")  # a stray metadata query stays on this machine and fails at once
+    processes = [subprocess.Popen([sys.executable, str(WORKER), platform], env={**base, **variables},
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                 for variables in per_process]
+    deadline = time.monotonic() + 180
+    try:
+        while any(p.poll() is None for p in processes) and time.monotonic() < deadline:
+            if any(p.poll() not in (None, 0) for p in processes):
+                break
+            time.sleep(0.1)
+    finally:
+        for process in processes:
+            process.kill()
+    outputs = [process.communicate() for process in processes]
+    assert all(p.returncode == 0 for p in processes), "\n\n".join(out + err[-3000:] for out, err in outputs)
+    return [json.loads(out.strip().splitlines()[-1]) for out, _ in outputs]
+
+
+def _assert_one_run(reports: list[dict], local_devices: int = 4) -> None:
+    assert sorted(report["process_index"] for report in reports) == list(range(len(reports)))
+    for report in reports:
+        assert report["process_count"] == len(reports) and report["local_devices"] == local_devices
+        assert report["devices"] == local_devices * len(reports)
+        assert report["gathered"] == list(range(len(reports)))
+
+
+def test_slurm_one_task_per_node_drives_every_gpu_of_its_node():
+    """sbatch --nodes=2 --ntasks-per-node=1 --gpus-per-node=8: JAX alone would give each process GPU
+    [SLURM_LOCALID] = [0]; distil gives it the node's 8. The coordinator is the first node, on a port JAX derives
+    from the job id (so two jobs sharing a node do not collide)."""
+    job_id = _free_port(61440, 65535) - 61440  # JAX: port = job_id % 4096 + 61440
+    common = dict(SLURM_JOB_ID=str(job_id), SLURM_STEP_NODELIST="127.0.0.1", SLURM_NTASKS="2",
+                  SLURM_NTASKS_PER_NODE="1", SLURM_GPUS_ON_NODE="8", SLURM_LOCALID="0")
+    reports = _run_pair("slurm", [{**common, "SLURM_PROCID": str(rank)} for rank in range(2)])
+    _assert_one_run(reports)
+    for report in reports:
+        assert report["cuda_visible_devices"] == "0,1,2,3,4,5,6,7"
+        assert report["settings"] == {"local_device_ids": list(range(8))}
+
+
+def test_slurm_one_task_per_gpu_keeps_jax_s_own_assignment():
+    job_id = _free_port(61440, 65535) - 61440
+    common = dict(SLURM_JOB_ID=str(job_id), SLURM_STEP_NODELIST="127.0.0.1", SLURM_NTASKS="2",
+                  SLURM_NTASKS_PER_NODE="2", SLURM_GPUS_ON_NODE="2")
+    reports = _run_pair("slurm", [{**common, "SLURM_PROCID": str(rank), "SLURM_LOCALID": str(rank)}
+                                  for rank in range(2)])
+    _assert_one_run(reports)
+    assert sorted(report["cuda_visible_devices"] for report in reports) == ["0", "1"]
+    assert all(report["settings"] == {} for report in reports)
+
+
+def test_xpk_gpu_workload_reads_nnodes_node_rank_and_a_port_less_coordinator():
+    """xpk's GPU pods: JAX_COORDINATOR_ADDRESS is a host name without a port, NNODES / NODE_RANK give the processes,
+    and JAX's own Kubernetes detection (which needs the `kubernetes` package) is not used."""
+    port = _free_port()
+    common = dict(NNODES="2", JAX_COORDINATOR_ADDRESS="127.0.0.1", JAX_COORDINATOR_PORT=str(port),
+                  KUBERNETES_SERVICE_HOST="127.0.0.1")
+    reports = _run_pair("xpk-gpu", [{**common, "NODE_RANK": str(rank)} for rank in range(2)])
+    _assert_one_run(reports)
+    assert {report["settings"]["coordinator_address"] for report in reports} == {f"127.0.0.1:{port}"}
+
+
+def test_gke_tpu_slice_is_found_by_jax_from_the_worker_variables():
+    """A 2-host TPU slice on GKE (what xpk's TPU pods get): TPU_WORKER_ID and TPU_WORKER_HOSTNAMES; worker 0
+    coordinates (JAX_COORDINATOR_PORT stands in for TPU's fixed 8476, which a test machine may not have free)."""
+    port = _free_port()
+    common = dict(TPU_WORKER_HOSTNAMES="127.0.0.1,127.0.0.1", TPU_SKIP_MDS_QUERY="1", MEGASCALE_NUM_SLICES="1",
+                  MEGASCALE_SLICE_ID="0", JAX_COORDINATOR_PORT=str(port))
+    reports = _run_pair("gke-tpu", [{**common, "TPU_WORKER_ID": str(worker)} for worker in range(2)])
+    _assert_one_run(reports)
+    assert all(report["settings"] == {} for report in reports)  # all JAX's own detection
+
+
+@pytest.mark.parametrize("environ, expected", [
+    ({"NNODES": "2", "NODE_RANK": "1", "JAX_COORDINATOR_ADDRESS": "w-0.svc", "JAX_COORDINATOR_PORT": "1234"},
+     {"coordinator_address": "w-0.svc:1234", "num_processes": 2, "process_id": 1}),
+    ({"NNODES": "2", "NODE_RANK": "0", "JAX_COORDINATOR_ADDRESS": "w-0.svc"},
+     {"coordinator_address": f"w-0.svc:{cluster.DEFAULT_XPK_PORT}", "num_processes": 2, "process_id": 0}),
+    ({"SLURM_JOB_ID": "7", "SLURM_NTASKS_PER_NODE": "1", "SLURM_GPUS_ON_NODE": "4"},
+     {"local_device_ids": [0, 1, 2, 3]}),
+    ({"SLURM_JOB_ID": "7", "SLURM_NTASKS_PER_NODE": "8", "SLURM_GPUS_ON_NODE": "8"}, {}),
+    ({}, {}),
+])
+def test_settings_by_hand(environ, expected):
+    assert cluster.distributed_settings(environ) == expected
+
+
+def test_bad_platform_variables_are_named():
+    with pytest.raises(cluster.ClusterError, match=r"NODE_RANK=2 is outside NNODES=2"):
+        cluster.distributed_settings({"NNODES": "2", "NODE_RANK": "2", "JAX_COORDINATOR_ADDRESS": "h"})
+    with pytest.raises(cluster.ClusterError, match=r"NNODES='two': expected an integer"):
+        cluster.distributed_settings({"NNODES": "two", "NODE_RANK": "0", "JAX_COORDINATOR_ADDRESS": "h"})
