@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import socket
 import subprocess
 import sys
@@ -24,10 +25,15 @@ PLATFORM_PREFIXES = ("SLURM_", "TPU_", "MEGASCALE_", "JAX_COORDINATOR", "JAX_LOC
 
 
 def _free_port(low: int = 20000, high: int = 60000) -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    return port if low <= port < high else _free_port(low, high)
+    """A port of [low, high) that nothing on 127.0.0.1 listens on now."""
+    for port in random.Random().sample(range(low, high), min(200, high - low)):
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    pytest.fail(f"no free port in [{low}, {high})")
 
 
 def _run_pair(platform: str, per_process: list[dict]) -> list[dict]:
@@ -50,7 +56,9 @@ def _run_pair(platform: str, per_process: list[dict]) -> list[dict]:
             process.kill()
     outputs = [process.communicate() for process in processes]
     assert all(p.returncode == 0 for p in processes), "\n\n".join(out + err[-3000:] for out, err in outputs)
-    return [json.loads(out.strip().splitlines()[-1]) for out, _ in outputs]
+    marker = "distil-cluster-report "  # Gloo prints its own lines on stdout too
+    return [json.loads(next(line for line in out.splitlines() if line.startswith(marker))[len(marker):])
+            for out, _ in outputs]
 
 
 def _assert_one_run(reports: list[dict], local_devices: int = 4) -> None:
@@ -97,15 +105,17 @@ def test_xpk_gpu_workload_reads_nnodes_node_rank_and_a_port_less_coordinator():
     assert {report["settings"]["coordinator_address"] for report in reports} == {f"127.0.0.1:{port}"}
 
 
-def test_gke_tpu_slice_is_found_by_jax_from_the_worker_variables():
-    """A 2-host TPU slice on GKE (what xpk's TPU pods get): TPU_WORKER_ID and TPU_WORKER_HOSTNAMES; worker 0
-    coordinates (JAX_COORDINATOR_PORT stands in for TPU's fixed 8476, which a test machine may not have free)."""
+def test_gke_tpu_multislice_is_found_by_jax_from_the_worker_variables():
+    """Two one-host TPU slices on GKE (xpk --num-slices=2): GKE's TPU_WORKER_ID / TPU_WORKER_HOSTNAMES within a
+    slice, MEGASCALE_* across slices; JAX alone makes them one run of 2 processes, slice 1's host being process 1
+    (JAX_COORDINATOR_PORT stands in for TPU's fixed 8476, which a test machine may not have free)."""
     port = _free_port()
-    common = dict(TPU_WORKER_HOSTNAMES="127.0.0.1,127.0.0.1", TPU_SKIP_MDS_QUERY="1", MEGASCALE_NUM_SLICES="1",
-                  MEGASCALE_SLICE_ID="0", JAX_COORDINATOR_PORT=str(port))
-    reports = _run_pair("gke-tpu", [{**common, "TPU_WORKER_ID": str(worker)} for worker in range(2)])
+    common = dict(TPU_WORKER_HOSTNAMES="127.0.0.1", TPU_WORKER_ID="0", TPU_SKIP_MDS_QUERY="1",
+                  MEGASCALE_COORDINATOR_ADDRESS="127.0.0.1", MEGASCALE_NUM_SLICES="2", JAX_COORDINATOR_PORT=str(port))
+    reports = _run_pair("gke-tpu", [{**common, "MEGASCALE_SLICE_ID": str(slice_id)} for slice_id in range(2)])
     _assert_one_run(reports)
     assert all(report["settings"] == {} for report in reports)  # all JAX's own detection
+    assert all(report["cuda_visible_devices"] == "all" for report in reports)  # TPUs: never restricted
 
 
 @pytest.mark.parametrize("environ, expected", [
