@@ -332,11 +332,11 @@ def cmd_distill(args) -> int:
     if args.dry_run:
         return _dry_run(config)
     if args.distributed or args.coordinator:
-        import jax
+        from distil import cluster
 
-        # On a TPU pod slice, under SLURM or on GKE, initialize() finds the processes itself; --coordinator names the
-        # first host's address where it does not.
-        jax.distributed.initialize(coordinator_address=args.coordinator)
+        # On a TPU slice, under SLURM or on GKE the processes are found from the platform's variables
+        # (distil.cluster); --coordinator names the first host's address where nothing does.
+        cluster.initialize(args.coordinator)
     if not args.workdir:
         raise ValueError("--workdir is required (where checkpoints, metrics.jsonl and student/ go)")
     train_and_evaluate(config, args.workdir)
@@ -378,18 +378,25 @@ def cmd_sweep(args) -> int:
         return 1 if failed else 0
     if args.launcher == "print":
         print(launch.print_points(sweep, root))
-    elif args.launcher == "tpu":
-        print(launch.tpu_commands(sweep, root, tpu=args.tpu, zone=args.zone, repo_dir=args.repo_dir))
+        return 0
+    if not Path(root).is_absolute():  # the hosts resolve a relative path elsewhere (home, submit dir, container)
+        raise ValueError(f"--workdir {root}: the {args.launcher} launcher needs an absolute path that every host "
+                         "sees (a shared file system or a mounted bucket)")
+    if args.launcher == "tpu":
+        print(launch.tpu_commands(sweep, root, tpu=args.tpu, zone=args.zone))
     elif args.launcher == "xpk":
         print(launch.xpk_commands(sweep, root, cluster=args.cluster, device_type=args.device_type,
-                                  num_slices=args.num_slices, docker_image=args.docker_image))
+                                  num_slices=args.num_slices, num_nodes=args.num_nodes, docker_image=args.docker_image,
+                                  storage=args.storage or ()))
     else:
-        from distil.atomic import write_text_atomically
+        from distil.atomic import make_output_folder, write_text_atomically
 
         out = Path(args.out or root)
-        out.mkdir(parents=True, exist_ok=True)
-        for name, script in launch.slurm_scripts(sweep, root, nodes=args.nodes, gpus_per_node=args.gpus_per_node,
-                                                 repo_dir=args.repo_dir, partition=args.partition).items():
+        scripts = launch.slurm_scripts(sweep, root, nodes=args.nodes, gpus_per_node=args.gpus_per_node,
+                                       partition=args.partition, logs=str(out.absolute() / "logs"), venv=args.venv,
+                                       container=args.container)
+        make_output_folder(out / "logs", "log folder")  # sbatch opens --output there when the job starts
+        for name, script in scripts.items():
             write_text_atomically(out / name, script)
             print(f"sbatch {out / name}")
     return 0
@@ -403,6 +410,10 @@ def cmd_xnli(args) -> int:
     from distil.train.xnli import train_and_evaluate
 
     config = load_config(args.config, args.overrides)
+    if args.distributed or args.coordinator:
+        from distil import cluster
+
+        cluster.initialize(args.coordinator)
     results = train_and_evaluate(config, args.workdir)
     if "stopped_at" not in results:
         print((Path(args.workdir) / "xnli_results.md").read_text(encoding="utf-8"))
@@ -544,17 +555,23 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--xnli", help="fine-tune each point's student with this XNLI config[:variant] instead of the "
                                       "sweep file's XNLI (e.g. distilmbert_xnli:runlocal)")
     sweep.add_argument("--workdir", type=_path, help="root of the points' workdirs (default runs/<sweep name>)")
-    sweep.add_argument("--repo-dir", default="~/distil", help="the checkout on the hosts (tpu, slurm)")
     sweep.add_argument("--tpu", default="my-tpu", help="TPU VM name (tpu)")
     sweep.add_argument("--zone", default="us-central2-b", help="its zone (tpu)")
     sweep.add_argument("--nodes", type=int, default=2, help="nodes per run (slurm)")
     sweep.add_argument("--gpus-per-node", type=int, default=8, help="(slurm)")
     sweep.add_argument("--partition", help="(slurm)")
-    sweep.add_argument("--out", type=_path, help="where the sbatch scripts go (slurm; default the workdir root)")
+    sweep.add_argument("--out", type=_path, help="where the sbatch scripts and their logs/ go (slurm; default the "
+                                                 "workdir root)")
+    sweep.add_argument("--venv", help="a virtual environment with distil installed on the nodes (slurm)")
+    sweep.add_argument("--container", help="an image with distil installed, run with pyxis (slurm)")
     sweep.add_argument("--cluster", default="my-cluster", help="GKE cluster (xpk)")
     sweep.add_argument("--device-type", default="v4-32", help="TPU type (v4-32) or GPU type (h100-80gb-8) (xpk)")
-    sweep.add_argument("--num-slices", type=int, default=1, help="(xpk)")
-    sweep.add_argument("--docker-image", default="python:3.11", help="an image with distil installed (xpk)")
+    sweep.add_argument("--num-slices", type=int, default=1, help="TPU slices per run (xpk, TPU types)")
+    sweep.add_argument("--num-nodes", type=int, default=1, help="GPU nodes per run (xpk, GPU types)")
+    sweep.add_argument("--docker-image", help="an image with distil installed: the repository's Dockerfile (xpk)")
+    sweep.add_argument("--storage", action="append",
+                       help="an `xpk storage attach` volume to mount (a gcsfuse bucket holding the workdirs); "
+                            "repeatable (xpk)")
     sweep.set_defaults(run=cmd_sweep, takes_config=True, interrupted="; rerun the same command: finished points are skipped, an interrupted one resumes")
     xnli = commands.add_parser("xnli", help="fine-tune on English NLI, evaluate zero-shot on the 15 XNLI languages",
                                epilog="Any --config.KEY=VALUE overrides a field of the config (e.g. "
@@ -563,7 +580,11 @@ def build_parser() -> argparse.ArgumentParser:
     xnli.add_argument("--config", default="distilmbert_xnli",
                       help="config file[:variant], or a shipped config's name[:variant] (default: %(default)s; "
                            "e.g. mbert_xnli, distilmbert_xnli:runlocal)")
-    xnli.add_argument("--workdir", type=_path, required=True, help="xnli_results.{json,md,png} and one folder per seed go here")
+    xnli.add_argument("--workdir", type=_path, required=True,
+                      help="xnli_results.{json,md,png} and one folder per seed go here")
+    xnli.add_argument("--distributed", action="store_true",
+                      help="one process per host: jax.distributed.initialize() before anything else")
+    xnli.add_argument("--coordinator", help="HOST:PORT of process 0, where the cluster does not say it")
     xnli.set_defaults(run=cmd_xnli, takes_config=True,
                       interrupted="; rerun the same command to resume (finished seeds are kept)")
     report = commands.add_parser("report", help="gather runs (a sweep's points) into one table with plots",

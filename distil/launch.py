@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import importlib.metadata
 import inspect
 import itertools
 import json
@@ -248,68 +249,108 @@ def print_points(sweep: Sweep, root: str) -> str:
     return "\n".join(lines)
 
 
-def tpu_commands(sweep: Sweep, root: str, *, tpu: str, zone: str, repo_dir: str) -> str:
-    """One `gcloud ... ssh --worker=all` line per point: every host of the slice runs the same command (each line
-    returns when the run ends); with XNLI, a second line fine-tunes the student on worker 0."""
-    lines = []
+def _stages(sweep: Sweep, root: str, point: ResolvedPoint) -> list[list[str]]:
+    """The point's commands, each run by every host: distillation, then XNLI of its student (multi-host too)."""
+    workdir = f"{root}/{point.name}"
+    stages = [distill_args(sweep, workdir, point, distributed=True)]
+    if sweep.xnli:
+        stages.append([*xnli_args(sweep.xnli, workdir), "--distributed"])
+    return stages
+
+
+def wheel_name() -> str:
+    """The file name of this distil's wheel (`pip wheel .` in a checkout)."""
+    return f"distil-{importlib.metadata.version('distil')}-py3-none-any.whl"
+
+
+TPU_VENV = "~/distil-venv"  # on every TPU worker: the virtual environment the tpu launcher installs distil into
+
+
+def tpu_commands(sweep: Sweep, root: str, *, tpu: str, zone: str) -> str:
+    """What to run for a sweep on a TPU VM slice, as big_vision's launch does it: a wheel of this checkout copied
+    to every worker and installed there (with JAX's `tpu` extra) into `~/distil-venv`, then per point one
+    `gcloud ... ssh --worker=all` line per stage. Every worker runs the same command; `--distributed` joins them
+    (JAX reads the slice from the TPU metadata); each line returns when the stage ends on every worker."""
+    ssh = ["gcloud", "compute", "tpus", "tpu-vm", "ssh", tpu, f"--zone={zone}", "--worker=all"]
+    wheel = wheel_name()
+    lines = [
+        "# 1. distil and its pinned packages on every worker (once per slice; again after a code change), from this "
+        "checkout:",
+        shlex.join(["python", "-m", "pip", "wheel", "--no-deps", "--wheel-dir", "dist", "."]),
+        shlex.join(["gcloud", "compute", "tpus", "tpu-vm", "scp", f"dist/{wheel}", f"{tpu}:{wheel}", f"--zone={zone}",
+                    "--worker=all"]),
+        shlex.join([*ssh, f"--command=python3 -m venv {TPU_VENV} && {TPU_VENV}/bin/pip install -q '{wheel}[tpu]'"]),
+        f"# 2. each point, on every worker ({'distillation, then XNLI' if sweep.xnli else 'distillation'}):",
+    ]
     for point in sweep.points:
-        workdir = f"{root}/{point.name}"
-        stages = [("all", distill_args(sweep, workdir, point, distributed=True))]
-        if sweep.xnli:
-            stages.append(("0", xnli_args(sweep.xnli, workdir)))
-        for workers, args in stages:
-            lines.append(shlex.join(["gcloud", "compute", "tpus", "tpu-vm", "ssh", tpu, f"--zone={zone}",
-                                     f"--worker={workers}", f"--command=cd {repo_dir} && {shlex.join(args)}"]))
+        for args in _stages(sweep, root, point):  # the venv's python, its `~` left to the worker's shell to expand
+            lines.append(shlex.join([*ssh, f"--command={TPU_VENV}/bin/python {shlex.join(args[1:])}"]))
     return "\n".join(lines)
 
 
-def slurm_scripts(sweep: Sweep, root: str, *, nodes: int, gpus_per_node: int, repo_dir: str,
-                  partition: str | None) -> dict[str, str]:
-    """{file name: sbatch script} per point: one process per node driving its GPUs, the first node coordinating;
-    with XNLI, one task on the first node fine-tunes the student afterwards."""
+def slurm_scripts(sweep: Sweep, root: str, *, nodes: int, gpus_per_node: int, partition: str | None,
+                  logs: str, venv: str | None = None, container: str | None = None) -> dict[str, str]:
+    """{file name: sbatch script} per point: one process per node driving all its GPUs (distil gives it the node's
+    GPUs; JAX finds the processes and puts the coordinator on the first node, on a port derived from the job id),
+    inside the virtual environment `venv` or the container image `container` (pyxis' `srun --container-image`,
+    the workdir root mounted at the same path). Each stage is one `srun` over every node: distillation, then XNLI.
+    Logs go to `logs/` (%x: the job name, %j: its id), which must exist when the script is submitted."""
+    if (venv is None) == (container is None):
+        raise ConfigError("--launcher slurm needs where distil is installed on the nodes: --venv DIR (a virtual "
+                          "environment with distil installed) or --container IMAGE (an image built from the "
+                          "Dockerfile)")
+    environment = [f"source {shlex.quote(venv)}/bin/activate"] if venv else []
+    srun = ["srun", f"--nodes={nodes}", "--ntasks-per-node=1"]
+    if container:
+        srun += [f"--container-image={container}", f"--container-mounts={root}:{root}", "--container-workdir=/tmp"]
     scripts = {}
     for point in sweep.points:
-        name = point.name
-        command = shlex.join(distill_args(sweep, f"{root}/{name}", point, distributed=True))
-        xnli = [f"srun --nodes=1 --ntasks=1 {shlex.join(xnli_args(sweep.xnli, f'{root}/{name}'))}"] if sweep.xnli \
-            else []
-        scripts[f"{name}.sbatch"] = "\n".join([
+        scripts[f"{point.name}.sbatch"] = "\n".join([
             "#!/bin/bash",
-            f"#SBATCH --job-name=distil-{name}"[:80],
+            f"#SBATCH --job-name=distil-{point.name}"[:80],
             f"#SBATCH --nodes={nodes}",
             "#SBATCH --ntasks-per-node=1",
             f"#SBATCH --gpus-per-node={gpus_per_node}",
             *([f"#SBATCH --partition={partition}"] if partition else []),
-            f"#SBATCH --output={root}/{name}/slurm-%j.out",
+            f"#SBATCH --output={logs}/%x-%j.out",
             "set -euo pipefail",
-            f"cd {repo_dir}",
-            f"mkdir -p {root}/{name}",
-            "# jax.distributed.initialize() reads SLURM's variables; the coordinator is the first node.",
-            "export COORDINATOR_ADDRESS=$(scontrol show hostnames \"$SLURM_JOB_NODELIST\" | head -n 1):12355",
+            *environment,
             "export XLA_PYTHON_CLIENT_MEM_FRACTION=0.95",
-            f"srun --ntasks={nodes} --ntasks-per-node=1 {command} --coordinator=\"$COORDINATOR_ADDRESS\"",
-            *xnli,
+            *(shlex.join([*srun, *args]) for args in _stages(sweep, root, point)),
             "",
         ])
     return scripts
 
 
-def xpk_commands(sweep: Sweep, root: str, *, cluster: str, device_type: str, num_slices: int,
-                 docker_image: str) -> str:
-    """One `xpk workload create` per point; with XNLI, the first pod of the first slice (JobSet's JOB_INDEX and
-    JOB_COMPLETION_INDEX both 0) fine-tunes the student once the distillation has finished."""
+# What xpk's JobSet YAML cannot carry in `--command` (it pastes the text into a YAML block scalar, and for GPU
+# workloads into a double-quoted YAML string too): newlines everywhere; double quotes and backslashes for GPUs.
+_XPK_UNSAFE = {"\n": "a newline", '"': "a double quote", "\\": "a backslash"}
+
+
+def xpk_commands(sweep: Sweep, root: str, *, cluster: str, device_type: str, num_slices: int, num_nodes: int,
+                 docker_image: str | None, storage: Sequence[str] = ()) -> str:
+    """One `xpk workload create` per point, every pod running the same command: distillation, then XNLI of its
+    student, both `--distributed` (TPU: JAX reads GKE's TPU_WORKER_* variables, across slices MEGASCALE_*; GPU:
+    distil reads xpk's NNODES / NODE_RANK / JAX_COORDINATOR_*). TPU types count slices (`--num-slices`), GPU types
+    nodes (`--num-nodes`). `docker_image` must hold distil (the repository's Dockerfile); `storage` names
+    `xpk storage attach` volumes (a gcsfuse bucket mounted where the workdirs are)."""
+    if not docker_image:
+        raise ConfigError("--launcher xpk needs --docker-image: an image with distil installed (docker build the "
+                          "repository's Dockerfile with --build-arg ACCELERATOR=tpu or cuda12, and push it)")
+    tpu = device_type.startswith(("v", "tpu"))
     lines = []
     for point in sweep.points:
-        name = point.name
-        command = shlex.join(distill_args(sweep, f"{root}/{name}", point, distributed=True))
-        if sweep.xnli:
-            command += (' && { [ "${JOB_INDEX:-0}${JOB_COMPLETION_INDEX:-0}" != 00 ] || '
-                        f"{shlex.join(xnli_args(sweep.xnli, f'{root}/{name}'))}; }}")
-        device_flag = "--tpu-type" if device_type.startswith("v") else "--device-type"
+        command = " && ".join(shlex.join(args) for args in _stages(sweep, root, point))
+        unsafe = [what for char, what in _XPK_UNSAFE.items() if char in command and (char == "\n" or not tpu)]
+        if unsafe:
+            raise ConfigError(f"point {point.name}: its command holds {', '.join(unsafe)}, which xpk's YAML cannot "
+                              "carry; use values without them")
         # GKE names: lowercase, at most 40 characters; the hash keeps truncated names of different points apart.
-        slug = re.sub(r"[^a-z0-9-]+", "-", f"distil-{name}".lower())[:32].strip("-")
-        workload = f"{slug}-{hashlib.sha1(name.encode()).hexdigest()[:6]}"
-        lines.append(shlex.join(["xpk", "workload", "create", f"--cluster={cluster}", f"--workload={workload}",
-                                 f"{device_flag}={device_type}", f"--num-slices={num_slices}",
-                                 f"--docker-image={docker_image}", f"--command={command}"]))
+        slug = re.sub(r"[^a-z0-9-]+", "-", f"distil-{point.name}".lower())[:32].strip("-")
+        workload = f"{slug}-{hashlib.sha1(point.name.encode()).hexdigest()[:6]}"
+        size = [f"--tpu-type={device_type}", f"--num-slices={num_slices}"] if tpu else \
+            [f"--device-type={device_type}", f"--num-nodes={num_nodes}"]
+        lines.append(shlex.join(["xpk", "workload", "create", f"--cluster={cluster}", f"--workload={workload}", *size,
+                                 f"--docker-image={docker_image}", *(f"--storage={name}" for name in storage),
+                                 f"--command={command}"]))
     return "\n".join(lines)

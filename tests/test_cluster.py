@@ -137,3 +137,44 @@ def test_bad_platform_variables_are_named():
         cluster.distributed_settings({"NNODES": "2", "NODE_RANK": "2", "JAX_COORDINATOR_ADDRESS": "h"})
     with pytest.raises(cluster.ClusterError, match=r"NNODES='two': expected an integer"):
         cluster.distributed_settings({"NNODES": "two", "NODE_RANK": "0", "JAX_COORDINATOR_ADDRESS": "h"})
+
+
+def test_xnli_runs_on_every_host_as_launchers_start_it(tmp_path):
+    """`distil xnli --distributed` as the launchers print it, on 2 hosts (xpk GPU variables, 4 devices each): one
+    run whose losses and accuracies equal those of 1 process with the same 8 devices, written once by process 0."""
+    from distil.config import load_config
+    from distil.train import xnli
+    from distil.train.metrics import read_metrics
+
+    overrides = ["num_steps=6", "seeds=(0,)", "train.max_examples=96", "eval.batch_size=256", "log_every_steps=1",
+                 "eval_every_steps=3", "eval.languages=('en','de','sw')"]
+    port = _free_port()
+    base = {key: value for key, value in os.environ.items() if not key.startswith(PLATFORM_PREFIXES)}
+    base.update(XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO),
+                NNODES="2", JAX_COORDINATOR_ADDRESS="127.0.0.1", JAX_COORDINATOR_PORT=str(port))
+    command = [sys.executable, "-m", "distil", "xnli", "--config", "distilmbert_xnli:runlocal", "--workdir",
+               str(tmp_path / "two"), *(f"--config.{o}" for o in overrides), "--distributed"]
+    processes = [subprocess.Popen(command, env={**base, "NODE_RANK": str(rank)}, stdout=subprocess.PIPE,
+                                  stderr=subprocess.STDOUT, text=True) for rank in range(2)]
+    deadline = time.monotonic() + 300
+    try:
+        while any(p.poll() is None for p in processes) and time.monotonic() < deadline:
+            if any(p.poll() not in (None, 0) for p in processes):
+                break
+            time.sleep(0.2)
+    finally:
+        for process in processes:
+            process.kill()
+    logs = [process.communicate()[0] for process in processes]
+    assert all(p.returncode == 0 for p in processes), "\n\n".join(log[-3000:] for log in logs)
+
+    one = xnli.train_and_evaluate(load_config("distilmbert_xnli:runlocal", overrides), tmp_path / "one")
+    two = json.loads((tmp_path / "two" / "xnli_results.json").read_text())
+    for split in ("dev", "test"):
+        for language, accuracy in one[split].items():
+            assert abs(two[split][language] - accuracy) <= 1 / 150 + 1e-9, (split, language)  # one row at most
+    got, want = (read_metrics(tmp_path / name / "xnli_seed0" / "metrics.jsonl") for name in ("two", "one"))
+    assert [row["step"] for row in got] == [row["step"] for row in want] == [1, 2, 3, 4, 5, 6]
+    for got_row, want_row in zip(got, want):
+        assert got_row["loss"] == pytest.approx(want_row["loss"], rel=2e-5), got_row["step"]
+    assert json.loads((tmp_path / "two" / "run.json").read_text())["status"] == "finished"

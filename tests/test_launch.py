@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -33,49 +35,137 @@ def test_product_and_zip():
         launch.zip_([{}], [{}, {}])
 
 
+XPK_IMAGE = "us-docker.pkg.dev/my/distil:0.1.0"
+
+
 @pytest.mark.parametrize("launcher, extra", [
     ("print", []),
     ("tpu", ["--tpu", "distil-v4-32", "--zone", "us-central2-b"]),
-    ("xpk", ["--cluster", "gke-h100", "--device-type", "h100-80gb-8", "--num-slices", "1",
-             "--docker-image", "us-docker.pkg.dev/my/distil:latest"]),
+    ("xpk", ["--cluster", "gke-h100", "--device-type", "h100-80gb-8", "--num-nodes", "2",
+             "--docker-image", XPK_IMAGE]),
 ])
 def test_launcher_commands_match_the_golden_files(launcher, extra, capsys):
     assert cli.main(["sweep", str(SWEEP), "--launcher", launcher, "--workdir", "/mnt/shared/sweeps/t", *extra]) == 0
     assert capsys.readouterr().out == (GOLDEN / f"sweep_{launcher}.txt").read_text()
 
 
+def _slurm(tmp_path: Path, *args: str) -> list[Path]:
+    assert cli.main(["sweep", *args, "--launcher", "slurm", "--out", str(tmp_path)]) == 0
+    return sorted(tmp_path.glob("*.sbatch"))
+
+
+def _golden_script(path: Path, out: Path) -> str:
+    """A written script with the --out folder of this test as `<out>` (the golden files' placeholder)."""
+    return path.read_text().replace(str(out), "<out>")
+
+
 def test_slurm_scripts_match_the_golden_files(tmp_path, capsys):
-    assert cli.main(["sweep", str(SWEEP), "--launcher", "slurm", "--workdir", "/scratch/sweeps/t", "--nodes", "2",
-                     "--gpus-per-node", "8", "--partition", "gpu", "--repo-dir", "/home/me/distil",
-                     "--out", str(tmp_path)]) == 0
-    written = sorted(tmp_path.glob("*.sbatch"))
+    written = _slurm(tmp_path, str(SWEEP), "--workdir", "/scratch/sweeps/t", "--nodes", "2", "--gpus-per-node", "8",
+                     "--partition", "gpu", "--venv", "/home/me/venvs/distil")
     assert [path.name for path in written] == sorted(path.name for path in GOLDEN.glob("slurm/*.sbatch"))
     for path in written:
-        assert path.read_text() == (GOLDEN / "slurm" / path.name).read_text(), path.name
+        assert _golden_script(path, tmp_path) == (GOLDEN / "slurm" / path.name).read_text(), path.name
     assert capsys.readouterr().out.count("sbatch ") == 4
+    assert (tmp_path / "logs").is_dir()  # sbatch opens --output there when the job starts: it must exist at submit
 
 
 @pytest.mark.parametrize("launcher, extra", [
     ("tpu", ["--tpu", "distil-v4-32", "--zone", "us-central2-b", "--workdir", "/mnt/shared/sweeps/o"]),
-    ("xpk", ["--cluster", "gke-v5p", "--device-type", "v5p-128", "--docker-image", "us-docker.pkg.dev/my/distil:latest",
-             "--workdir", "/gcs/sweeps/o"]),
+    ("xpk", ["--cluster", "gke-v5p", "--device-type", "v5p-128", "--num-slices", "2", "--docker-image", XPK_IMAGE,
+             "--storage", "sweeps-bucket", "--workdir", "/gcs/sweeps/o"]),
 ])
-def test_sweeps_with_xnli_chain_the_fine_tuning_on_one_host(launcher, extra, capsys):
-    """A sweep file with XNLI: after each point's distillation on every host, its student is fine-tuned and
-    evaluated on one (TPU worker 0; the first pod of the first slice on GKE); --config replaces the file's CONFIG and
-    the layer maps follow it."""
+def test_sweeps_with_xnli_run_both_stages_on_every_host(launcher, extra, capsys):
+    """A sweep file with XNLI: each point's distillation, then its student's XNLI, each on every host of the slice
+    (or every slice: one XNLI run per point); --config replaces the file's CONFIG and the layer maps follow it."""
     assert cli.main(["sweep", str(REPO / "experiments" / "objectives_sweep.py"), "--launcher", launcher, *extra,
                      "--config", "distilmbert:tpu=v4-32", f"--config.teacher.checkpoint={MBERT}"]) == 0
     assert capsys.readouterr().out == (GOLDEN / f"objectives_{launcher}.txt").read_text()
 
 
 def test_slurm_script_with_xnli_matches_the_golden_file(tmp_path, capsys):
-    assert cli.main(["sweep", str(REPO / "experiments" / "objectives_sweep.py"), "--launcher", "slurm", "--workdir",
-                     "/scratch/sweeps/o", "--out", str(tmp_path), "--nodes", "1", "--gpus-per-node", "8",
-                     "--repo-dir", "/home/me/distil", "--config", "distilmbert:gpu=8xh100",
-                     f"--config.teacher.checkpoint={MBERT}"]) == 0
+    _slurm(tmp_path, str(REPO / "experiments" / "objectives_sweep.py"), "--workdir", "/scratch/sweeps/o", "--nodes",
+           "1", "--gpus-per-node", "8", "--container", "/scratch/images/distil.sqsh", "--config",
+           "distilmbert:gpu=8xh100", f"--config.teacher.checkpoint={MBERT}")
     [script] = tmp_path.glob("alpha_ce=5.0-alpha_mlm=2.0-alpha_cos=0.0-alpha_minilm=1.0-minilm_teacher_layer=9-*.sbatch")
-    assert script.read_text() == (GOLDEN / "objectives_minilm.sbatch").read_text()
+    assert _golden_script(script, tmp_path) == (GOLDEN / "objectives_minilm.sbatch").read_text()
+
+
+def test_slurm_scripts_run_as_written(tmp_path, capsys):
+    """Each script passes `bash -n`, and run under SLURM's variables with stand-in `srun` and venv, activates the
+    venv and starts both stages on every node (one task each) with the commands `distil sweep --launcher print`
+    shows for the point."""
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    (venv / "bin" / "activate").write_text('export DISTIL_VENV_ACTIVE="$(dirname "${BASH_SOURCE[0]}")"\n')
+    stand_ins = tmp_path / "bin"
+    stand_ins.mkdir()
+    calls = tmp_path / "srun_calls.jsonl"
+    (stand_ins / "srun").write_text(
+        f"#!{sys.executable}\nimport json, os, sys\nwith open({str(calls)!r}, 'a') as out:\n"
+        "    out.write(json.dumps({'argv': sys.argv[1:], 'venv': os.environ.get('DISTIL_VENV_ACTIVE'),"
+        " 'mem': os.environ.get('XLA_PYTHON_CLIENT_MEM_FRACTION')}) + '\\n')\n")
+    (stand_ins / "srun").chmod(0o755)
+    scripts = _slurm(tmp_path / "out", str(REPO / "experiments" / "objectives_sweep.py"), "--workdir", "/scratch/o",
+                     "--nodes", "2", "--venv", str(venv), "--config", "distilmbert:gpu=8xh100",
+                     f"--config.teacher.checkpoint={MBERT}")
+    capsys.readouterr()
+    for script in scripts:
+        assert subprocess.run(["bash", "-n", str(script)]).returncode == 0, script
+        env = {"PATH": f"{stand_ins}:{os.environ['PATH']}", "SLURM_JOB_ID": "1", "HOME": str(tmp_path)}
+        done = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+    runs = [json.loads(line) for line in calls.read_text().splitlines()]
+    assert len(runs) == 2 * len(scripts)  # distill, then xnli, per point
+    for run in runs:
+        assert run["venv"] == str(venv / "bin") and run["mem"] == "0.95"
+        assert run["argv"][:2] == ["--nodes=2", "--ntasks-per-node=1"] and run["argv"][-1] == "--distributed"
+        assert run["argv"][2:5] in (["python", "-m", "distil"],)
+    workdirs = {run["argv"][run["argv"].index("--workdir") + 1] for run in runs if "distill" in run["argv"]}
+    assert workdirs == {f"/scratch/o/{script.stem}" for script in scripts}
+
+
+def test_xpk_commands_survive_the_yaml_xpk_writes(capsys):
+    """xpk pastes --command into its JobSet YAML (a block scalar under `bash -c`; for GPU types also a
+    double-quoted `COMMAND` value): what bash receives there, after YAML parsing, is the printed command, and it
+    parses as bash. A value that YAML would break is refused before anything is printed."""
+    import shlex
+
+    import yaml
+
+    for device, size in (("v5p-128", ["--num-slices", "2"]), ("h100-80gb-8", ["--num-nodes", "2"])):
+        assert cli.main(["sweep", str(REPO / "experiments" / "objectives_sweep.py"), "--launcher", "xpk",
+                         "--device-type", device, *size, "--docker-image", XPK_IMAGE, "--workdir", "/gcs/o",
+                         "--config", "distilmbert:tpu=v4-32", f"--config.teacher.checkpoint={MBERT}"]) == 0
+        for line in capsys.readouterr().out.splitlines():
+            command = next(arg for arg in shlex.split(line) if arg.startswith("--command="))[len("--command="):]
+            gpu = not device.startswith("v")
+            received = yaml.safe_load(_xpk_container_yaml(command, gpu=gpu))[0]
+            assert f"({command}) & PID=$!;" in received["command"][2]
+            assert subprocess.run(["bash", "-n", "-c", received["command"][2]]).returncode == 0
+            if gpu:
+                assert received["env"][0]["value"] == command
+            assert command.count(" --distributed") == 2 and "distil xnli" in command
+    assert cli.main(["sweep", str(SWEEP), "--launcher", "xpk", "--device-type", "h100-80gb-8", "--docker-image",
+                     XPK_IMAGE, "--workdir", "/gcs/t", '--config.data.corpus=/gcs/"odd"']) == 2
+    assert "holds a double quote, which xpk's YAML cannot carry" in capsys.readouterr().err
+    assert cli.main(["sweep", str(SWEEP), "--launcher", "xpk", "--workdir", "/gcs/t"]) == 2
+    assert "--launcher xpk needs --docker-image" in capsys.readouterr().err
+    assert cli.main(["sweep", str(SWEEP), "--launcher", "tpu", "--workdir", "runs/t"]) == 2
+    assert "needs an absolute path that every host sees" in capsys.readouterr().err
+
+
+def _xpk_container_yaml(command: str, *, gpu: bool) -> str:
+    """The main container of the JobSet YAML xpk writes (src/xpk/core/docker_container.py and
+    docker_resources.py): --command pasted into a `bash -c` block scalar, and for GPU types into the double-quoted
+    value of the COMMAND variable too."""
+    indent = " " * 16
+    env = f"\n{indent}  - name: COMMAND\n{indent}    value: \"{command}\"" if gpu else ""
+    body = ["echo XPK Start: $(date);", "_sigterm() (kill -SIGTERM $! 2>/dev/null;);", "trap _sigterm SIGTERM;",
+            f"({command}) & PID=$!;", "while kill -0 $PID 2>/dev/null;", "    do sleep 5;", "done;", "wait $PID;",
+            "EXIT_CODE=$?;", "echo XPK End: $(date);", "exit $EXIT_CODE"]
+    lines = [" " * 14 + "- name: main", f"{indent}env: {env}", f"{indent}command:", f"{indent}- bash",
+             f"{indent}- -c", f"{indent}- |", *(f"{indent}  {line}" for line in body)]
+    return "\n".join(lines) + "\n"
 
 
 @pytest.mark.parametrize("sweep_file", sorted((REPO / "experiments").glob("*_sweep.py")), ids=lambda path: path.stem)
@@ -220,3 +310,18 @@ def _check_sweep_report(root: Path, record: dict, out: Path, capsys) -> None:
     for image in ("loss_curves.png", "xnli_report.png"):
         with Image.open(out / image) as png:
             assert png.format == "PNG"
+
+
+def test_the_readme_s_one_run_sweep_prints_at_full_size(tmp_path, capsys):
+    """experiments/one_run.py, the README's walk-throughs: checked at full size (an mBERT-shaped teacher folder)."""
+    import transformers
+
+    teacher = tmp_path / "mbert"
+    teacher.mkdir()
+    transformers.BertConfig(vocab_size=119_547, architectures=["BertForMaskedLM"]).to_json_file(
+        teacher / "config.json")
+    assert cli.main(["sweep", str(REPO / "experiments" / "one_run.py"), "--launcher", "tpu", "--config",
+                     "distilmbert:tpu=v4-32", "--workdir", "/mnt/shared/runs",
+                     f"--config.teacher.checkpoint={teacher}"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert sum("distil distill" in line for line in lines) == 1 and sum("distil xnli" in line for line in lines) == 1

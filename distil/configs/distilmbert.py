@@ -41,13 +41,16 @@ from distil.sharding import STANDARD_LOGICAL_AXIS_RULES
 # Per-device memory from `distil distill --config distilmbert --dry_run` (experiments/dry_run_table.py, README).
 # vocab_tile 0: each chunk's vocabulary terms in one piece. The tiles (`loss.vocab_tile_size`) keep [chunk, tile]
 # blocks in a CPU's cache; an accelerator wants its vocabulary matmuls large, not 37 small ones in a loop.
+# data=-1: the data axis takes every device the run has, so one variant serves any number of slices or nodes (the
+# micro-batch must still split over them: 80 rows over 16 chips or 8, 16 GPUs; the trainer says so otherwise).
 HARDWARE = {
     # 16 TPU v4 chips (32 GiB HBM each), 4 hosts: parameters and Adam moments split 4 ways (fsdp), batch 16 ways;
     # 160 rows / 16 chips = 10 rows per chip per update, in 2 micro-batches of 5 with bf16 activations.
-    "tpu=v4-32": dict(data=4, fsdp=4, tensor=1, micro_batches=2, dtype="bfloat16", vocab_tile=0),
-    # 8 H100 (80 GB) in one node: plain data parallelism (the student and its moments fit every GPU), 160 rows =
-    # 20 per GPU per update in 2 micro-batches of 10, bf16 activations with float32 parameters and losses.
-    "gpu=8xh100": dict(data=8, fsdp=1, tensor=1, micro_batches=2, dtype="bfloat16", vocab_tile=0),
+    "tpu=v4-32": dict(data=-1, fsdp=4, tensor=1, micro_batches=2, dtype="bfloat16", vocab_tile=0),
+    # 8 H100 (80 GB) per node: plain data parallelism (the student and its moments fit every GPU); on one node 160
+    # rows = 20 per GPU per update in 2 micro-batches of 10, on two 10 per GPU; bf16 activations with float32
+    # parameters and losses.
+    "gpu=8xh100": dict(data=-1, fsdp=1, tensor=1, micro_batches=2, dtype="bfloat16", vocab_tile=0),
 }
 
 
