@@ -34,7 +34,7 @@ from distil.models import parameter_count
 from distil.sweep_report import LOSS_TERMS
 from distil.train import distill, xnli
 from distil.train.metrics import read_metrics
-from distil.train.run import (DEMO_FILE, LOSS_CURVES_FILE, METRICS_FILE, REPORT_FILE, RESULTS_FILE, RUN_FILE,
+from distil.train.run import (DEMO_FILE, DRY_RUN_FILE, LOSS_CURVES_FILE, METRICS_FILE, REPORT_FILE, RESULTS_FILE, RUN_FILE,
                               STUDENT_DIR, SUMMARY_FILE, open_run, read_json)
 
 
@@ -118,7 +118,7 @@ def _run_stages(config: ml_collections.ConfigDict, workdir: Path) -> dict:
         "teacher": read_json(stages["teacher"] / SUMMARY_FILE, "summary"),
         "student": read_json(stages["student"] / SUMMARY_FILE, "summary"),
         "xnli": {run["model"]: run["test"] for run in runs},
-        "dry_run": full_recipe_dry_run(),
+        "dry_run": full_recipe_dry_run(workdir / DRY_RUN_FILE),
     }
     summary["total_seconds"] = time.perf_counter() - started
     write_text_atomically(workdir / DEMO_FILE, json.dumps(summary, indent=2, default=str) + "\n")
@@ -175,13 +175,19 @@ def measure_speedup(teacher_folder: Path, student_folder: Path, *, batch: int, l
     return out
 
 
-def full_recipe_dry_run() -> dict | str:
-    """The full recipe's per-device memory on one device (`distil distill --dry_run`, fake CPU device, no weights)."""
+def full_recipe_dry_run(cache: Path) -> str:
+    """The full recipe's per-device memory on one device (`distil distill --dry_run`, fake CPU device, no weights),
+    kept in `cache` once it succeeded: it depends on no demo setting, so a resumed demo does not compile it again."""
+    if cache.is_file():
+        return cache.read_text(encoding="utf-8")
     command = [sys.executable, "-m", "distil", "distill", "--config", "distilmbert", "--dry_run",
                "--config.mesh.data=1", "--config.batching.micro_batches=40"]
     done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "JAX_PLATFORMS": "cpu"})
-    lines = [line for line in done.stdout.splitlines() if line.startswith(("dry run:", "per device"))]
-    return "\n".join(lines) if done.returncode == 0 else f"(dry run failed: {done.stderr.strip()[-300:]})"
+    if done.returncode != 0:
+        return f"(dry run failed: {done.stderr.strip()[-300:]})"
+    text = "\n".join(line for line in done.stdout.splitlines() if line.startswith(("dry run:", "per device")))
+    write_text_atomically(cache, text)
+    return text
 
 
 def to_markdown(summary: dict, workdir: Path) -> str:

@@ -89,9 +89,13 @@ def test_a_rerun_with_another_config_is_refused_naming_every_key(finished, capsy
 
 
 def test_more_steps_extend_a_finished_run_and_say_so(finished, tmp_path):
+    """Also: a kill in the middle of a metrics write leaves a last line without its newline; the resume drops it
+    with the rows past the restored checkpoint (a torn line anywhere else is still an error naming file and line)."""
     workdir = tmp_path / "extended"
     shutil.copytree(finished, workdir)
     before = read_metrics(workdir / "metrics.jsonl")
+    with open(workdir / "metrics.jsonl", "a", encoding="utf-8") as metrics:
+        metrics.write('{"step": 4, "loss": 18.1')  # torn
     done = _run(workdir, "num_steps=5", "log_every_steps=2")  # a logging change rides along
     assert done.returncode == 0, done.stderr
     assert "extended with changed settings: config.log_every_steps: 1 -> 2; config.num_steps: 3 -> 5" in done.stdout
@@ -146,7 +150,7 @@ def test_a_killed_holder_holds_nothing(tmp_path):
     lock.release()
 
 
-def test_a_kill_between_fingerprint_and_first_checkpoint_resumes_cleanly(tmp_path):
+def test_a_kill_between_fingerprint_and_first_checkpoint_resumes_cleanly(tmp_path, capsys):
     workdir = tmp_path / "killed"
     process = _start(workdir, "num_steps=6")
     deadline = time.monotonic() + 240
@@ -159,24 +163,12 @@ def test_a_kill_between_fingerprint_and_first_checkpoint_resumes_cleanly(tmp_pat
     assert not list((workdir / "checkpoints").glob("[0-9]*")) if (workdir / "checkpoints").exists() else True
     assert json.loads((workdir / "run.json").read_text())["status"] == "running"
     # The same command finishes the run from scratch; another config is refused as for any run.
-    refused = _run(workdir, "num_steps=6", "seed=1")
-    assert refused.returncode == 2 and "config.seed: 0 -> 1" in refused.stderr
+    assert cli.main(_distill_args(workdir, "num_steps=6", "seed=1")) == 2
+    assert "config.seed: 0 -> 1" in capsys.readouterr().err
     done = _run(workdir, "num_steps=6")
     assert done.returncode == 0, done.stderr
     assert [row["step"] for row in read_metrics(workdir / "metrics.jsonl")] == [1, 2, 3, 4, 5, 6]
     assert json.loads((workdir / "run.json").read_text())["status"] == "finished"
-
-
-def test_a_torn_last_metrics_line_past_the_checkpoint_is_dropped_on_resume(finished, tmp_path):
-    """A kill in the middle of a metrics write leaves a last line without its newline; the resume drops it with
-    the rows past the restored checkpoint (a torn line anywhere else is still an error naming file and line)."""
-    workdir = tmp_path / "torn"
-    shutil.copytree(finished, workdir)
-    with open(workdir / "metrics.jsonl", "a", encoding="utf-8") as metrics:
-        metrics.write('{"step": 4, "loss": 18.1')
-    done = _run(workdir, "num_steps=4")
-    assert done.returncode == 0, done.stderr
-    assert [row["step"] for row in read_metrics(workdir / "metrics.jsonl")] == [1, 2, 3, 4]
 
 
 # ------------------------------------------------------------------------------------------ another's files

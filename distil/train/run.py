@@ -57,6 +57,7 @@ XNLI_DIR = "xnli"  # a sweep point's XNLI run, inside its distill workdir
 REPORT_FILE = "report.md"  # demo: the report a person reads first
 DEMO_FILE = "demo.json"  # demo: stage times, speed, XNLI averages, the dry run
 LOSS_CURVES_FILE = "loss_curves.png"  # demo and distil report
+DRY_RUN_FILE = "dry_run.txt"  # demo: the full recipe's memory dry run
 
 # Exit codes of the `distil` command (cli.py): 2 bad input or a refused workdir; 3 a training failure.
 EXIT_BAD_INPUT = 2
