@@ -415,7 +415,9 @@ def cmd_xnli(args) -> int:
 
         cluster.initialize(args.coordinator)
     results = train_and_evaluate(config, args.workdir)
-    if "stopped_at" not in results:
+    import jax
+
+    if "stopped_at" not in results and jax.process_index() == 0:  # process 0 wrote it
         print((Path(args.workdir) / "xnli_results.md").read_text(encoding="utf-8"))
     return 0
 

@@ -41,3 +41,57 @@ def padded_batch(vocab_size: int, lengths: list[int], length: int, seed: int = 0
     input_ids = np.where(attention_mask == 1, input_ids, 0).astype(np.int32)
     token_type_ids = (np.arange(length)[None, :] >= np.asarray(lengths)[:, None] // 2).astype(np.int32) * attention_mask
     return input_ids, attention_mask, token_type_ids
+
+
+def free_port(low: int = 20000, high: int = 60000) -> int:
+    """A port of [low, high) that nothing on 127.0.0.1 listens on now."""
+    import random
+    import socket
+
+    for port in random.Random().sample(range(low, high), min(200, high - low)):
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port in [{low}, {high})")
+
+
+def run_processes(commands: list[tuple[list[str], dict]], *, coordinator_port: int, timeout: float = 240) -> list:
+    """Runs one `jax.distributed` process per (argv, env) on 127.0.0.1 and returns (returncode, output) of each.
+
+    Process 0 starts first and the others once its coordinator listens on `coordinator_port`: a peer that finds no
+    coordinator retries with gRPC's exponential back-off, up to minutes. Outputs go to files (a full pipe would stall
+    a talkative process), and a peer that dies or hangs ends the wait: every process is killed by `timeout`.
+    """
+    import socket
+    import subprocess
+    import tempfile
+    import time
+
+    deadline = time.monotonic() + timeout
+    logs = [tempfile.TemporaryFile("w+") for _ in commands]
+    processes = []
+    try:
+        for index, ((argv, env), log) in enumerate(zip(commands, logs)):
+            processes.append(subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, text=True))
+            while index == 0 and len(commands) > 1 and processes[0].poll() is None and time.monotonic() < deadline:
+                with socket.socket() as probe:
+                    if probe.connect_ex(("127.0.0.1", coordinator_port)) == 0:
+                        break
+                time.sleep(0.05)
+        while any(p.poll() is None for p in processes) and time.monotonic() < deadline:
+            if any(p.poll() not in (None, 0) for p in processes):
+                break
+            time.sleep(0.1)
+    finally:
+        for process in processes:
+            process.kill()
+            process.wait()
+    outputs = []
+    for process, log in zip(processes, logs):
+        log.seek(0)
+        outputs.append((process.returncode, log.read()))
+        log.close()
+    return outputs

@@ -6,16 +6,12 @@ from __future__ import annotations
 
 import json
 import os
-import random
-import socket
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, free_port, run_processes
 from distil import cluster
 
 WORKER = Path(__file__).parent / "hosts" / "cluster_worker.py"
@@ -24,41 +20,18 @@ PLATFORM_PREFIXES = ("SLURM_", "TPU_", "MEGASCALE_", "JAX_COORDINATOR", "JAX_LOC
                      "KUBERNETES_", "OMPI_", "PMI_")
 
 
-def _free_port(low: int = 20000, high: int = 60000) -> int:
-    """A port of [low, high) that nothing on 127.0.0.1 listens on now."""
-    for port in random.Random().sample(range(low, high), min(200, high - low)):
-        with socket.socket() as probe:
-            try:
-                probe.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    pytest.fail(f"no free port in [{low}, {high})")
-
-
-def _run_pair(platform: str, per_process: list[dict]) -> list[dict]:
+def _run_pair(platform: str, per_process: list[dict], coordinator_port: int) -> list[dict]:
     """Starts one worker per entry of `per_process` (its platform variables), 4 fake CPU devices each; returns what
-    each printed. A peer that dies or hangs fails the test within the deadline instead of hanging it."""
+    each printed."""
     base = {key: value for key, value in os.environ.items() if not key.startswith(PLATFORM_PREFIXES)}
     base.update(XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO),
                 GCE_METADATA_IP="127.0.0.1:9")  # a stray metadata query stays on this machine and fails at once
-    processes = [subprocess.Popen([sys.executable, str(WORKER), platform], env={**base, **variables},
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-                 for variables in per_process]
-    deadline = time.monotonic() + 180
-    try:
-        while any(p.poll() is None for p in processes) and time.monotonic() < deadline:
-            if any(p.poll() not in (None, 0) for p in processes):
-                break
-            time.sleep(0.1)
-    finally:
-        for process in processes:
-            process.kill()
-    outputs = [process.communicate() for process in processes]
-    assert all(p.returncode == 0 for p in processes), "\n\n".join(out + err[-3000:] for out, err in outputs)
+    outputs = run_processes([([sys.executable, str(WORKER), platform], {**base, **variables})
+                             for variables in per_process], coordinator_port=coordinator_port, timeout=120)
+    assert all(code == 0 for code, _ in outputs), "\n\n".join(output[-3000:] for _, output in outputs)
     marker = "distil-cluster-report "  # Gloo prints its own lines on stdout too
-    return [json.loads(next(line for line in out.splitlines() if line.startswith(marker))[len(marker):])
-            for out, _ in outputs]
+    return [json.loads(next(line for line in output.splitlines() if line.startswith(marker))[len(marker):])
+            for _, output in outputs]
 
 
 def _assert_one_run(reports: list[dict], local_devices: int = 4) -> None:
@@ -73,10 +46,10 @@ def test_slurm_one_task_per_node_drives_every_gpu_of_its_node():
     """sbatch --nodes=2 --ntasks-per-node=1 --gpus-per-node=8: JAX alone would give each process GPU
     [SLURM_LOCALID] = [0]; distil gives it the node's 8. The coordinator is the first node, on a port JAX derives
     from the job id (so two jobs sharing a node do not collide)."""
-    job_id = _free_port(61440, 65535) - 61440  # JAX: port = job_id % 4096 + 61440
-    common = dict(SLURM_JOB_ID=str(job_id), SLURM_STEP_NODELIST="127.0.0.1", SLURM_NTASKS="2",
-                  SLURM_NTASKS_PER_NODE="1", SLURM_GPUS_ON_NODE="8", SLURM_LOCALID="0")
-    reports = _run_pair("slurm", [{**common, "SLURM_PROCID": str(rank)} for rank in range(2)])
+    port = free_port(61440, 65536)
+    common = dict(SLURM_JOB_ID=str(port - 61440), SLURM_STEP_NODELIST="127.0.0.1", SLURM_NTASKS="2",
+                  SLURM_NTASKS_PER_NODE="1", SLURM_GPUS_ON_NODE="8", SLURM_LOCALID="0")  # JAX: job id % 4096 + 61440
+    reports = _run_pair("slurm", [{**common, "SLURM_PROCID": str(rank)} for rank in range(2)], port)
     _assert_one_run(reports)
     for report in reports:
         assert report["cuda_visible_devices"] == "0,1,2,3,4,5,6,7"
@@ -84,11 +57,11 @@ def test_slurm_one_task_per_node_drives_every_gpu_of_its_node():
 
 
 def test_slurm_one_task_per_gpu_keeps_jax_s_own_assignment():
-    job_id = _free_port(61440, 65535) - 61440
-    common = dict(SLURM_JOB_ID=str(job_id), SLURM_STEP_NODELIST="127.0.0.1", SLURM_NTASKS="2",
+    port = free_port(61440, 65536)
+    common = dict(SLURM_JOB_ID=str(port - 61440), SLURM_STEP_NODELIST="127.0.0.1", SLURM_NTASKS="2",
                   SLURM_NTASKS_PER_NODE="2", SLURM_GPUS_ON_NODE="2")
     reports = _run_pair("slurm", [{**common, "SLURM_PROCID": str(rank), "SLURM_LOCALID": str(rank)}
-                                  for rank in range(2)])
+                                  for rank in range(2)], port)
     _assert_one_run(reports)
     assert sorted(report["cuda_visible_devices"] for report in reports) == ["0", "1"]
     assert all(report["settings"] == {} for report in reports)
@@ -97,10 +70,10 @@ def test_slurm_one_task_per_gpu_keeps_jax_s_own_assignment():
 def test_xpk_gpu_workload_reads_nnodes_node_rank_and_a_port_less_coordinator():
     """xpk's GPU pods: JAX_COORDINATOR_ADDRESS is a host name without a port, NNODES / NODE_RANK give the processes,
     and JAX's own Kubernetes detection (which needs the `kubernetes` package) is not used."""
-    port = _free_port()
+    port = free_port()
     common = dict(NNODES="2", JAX_COORDINATOR_ADDRESS="127.0.0.1", JAX_COORDINATOR_PORT=str(port),
                   KUBERNETES_SERVICE_HOST="127.0.0.1")
-    reports = _run_pair("xpk-gpu", [{**common, "NODE_RANK": str(rank)} for rank in range(2)])
+    reports = _run_pair("xpk-gpu", [{**common, "NODE_RANK": str(rank)} for rank in range(2)], port)
     _assert_one_run(reports)
     assert {report["settings"]["coordinator_address"] for report in reports} == {f"127.0.0.1:{port}"}
 
@@ -109,10 +82,10 @@ def test_gke_tpu_multislice_is_found_by_jax_from_the_worker_variables():
     """Two one-host TPU slices on GKE (xpk --num-slices=2): GKE's TPU_WORKER_ID / TPU_WORKER_HOSTNAMES within a
     slice, MEGASCALE_* across slices; JAX alone makes them one run of 2 processes, slice 1's host being process 1
     (JAX_COORDINATOR_PORT stands in for TPU's fixed 8476, which a test machine may not have free)."""
-    port = _free_port()
+    port = free_port()
     common = dict(TPU_WORKER_HOSTNAMES="127.0.0.1", TPU_WORKER_ID="0", TPU_SKIP_MDS_QUERY="1",
                   MEGASCALE_COORDINATOR_ADDRESS="127.0.0.1", MEGASCALE_NUM_SLICES="2", JAX_COORDINATOR_PORT=str(port))
-    reports = _run_pair("gke-tpu", [{**common, "MEGASCALE_SLICE_ID": str(slice_id)} for slice_id in range(2)])
+    reports = _run_pair("gke-tpu", [{**common, "MEGASCALE_SLICE_ID": str(slice_id)} for slice_id in range(2)], port)
     _assert_one_run(reports)
     assert all(report["settings"] == {} for report in reports)  # all JAX's own detection
     assert all(report["cuda_visible_devices"] == "all" for report in reports)  # TPUs: never restricted
@@ -148,25 +121,14 @@ def test_xnli_runs_on_every_host_as_launchers_start_it(tmp_path):
 
     overrides = ["num_steps=6", "seeds=(0,)", "train.max_examples=96", "eval.batch_size=256", "log_every_steps=1",
                  "eval_every_steps=3", "eval.languages=('en','de','sw')"]
-    port = _free_port()
+    port = free_port()
     base = {key: value for key, value in os.environ.items() if not key.startswith(PLATFORM_PREFIXES)}
     base.update(XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO),
                 NNODES="2", JAX_COORDINATOR_ADDRESS="127.0.0.1", JAX_COORDINATOR_PORT=str(port))
     command = [sys.executable, "-m", "distil", "xnli", "--config", "distilmbert_xnli:runlocal", "--workdir",
                str(tmp_path / "two"), *(f"--config.{o}" for o in overrides), "--distributed"]
-    processes = [subprocess.Popen(command, env={**base, "NODE_RANK": str(rank)}, stdout=subprocess.PIPE,
-                                  stderr=subprocess.STDOUT, text=True) for rank in range(2)]
-    deadline = time.monotonic() + 300
-    try:
-        while any(p.poll() is None for p in processes) and time.monotonic() < deadline:
-            if any(p.poll() not in (None, 0) for p in processes):
-                break
-            time.sleep(0.2)
-    finally:
-        for process in processes:
-            process.kill()
-    logs = [process.communicate()[0] for process in processes]
-    assert all(p.returncode == 0 for p in processes), "\n\n".join(log[-3000:] for log in logs)
+    outputs = run_processes([(command, {**base, "NODE_RANK": str(rank)}) for rank in range(2)], coordinator_port=port)
+    assert all(code == 0 for code, _ in outputs), "\n\n".join(output[-3000:] for _, output in outputs)
 
     one = xnli.train_and_evaluate(load_config("distilmbert_xnli:runlocal", overrides), tmp_path / "one")
     two = json.loads((tmp_path / "two" / "xnli_results.json").read_text())

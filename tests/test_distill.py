@@ -20,7 +20,7 @@ import pytest
 import transformers
 from flax import nnx
 
-from conftest import REPO
+from conftest import REPO, free_port, run_processes
 from distil import losses
 from distil.config import ConfigError, load_config
 from distil.data.masking import IGNORE_INDEX
@@ -474,29 +474,15 @@ def test_masks_do_not_depend_on_the_number_of_processes():
 def test_two_processes_equal_one_and_resume_in_one(tmp_path):
     """2 processes x 4 CPU devices (jax.distributed on 127.0.0.1, each reading and masking its own rows) log the
     losses of 1 process x 8 devices, and a checkpoint they wrote resumes in one process to the same next losses."""
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     overrides = [*FAST, "num_steps=4", "checkpoint.every_steps=2"]
     worker = Path(__file__).parent / "hosts" / "distill_worker.py"
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu",
            "PYTHONPATH": str(REPO)}
     workdir = tmp_path / "two"
-    processes = [subprocess.Popen([sys.executable, str(worker), str(port), str(i), str(workdir), *overrides], env=env,
-                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
-    deadline = time.monotonic() + 300
-    try:  # a dead or stuck peer fails the test instead of hanging it
-        while any(p.poll() is None for p in processes) and time.monotonic() < deadline:
-            if any(p.poll() not in (None, 0) for p in processes):
-                break
-            time.sleep(0.2)
-    finally:
-        for process in processes:
-            process.kill()
-    logs = [process.communicate()[0] for process in processes]
-    assert all(p.returncode == 0 for p in processes), "\n\n".join(logs)[-4000:]
+    outputs = run_processes([([sys.executable, str(worker), str(port), str(i), str(workdir), *overrides], env)
+                             for i in range(2)], coordinator_port=port, timeout=300)
+    assert all(code == 0 for code, _ in outputs), "\n\n".join(output for _, output in outputs)[-4000:]
 
     reference_dir = tmp_path / "one"
     train_and_evaluate(runlocal("num_steps=4", "checkpoint.every_steps=2"), reference_dir)
