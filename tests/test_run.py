@@ -271,3 +271,23 @@ def test_fingerprints_ignore_what_may_change_and_where_distil_lies():
     assert run_scaffold.fingerprint("distill", {**config, "num_steps": 11}, versions) != same
     assert run_scaffold.fingerprint("distill", config, {"jax": "2"}) != same
     assert run_scaffold.identity("distill", config, versions)["config"]["tokenizer"] == "<distil>/data/x.txt"
+
+
+def test_a_corpus_prepared_elsewhere_is_read_by_the_run_as_it_is(tmp_path, capsys):
+    """`distil prepare` once (any machine, into shared storage), then runs read that folder as their corpus: the
+    same batches as a run that prepares the corpus itself; a folder prepared for another length is named."""
+    from distil.data.embedded import embedded_corpus_dir, embedded_wordpiece_vocab
+
+    prepared = tmp_path / "prepared"
+    assert cli.main(["prepare", str(embedded_corpus_dir()), str(prepared), "--tokenizer",
+                     str(embedded_wordpiece_vocab()), "--max-length", "64", "--sampling-alpha", "0.7"]) == 0
+    assert cli.main(_distill_args(tmp_path / "own", "num_steps=2")) == 0
+    assert cli.main(_distill_args(tmp_path / "shared", "num_steps=2", f"data.corpus={prepared}")) == 0
+    assert not (tmp_path / "shared" / "data").exists()  # nothing prepared in the workdir
+    own, shared = (read_metrics(tmp_path / name / "metrics.jsonl") for name in ("own", "shared"))
+    assert [{k: row[k] for k in ("loss", "real_tokens")} for row in shared] == \
+        [{k: row[k] for k in ("loss", "real_tokens")} for row in own]
+    capsys.readouterr()
+    assert cli.main(_distill_args(tmp_path / "other", "num_steps=2", f"data.corpus={prepared}",
+                                  "data.max_length=32", "batching.pad_to_multiple=32")) == 2
+    assert "sequences split at max_length=64, the run has config.data.max_length=32" in capsys.readouterr().err

@@ -95,7 +95,9 @@ def get_config(arg=None):
     config.tokenizer = str(embedded_wordpiece_vocab()) if runlocal and not languages else ""
 
     config.data = ml_collections.ConfigDict()
-    config.data.corpus = "embedded" if runlocal else "wikipedia"  # "embedded", a folder of <lang>.txt, "wikipedia"
+    # "embedded", a folder of <lang>.txt, "wikipedia" (prepared into WORKDIR/data by process 0), or a folder that
+    # `distil prepare` wrote (used as it is by every host: prepare once, on any machine, into shared storage).
+    config.data.corpus = "embedded" if runlocal else "wikipedia"
     config.data.tfds_data_dir = ""  # for corpus="wikipedia"
     config.data.languages = languages  # () keeps every language of the corpus
     config.data.sampling_alpha = 0.7  # p(lang) ∝ lines^alpha, as mBERT

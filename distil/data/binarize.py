@@ -298,9 +298,7 @@ def binarize(
     out_dir = make_output_folder(out_dir)
     remove_stale_temporaries(out_dir)  # half-written files of a killed run are never trusted
 
-    tokenizer = load_tokenizer(tokenizer_path)
-    tokenizer.no_truncation()
-    tokenizer.no_padding()
+    tokenizer = _untruncated(tokenizer_path)
     special = special_token_ids(tokenizer)
     tokenizer_json = tokenizer.to_str()
     tokenizer_sha256 = hashlib.sha256(tokenizer_json.encode()).hexdigest()
@@ -470,6 +468,37 @@ class TokenSequences:
 
     def __setstate__(self, state):
         self.__init__(state["out_dir"])
+
+
+def _untruncated(tokenizer_path):
+    """The tokenizer as binarize uses it (whole lines, no padding); its JSON identifies it in index.json."""
+    tokenizer = load_tokenizer(tokenizer_path)
+    tokenizer.no_truncation()
+    tokenizer.no_padding()
+    return tokenizer
+
+
+def is_prepared(folder: str | os.PathLike) -> bool:
+    """Whether `folder` is an output folder of `binarize` / `distil prepare` (finished or not)."""
+    return (Path(folder) / INDEX_FILE).is_file()
+
+
+def check_prepared(folder: str | os.PathLike, tokenizer_path: str | os.PathLike, max_length: int) -> None:
+    """A folder `distil prepare` wrote, usable as it is by a run with this tokenizer and max_length: complete,
+    tokenised by the same tokenizer (its sha256), split at the same length. Errors name the field."""
+    folder = Path(folder)
+    index = _read_index(folder)
+    if not index.get("complete"):
+        raise BinarizeError(f"{folder / INDEX_FILE}: the preparation has not finished; rerun the same `distil "
+                            "prepare` command to complete it")
+    sha256 = hashlib.sha256(_untruncated(tokenizer_path).to_str().encode()).hexdigest()
+    if index["tokenizer"]["sha256"] != sha256:
+        raise BinarizeError(f"{folder / INDEX_FILE}: tokenised with {index['tokenizer']['path']} (sha256 "
+                            f"{index['tokenizer']['sha256'][:12]}...), the run uses {tokenizer_path} (sha256 "
+                            f"{sha256[:12]}...); prepare the corpus with the run's tokenizer")
+    if index["max_length"] != max_length:
+        raise BinarizeError(f"{folder / INDEX_FILE}: sequences split at max_length={index['max_length']}, the run "
+                            f"has config.data.max_length={max_length}; prepare with --max-length {max_length}")
 
 
 def open_binarized(out_dir: str | os.PathLike) -> TokenSequences:

@@ -32,7 +32,8 @@ from distil import hf, losses, sharding, trim
 from distil.atomic import write_text_atomically
 from distil.config import ConfigError
 from distil.data.batching import GlobalBatchError, GroupedBatchSource
-from distil.data.binarize import MIN_KEPT_LENGTH, TokenSequences, load_token_counts, open_binarized, prepare
+from distil.data.binarize import (MIN_KEPT_LENGTH, TokenSequences, check_prepared, is_prepared, load_token_counts,
+                                  open_binarized, prepare)
 from distil.data.embedded import embedded_corpus_dir
 from distil.data.masking import mask_batch, token_probs_from_counts
 from distil.models import (ModelConfig, abstract_model, create_model, mbert_base, model_class, parameter_count,
@@ -308,8 +309,7 @@ def _trim_vocabulary(config, tokenizer, workdir: Path):
     settings = config.get("trim")
     if settings is None or not settings.enabled:
         return None
-    corpus = embedded_corpus_dir() if config.data.corpus == "embedded" else config.data.corpus
-    return trim.trim_for_training(tokenizer, corpus, languages=list(config.data.languages) or None,
+    return trim.trim_for_training(tokenizer, _corpus(config), languages=list(config.data.languages) or None,
                                   data_dir=config.data.tfds_data_dir or None, min_count=settings.min_count,
                                   single_chars=settings.single_chars,
                                   out_dir=workdir / TRIM_DIR if jax.process_index() == 0 else None)
@@ -318,10 +318,15 @@ def _trim_vocabulary(config, tokenizer, workdir: Path):
 # ------------------------------------------------------------------------------------------------------ data
 
 
+def _corpus(config) -> str | os.PathLike:
+    """What config.data.corpus names: the embedded corpus' folder, 'wikipedia', a folder of <lang>.txt, or a folder
+    `distil prepare` wrote."""
+    return embedded_corpus_dir() if config.data.corpus == "embedded" else config.data.corpus
+
+
 def prepare_corpus(config, tokenizer_path, out_dir: Path) -> None:
     """Binarises config.data.corpus into `out_dir` (resumable; a finished one is reused)."""
-    corpus = embedded_corpus_dir() if config.data.corpus == "embedded" else config.data.corpus
-    prepare(corpus, out_dir, tokenizer_path=tokenizer_path, languages=list(config.data.languages) or None,
+    prepare(_corpus(config), out_dir, tokenizer_path=tokenizer_path, languages=list(config.data.languages) or None,
             data_dir=config.data.tfds_data_dir or None, sampling_alpha=config.data.sampling_alpha, seed=config.seed,
             max_length=config.data.max_length, progress=jax.process_index() == 0,
             # tokenizers' own threads, no worker processes: forking after JAX (and jax.distributed) started is
@@ -504,6 +509,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     teacher_config = _teacher_config(config, vocab_size)
     student_config = _student_config(config, teacher_config, vocab_size)
     _check_models(config, objective, teacher_config, student_config, vocab_size)
+    trimming = config.get("trim") is not None and config.trim.enabled
+    if is_prepared(_corpus(config)) and not trimming:  # (a trimmed run checks it against the trimmed tokenizer)
+        check_prepared(_corpus(config), tokenizer_path, config.data.max_length)
     with open_run(workdir, "distill", config) as run:
         if run.finished:
             log(run.finished_message())
@@ -533,10 +541,16 @@ def _train(config, workdir: Path, run, objective: Objective, tokenizer_path, tok
         log(f"trimmed the vocabulary to the training corpus: {trimming.source_vocab_size:,} -> {vocab_size:,} "
             f"tokens ({workdir / TRIM_DIR / trim.KEPT_IDS_FILE})")
 
-    # Data: the binarised corpus, length-grouped batches, masking per micro-batch on the host.
-    data_dir = workdir / DATA_DIR
-    if jax.process_index() == 0:
-        prepare_corpus(config, tokenizer_path, data_dir)
+    # Data: the binarised corpus (a folder `distil prepare` wrote, used as it is, or prepared here by process 0),
+    # length-grouped batches, masking per micro-batch on the host.
+    corpus = _corpus(config)
+    if is_prepared(corpus):
+        data_dir = Path(corpus)
+        check_prepared(data_dir, tokenizer_path, config.data.max_length)
+    else:
+        data_dir = workdir / DATA_DIR
+        if jax.process_index() == 0:
+            prepare_corpus(config, tokenizer_path, data_dir)
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils
 
