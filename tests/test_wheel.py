@@ -36,11 +36,26 @@ def _repo_files(folder: str, pattern: str = "**/*") -> set[str]:
             if path.is_file() and "__pycache__" not in path.parts}
 
 
+def _docker_context() -> list[str]:
+    """What the Dockerfile COPYs into its image, which `pip install .` builds there: the wheel is built from these
+    alone, so a source the image lacks fails here."""
+    sources = []
+    for line in (REPO / "Dockerfile").read_text(encoding="utf-8").splitlines():
+        if line.startswith("COPY "):
+            sources += line.split()[1:-1]
+    return sources
+
+
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("wheel")
     source = root / "source"
-    shutil.copytree(REPO, source, ignore=NOT_SOURCES)
+    source.mkdir()
+    for name in _docker_context():
+        if (REPO / name).is_dir():
+            shutil.copytree(REPO / name, source / name, ignore=NOT_SOURCES)
+        else:
+            shutil.copy2(REPO / name, source / name)
     _run([sys.executable, "-m", "pip", "wheel", ".", "--no-deps", "--no-build-isolation", "--no-index", "-q",
           "--disable-pip-version-check", "-w", str(root / "dist")], cwd=source)
     (built,) = (root / "dist").glob("distil-*.whl")
@@ -119,3 +134,25 @@ def test_installed_wheel_runs_outside_the_checkout(site, tmp_path):
     assert (workdir / "summary.json").is_file() and (workdir / "student" / "model.safetensors").is_file()
     assert (workdir / "student" / "vocab.txt").read_bytes() == (
         site / "distil" / "data" / "embedded" / "wordpiece-8k" / "vocab.txt").read_bytes()
+
+
+def test_accelerator_extras_pin_the_tested_jax_and_the_dockerfile_uses_one(wheel):
+    """`distil[tpu]` / `distil[cuda12]` install the JAX version the suite runs (its accelerator plugins pinned by
+    JAX itself); the Dockerfile's base image is pinned to a release and its ACCELERATOR is one of them."""
+    import importlib.metadata
+    import re
+
+    jax_version = importlib.metadata.version("jax")
+    with zipfile.ZipFile(wheel) as archive:
+        metadata = archive.read(next(n for n in archive.namelist() if n.endswith(".dist-info/METADATA"))).decode()
+    for extra in ("tpu", "cuda12"):
+        assert f"Provides-Extra: {extra}" in metadata
+        assert re.search(rf"Requires-Dist: jax\[{extra}\]==({re.escape(jax_version)}); extra == \"{extra}\"", metadata)
+    dockerfile = (REPO / "Dockerfile").read_text(encoding="utf-8")
+    base = re.search(r"^FROM (\S+)$", dockerfile, re.M).group(1)
+    assert re.fullmatch(r"python:\d+\.\d+\.\d+-slim-\w+", base), base  # a release, never `latest`
+    accelerator = re.search(r"^ARG ACCELERATOR=(\w+)$", dockerfile, re.M).group(1)
+    assert accelerator in ("tpu", "cuda12") and 'pip install ".[${ACCELERATOR}]"' in dockerfile
+    ignored = (REPO / ".dockerignore").read_text(encoding="utf-8")
+    for name in _docker_context():  # the build context keeps every COPY source
+        assert f"!{name}" in ignored or f"!{name}/" in ignored, name
