@@ -97,7 +97,7 @@ def build_trainer_step(config, devices=None):
 
     from distil import sharding
     from distil.tokenization import default_vocab_path, load_tokenizer
-    from distil.train import distill
+    from distil.train import distill, trainer
     from distil.train.state import OptimizerSettings, create_train_state, learning_rate_schedule, make_optimizer
     from distil.train.step import frozen_paths, make_train_step
 
@@ -138,7 +138,7 @@ def build_trainer_step(config, devices=None):
                           for name in ("input_ids", "attention_mask", "mlm_labels")}
         started = time.perf_counter()
         compiled = jitted.lower(state, teacher_params, abstract_batch).compile()
-        info = distill.step_analysis(compiled)
+        info = trainer.step_analysis(compiled)
         info["compile_s"] = time.perf_counter() - started
     info.update(teacher=teacher_config, student=student_config, shape=shape, vocab_size=vocab_size)
     return compiled, state, teacher_params, batch_sharding, mesh, rules, info

@@ -204,6 +204,12 @@ def test_bad_sweep_files_name_the_file(tmp_path):
     bad.write_text("def get_sweep():\n    return []\n")
     with pytest.raises(ConfigError, match=r"bad.py: a sweep file defines CONFIG"):
         launch.load_sweep(bad)
+    bad.write_text("CONFIG = 'distilmbert:runlocal'\ndef get_sweep():\n    raise RuntimeError('no axes yet')\n")
+    with pytest.raises(ConfigError, match=r"bad.py: get_sweep\(\) failed: RuntimeError: no axes yet"):
+        launch.load_sweep(bad)
+    bad.write_text("CONFIG = 'distilmbert:runlocal'\ndef get_sweep():\n    return [{'loss.alpha_ce': 'five'}]\n")
+    with pytest.raises(ConfigError, match=r"point alpha_ce=five: .*config.loss.alpha_ce is float"):
+        launch.load_sweep(bad)
 
 
 def _write_sweep(path: Path, points: str) -> Path:

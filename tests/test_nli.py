@@ -458,3 +458,14 @@ def test_tfds_missing_dataset_names_data_dir_and_dataset(tmp_path):
         nli.read_tfds_nli("multi_nli", data_dir=tmp_path, split="train")
     with pytest.raises(ValueError, match="'xnli' or 'multi_nli'"):
         nli.read_tfds_nli("snli", data_dir=tmp_path, split="train")
+
+
+def test_a_labelled_xtreme_file_needs_every_column_on_every_row(tmp_path):
+    """A 2-column row among 3-column ones lost a column: never read as premise + label (with the label's text as
+    the hypothesis and the index's label)."""
+    rows = ["A man sleeps.\tA person rests.\tentailment", "A dog runs.\tcontradiction",
+            "Kids play.\tNobody plays.\tcontradiction"]
+    (tmp_path / "dev-en.tsv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    with pytest.raises(nli.NliFormatError, match=r"dev-en.tsv:2: expected 3 tab-separated columns like line 1 "
+                                                 r"\(premise, hypothesis, label\), got 2"):
+        nli.read_xtreme_xnli(tmp_path, split="dev", language="en")
