@@ -473,7 +473,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     export = commands.add_parser("export", help="write a model as a Hugging Face folder")
     export.add_argument("source", type=_path, help="a Hugging Face folder")
-    export.add_argument("destination", type=_path, help="folder to write: new, empty, or written by distil (replaced as a whole)")
+    export.add_argument("destination", type=_path,
+                        help="folder to write: new, empty, or written by distil (replaced as a whole)")
     export.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), help="convert the parameters")
     export.add_argument("--tokenizer", type=_path, help="vocab.txt / tokenizer.json / folder to save beside the model")
     export.add_argument("--allow-unused", **allow_unused)
@@ -481,19 +482,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     extract = commands.add_parser("extract", help="initialise a DistilBERT student from BERT teacher layers")
     extract.add_argument("teacher", type=_path, help="a Hugging Face BERT folder")
-    extract.add_argument("destination", type=_path, help="folder to write the student to (new, empty, or written by distil)")
+    extract.add_argument("destination", type=_path,
+                         help="folder to write the student to (new, empty, or written by distil)")
     extract.add_argument("--layers", type=_layer_list, default=[0, 2, 4, 7, 9, 11],
                          help="teacher layers, comma-separated (default 0,2,4,7,9,11)")
     extract.add_argument("--no-mlm-transform", action="store_true",
                          help="keep the student's MLM transform random instead of copying the teacher's")
-    extract.add_argument("--tokenizer", type=_path, help="vocab.txt / tokenizer.json / folder to save beside the student")
+    extract.add_argument("--tokenizer", type=_path,
+                         help="vocab.txt / tokenizer.json / folder to save beside the student")
     extract.add_argument("--allow-unused", **allow_unused)
     extract.set_defaults(run=cmd_extract, interrupted="; the destination is unchanged")
 
     prepare = commands.add_parser("prepare", help="binarise a text corpus into token shards and token counts")
     prepare.add_argument("source", type=_path, help="a <lang>.txt file, a folder of them, or 'wikipedia' (tfds)")
     prepare.add_argument("out_dir", type=_path, help="output folder (a rerun resumes)")
-    prepare.add_argument("--tokenizer", type=_path, help="vocab.txt / tokenizer.json / folder (default: the mBERT vocab)")
+    prepare.add_argument("--tokenizer", type=_path,
+                         help="vocab.txt / tokenizer.json / folder (default: the mBERT vocab)")
     prepare.add_argument("--languages", help="comma-separated languages to keep")
     prepare.add_argument("--data-dir", type=_path, help="tensorflow-datasets data_dir (source 'wikipedia')")
     prepare.add_argument("--sampling-alpha", type=_finite_at_least_zero,
@@ -509,7 +513,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     trim = commands.add_parser("trim", help="keep only the vocabulary a corpus of the target languages uses")
     trim.add_argument("source", type=_path, help="a Hugging Face folder with its tokenizer (teacher or student)")
-    trim.add_argument("destination", type=_path, help="folder to write (new, empty, or written by distil; replaced as a whole)")
+    trim.add_argument("destination", type=_path,
+                      help="folder to write (new, empty, or written by distil; replaced as a whole)")
     trim.add_argument("--corpus", type=_path, required=True,
                       help="a folder of <lang>.txt files, 'wikipedia' (tfds, with --data-dir), or a folder written "
                            "by distil prepare with the model's tokenizer")
@@ -536,7 +541,8 @@ def build_parser() -> argparse.ArgumentParser:
     distill.add_argument("--config", default="distilmbert",
                          help="config file[:variant], or a shipped config's name[:variant] (default: %(default)s; "
                               "e.g. distilmbert:runlocal)")
-    distill.add_argument("--workdir", type=_path, help="checkpoints, metrics.jsonl, student/ go here (required unless --dry_run)")
+    distill.add_argument("--workdir", type=_path,
+                         help="checkpoints, metrics.jsonl, student/ go here (required unless --dry_run)")
     distill.add_argument("--distributed", action="store_true",
                          help="one process per host: jax.distributed.initialize() before anything else")
     distill.add_argument("--coordinator", help="HOST:PORT of process 0, where the cluster does not say it")
@@ -549,7 +555,8 @@ def build_parser() -> argparse.ArgumentParser:
                                 epilog="Any --config.KEY=VALUE applies to every point (e.g. the teacher checkpoint "
                                        "or the data dir on the cluster); every point is resolved and checked before "
                                        "anything runs or is printed.")
-    sweep.add_argument("sweep", type=_path, help="a sweep file (CONFIG = 'name[:variant]', get_sweep() -> override dicts)")
+    sweep.add_argument("sweep", type=_path,
+                       help="a sweep file (CONFIG = 'name[:variant]', get_sweep() -> override dicts)")
     sweep.add_argument("--launcher", choices=("local", "print", "tpu", "slurm", "xpk"), default="print")
     sweep.add_argument("--config", dest="sweep_config",
                        help="start every point from this config[:variant] instead of the sweep file's CONFIG "
@@ -574,7 +581,9 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--storage", action="append",
                        help="an `xpk storage attach` volume to mount (a gcsfuse bucket holding the workdirs); "
                             "repeatable (xpk)")
-    sweep.set_defaults(run=cmd_sweep, takes_config=True, interrupted="; rerun the same command: finished points are skipped, an interrupted one resumes")
+    sweep.set_defaults(run=cmd_sweep, takes_config=True,
+                       interrupted="; rerun the same command: finished points are skipped, an interrupted "
+                                   "one resumes")
     xnli = commands.add_parser("xnli", help="fine-tune on English NLI, evaluate zero-shot on the 15 XNLI languages",
                                epilog="Any --config.KEY=VALUE overrides a field of the config (e.g. "
                                       "--config.init=DIR). Rerunning on a workdir resumes an interrupted seed and "

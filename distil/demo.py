@@ -34,8 +34,8 @@ from distil.models import parameter_count
 from distil.sweep_report import LOSS_TERMS
 from distil.train import distill, xnli
 from distil.train.metrics import read_metrics
-from distil.train.run import (DEMO_FILE, DRY_RUN_FILE, LOSS_CURVES_FILE, METRICS_FILE, REPORT_FILE, RESULTS_FILE, RUN_FILE,
-                              STUDENT_DIR, SUMMARY_FILE, open_run, read_json)
+from distil.train.run import (DEMO_FILE, DRY_RUN_FILE, LOSS_CURVES_FILE, METRICS_FILE, REPORT_FILE, RESULTS_FILE,
+                              RUN_FILE, STUDENT_DIR, SUMMARY_FILE, open_run, read_json)
 
 
 def _log(message: str) -> None:
@@ -194,7 +194,8 @@ def to_markdown(summary: dict, workdir: Path) -> str:
     teacher, student, speed = summary["teacher"], summary["student"], summary["speed"]
     # The XNLI report's sections, one level down (its title is this section's).
     xnli_table = "\n".join(f"#{line}" if line.startswith("## ") else line
-                           for line in (workdir / RESULTS_FILE).with_suffix(".md").read_text(encoding="utf-8").splitlines()[1:])
+                           for line in (workdir / RESULTS_FILE).with_suffix(".md").read_text(
+                               encoding="utf-8").splitlines()[1:])
     averages = {model: 100 * sum(test.values()) / len(test) for model, test in summary["xnli"].items()}
     near_chance = all(abs(average - 100 / 3) < 3 for average in averages.values())
     final_t, final_s = teacher["final"], student["final"]
