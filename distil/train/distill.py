@@ -598,7 +598,7 @@ def _train(config, workdir: Path, run, objective: Objective, tokenizer_path, tok
         # Loop.
         metrics_writer = MetricsWriter(workdir, resume_step=start_step)
         progress = Progress(num_steps, start_step)
-        profile = ProfileWindow(workdir, start_step=config.profile.start_step, num_steps=config.profile.num_steps)
+        profile = ProfileWindow.from_config(workdir, config.get("profile"))
         with checkpoints.PreemptionGuard() as guard, contextlib.closing(profile):
             step = start_step
             while step < num_steps:

@@ -86,6 +86,12 @@ class ProfileWindow:
     step it waits for `outputs`, so the trace holds the device work of every step in it, and stops. A run resumed
     past `start_step` traces nothing. `num_steps <= 0` or `start_step <= 0` turns it off."""
 
+    @classmethod
+    def from_config(cls, folder: str | Path, profile) -> "ProfileWindow":
+        """From a config's `profile` section (start_step, num_steps); a config without one traces nothing."""
+        return cls(folder, start_step=profile.start_step if profile else 0, num_steps=profile.num_steps if profile
+                   else 0)
+
     def __init__(self, folder: str | Path, *, start_step: int, num_steps: int):
         self.directory = Path(folder) / TENSORBOARD_DIR
         self.first_step = start_step

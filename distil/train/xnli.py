@@ -522,8 +522,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
                 # Loop: English dev at each selection point; the best parameters so far are kept (and checkpointed).
                 metrics_writer = MetricsWriter(make_output_folder(seed_dir, "seed folder"), resume_step=start_step)
                 progress = Progress(num_steps, start_step)
-                profile = ProfileWindow(seed_dir, start_step=config.profile.start_step,
-                                        num_steps=config.profile.num_steps)
+                profile = ProfileWindow.from_config(seed_dir, config.get("profile"))
                 with checkpoints.PreemptionGuard() as guard, contextlib.closing(profile):
                     step = start_step
                     while step < num_steps:
