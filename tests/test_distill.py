@@ -22,7 +22,7 @@ import transformers
 from flax import nnx
 
 from conftest import REPO, free_port, run_processes
-from distil import losses
+from distil import hf, losses
 from distil.config import ConfigError, load_config
 from distil.data.masking import IGNORE_INDEX
 from distil.models import ModelConfig, create_model, student_config_for
@@ -393,6 +393,41 @@ def test_teacher_from_a_hugging_face_folder(tmp_path):
     with pytest.raises(ConfigError, match=r"config.tokenizer has 119547 tokens but the teacher has vocab_size=8000"):
         train_and_evaluate(runlocal("teacher.source=checkpoint", f"teacher.checkpoint={tmp_path / 'teacher'}",
                                     "student.teacher_layers=(0, 1)", "tokenizer="), tmp_path / "mismatch")
+
+
+def test_a_headless_teacher_is_distilled_with_the_representation_terms(tmp_path, capsys):
+    """A BertModel folder (no MLM head, e.g. a sentence-transformers export) drives the representation terms; the
+    student from its layers has no MLM head either and is written as a DistilBertModel whose hidden states
+    transformers reproduces. A term that needs the teacher's logits is refused, naming it."""
+    import torch
+
+    torch_config = transformers.BertConfig(vocab_size=8000, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                           intermediate_size=64, max_position_embeddings=64)
+    transformers.BertModel(torch_config).save_pretrained(tmp_path / "teacher")
+    teacher = [f"teacher.checkpoint={tmp_path / 'teacher'}", "teacher.source=checkpoint", "student.teacher_layers=(0, 1)"]
+    with pytest.raises(ConfigError, match=r"config.loss.alpha_ce=5.0 needs the teacher's logits but the teacher \(.*"
+                                          r"\) has no MLM head \(a BertModel\)"):
+        train_and_evaluate(runlocal("num_steps=2", *teacher), tmp_path / "refused")
+    workdir = tmp_path / "run"
+    train_and_evaluate(runlocal("num_steps=2", *teacher, "loss.alpha_ce=0.0", "loss.alpha_mlm=0.0",
+                                "loss.alpha_cos=1.0", "loss.alpha_hidden_mse=1.0", "loss.hidden_layer_map=(0, 1, 2)"),
+                       workdir)
+    rows = read_metrics(workdir / "metrics.jsonl")
+    assert [row["step"] for row in rows] == [1, 2] and {"cos", "hidden_mse"} <= set(rows[-1]) and "mlm" not in rows[-1]
+    student = transformers.AutoModel.from_pretrained(workdir / "student")
+    assert type(student).__name__ == "DistilBertModel" and student.config.n_layers == 2
+    ours = hf.load_pretrained(workdir / "student")
+    ids = np.random.default_rng(0).integers(5, 8000, size=(2, 16)).astype(np.int32)
+    mask = np.ones_like(ids)
+    with torch.no_grad():
+        want = student(torch.tensor(ids, dtype=torch.long), attention_mask=torch.tensor(mask)).last_hidden_state
+    got = ours(jnp.asarray(ids), jnp.asarray(mask)).last_hidden_state
+    np.testing.assert_allclose(np.asarray(got), want.numpy(), atol=1e-4)  # float32 encoders of O(1) values
+    # Asked for the mlm term, the student from a headless teacher gets a new MLM head.
+    train_and_evaluate(runlocal("num_steps=1", *teacher, "loss.alpha_ce=0.0", "loss.alpha_mlm=2.0"), tmp_path / "mlm")
+    assert "the student's is new, trained by the mlm term alone" in capsys.readouterr().out
+    assert type(transformers.AutoModelForMaskedLM.from_pretrained(tmp_path / "mlm" / "student")).__name__ == \
+        "DistilBertForMaskedLM"
 
 
 def test_losses_of_a_packed_batch_equal_those_unpacked():

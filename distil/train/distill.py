@@ -193,8 +193,11 @@ def _check_models(config, objective: Objective, teacher_config: ModelConfig | No
             raise ConfigError(f"config.student.teacher_layers={tuple(config.student.teacher_layers)}: {where} has "
                               f"{layers} layers, expected indices in [0, {layers})")
     if objective.needs_teacher_logits and teacher_config.head != "mlm":
-        raise ConfigError(f"config.loss.alpha_ce / alpha_mse need teacher logits but {where} has no MLM head "
-                          "(use a BertForMaskedLM or BertForPreTraining folder)")
+        term = "alpha_ce" if objective.alpha_ce else "alpha_mse"
+        raise ConfigError(f"config.loss.{term}={config.loss[term]} needs the teacher's logits but {where} has no MLM "
+                          "head (a BertModel); set it to 0 and distil with the representation terms (alpha_cos, "
+                          "alpha_hidden_mse, alpha_attention, alpha_minilm), or use a BertForMaskedLM / "
+                          "BertForPreTraining folder")
     if objective.alpha_hidden_mse:
         if len(objective.hidden_layer_map) > student_config.num_hidden_layers + 1 or not objective.hidden_layer_map:
             raise ConfigError(f"config.loss.hidden_layer_map={objective.hidden_layer_map} must name a teacher "
@@ -247,9 +250,13 @@ def _teacher_config(config, vocab_size: int) -> ModelConfig | None:
 
 
 def _student_config(config, teacher_config: ModelConfig | None, vocab_size: int) -> ModelConfig:
+    """The student's shape. From teacher layers it has an MLM head when the teacher has one (copied) or the MLM
+    term needs one (new, when the teacher is a headless BertModel); a headless teacher distilled with the
+    representation terms alone gives a headless student (a DistilBertModel folder)."""
     student = config.student
     if student.init == "teacher_layers":
-        return student_config_for(teacher_config, len(student.teacher_layers), head="mlm", dtype=student.dtype,
+        head = "mlm" if teacher_config.head == "mlm" or config.loss.alpha_mlm else None
+        return student_config_for(teacher_config, len(student.teacher_layers), head=head, dtype=student.dtype,
                                   sinusoidal_pos_embds=student.sinusoidal_pos_embds)
     family_fields = dict(type_vocab_size=0, add_pooler=False, classifier_dropout=0.2) \
         if student.family == "distilbert" else dict(add_pooler=False)
@@ -509,6 +516,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     teacher_config = _teacher_config(config, vocab_size)
     student_config = _student_config(config, teacher_config, vocab_size)
     _check_models(config, objective, teacher_config, student_config, vocab_size)
+    if teacher_config is not None and teacher_config.head != "mlm" and student_config.head == "mlm":
+        log("the teacher has no MLM head (a BertModel): the student's is new, trained by the mlm term alone")
     trimming = config.get("trim") is not None and config.trim.enabled
     if is_prepared(_corpus(config)) and not trimming:  # (a trimmed run checks it against the trimmed tokenizer)
         check_prepared(_corpus(config), tokenizer_path, config.data.max_length)
