@@ -67,9 +67,12 @@ def _finite_at_least_zero(text: str) -> float:
 
 def _path(text: str) -> str:
     """A path argument with `~` and `$VAR` expanded (also in `--workdir=~/runs`, which no shell expands)."""
-    from distil.config import expand_path
+    from distil.config import ConfigError, expand_path
 
-    return expand_path(text)
+    try:
+        return expand_path(text)
+    except ConfigError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def _layer_list(text: str) -> list[int]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import ast
 import importlib.util
 import os
+import re
 from pathlib import Path
 from typing import Sequence
 
@@ -169,8 +170,16 @@ def split_overrides(argv: Sequence[str]) -> tuple[list[str], list[str]]:
     return overrides, rest
 
 
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+
+
 def expand_path(text: str) -> str:
-    """`~`, `~user` and `$VAR` / `${VAR}` expanded, as a shell would before handing a path over."""
+    """`~`, `~user` and `$VAR` / `${VAR}` expanded, as a shell would before handing a path over. A URL (gs://,
+    s3://, ...) is refused: distil reads and writes POSIX paths only for now (a bucket mounted with gcsfuse is
+    one), and a URL taken as a path would be a local folder named `gs:`."""
+    if text and _URL.match(text):
+        raise ConfigError(f"{text}: object-store URLs are not supported yet; mount the bucket (e.g. gcsfuse) and give "
+                          "its mount path")
     return os.path.expanduser(os.path.expandvars(text)) if text else text
 
 
@@ -183,4 +192,7 @@ def expand_paths(config: ml_collections.ConfigDict, keys: Sequence[str]) -> None
         for name in parents:
             node = node[name]
         if isinstance(node[leaf], str):
-            node[leaf] = expand_path(node[leaf])
+            try:
+                node[leaf] = expand_path(node[leaf])
+            except ConfigError as err:
+                raise ConfigError(f"config.{key}={err}") from None

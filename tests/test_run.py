@@ -233,6 +233,8 @@ def test_a_non_finite_loss_is_one_line_with_its_own_exit_code(tmp_path, capsys):
     ("xnli", ["optimizer.b2=1.0"], "config.optimizer.b2 must be in [0, 1), got 1.0"),
     ("xnli", ["init=$DISTIL_TEST_MODELS/none"], "config.init={home}/models/none: no such folder"),
     ("demo", ["speed_batch=0"], "config.speed_batch must be an integer >= 1, got 0"),
+    ("distill", ["teacher.checkpoint=gs://b/mbert", "teacher.source=checkpoint"],
+     "config.teacher.checkpoint=gs://b/mbert: object-store URLs are not supported yet; mount the bucket"),
 ])
 def test_bad_values_are_named_before_anything_is_written(command, overrides, message, tmp_path, monkeypatch,
                                                          capsys):
@@ -291,3 +293,10 @@ def test_a_corpus_prepared_elsewhere_is_read_by_the_run_as_it_is(tmp_path, capsy
     assert cli.main(_distill_args(tmp_path / "other", "num_steps=2", f"data.corpus={prepared}",
                                   "data.max_length=32", "batching.pad_to_multiple=32")) == 2
     assert "sequences split at max_length=64, the run has config.data.max_length=32" in capsys.readouterr().err
+
+
+def test_an_object_store_workdir_is_refused_not_made_a_local_folder(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["distill", "--config", "distilmbert:runlocal", "--workdir", "gs://bucket/run"]) == 2
+    assert "argument --workdir: gs://bucket/run: object-store URLs are not supported yet" in capsys.readouterr().err
+    assert not (tmp_path / "gs:").exists()
