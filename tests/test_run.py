@@ -284,10 +284,10 @@ def test_a_corpus_prepared_elsewhere_is_read_by_the_run_as_it_is(tmp_path, capsy
     assert cli.main(["prepare", str(embedded_corpus_dir()), str(prepared), "--tokenizer",
                      str(embedded_wordpiece_vocab()), "--max-length", "64", "--sampling-alpha", "0.7"]) == 0
     assert cli.main(_distill_args(tmp_path / "own", "num_steps=2")) == 0
-    assert cli.main(_distill_args(tmp_path / "shared", "num_steps=2", f"data.corpus={prepared}")) == 0
-    assert not (tmp_path / "shared" / "data").exists()  # nothing prepared in the workdir
-    own, shared = (read_metrics(tmp_path / name / "metrics.jsonl") for name in ("own", "shared"))
-    assert [{k: row[k] for k in ("loss", "real_tokens")} for row in shared] == \
+    assert cli.main(_distill_args(tmp_path / "reader", "num_steps=2", f"data.corpus={prepared}")) == 0
+    assert not (tmp_path / "reader" / "data").exists()  # nothing prepared in the workdir
+    own, reader = (read_metrics(tmp_path / name / "metrics.jsonl") for name in ("own", "reader"))
+    assert [{k: row[k] for k in ("loss", "real_tokens")} for row in reader] == \
         [{k: row[k] for k in ("loss", "real_tokens")} for row in own]
     capsys.readouterr()
     assert cli.main(_distill_args(tmp_path / "other", "num_steps=2", f"data.corpus={prepared}",
