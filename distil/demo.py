@@ -270,7 +270,7 @@ def to_markdown(summary: dict, workdir: Path) -> str:
         "    --config distilmbert:tpu=v4-32 --workdir /mnt/sweeps/objectives \\",
         "    --config.teacher.checkpoint=/mnt/models/bert-base-multilingual-cased",
         "distil sweep experiments/student_shape_sweep.py --launcher slurm --nodes 2 --gpus-per-node 8 \\",
-        "    --config distilmbert:gpu=8xh100 --workdir /scratch/sweeps/shape \\",
+        "    --venv /scratch/venvs/distil --config distilmbert:gpu=8xh100 --workdir /scratch/sweeps/shape \\",
         "    --config.teacher.checkpoint=/scratch/models/bert-base-multilingual-cased",
         "distil report /mnt/sweeps/objectives --out /mnt/sweeps/objectives/report",
         "```",

@@ -6,7 +6,8 @@ MSE, or attention KL, on the initialisation's layer map), against MiniLM-v2's q/
 teacher layer in place of the cosine term, and against mlm alone (the teacher's layers as initialisation only).
 
     distil sweep experiments/objectives_sweep.py --launcher tpu --tpu my-v4-32 --zone us-central2-b \\
-        --config distilmbert:tpu=v4-32
+        --config distilmbert:tpu=v4-32 --workdir /mnt/shared/sweeps/objectives \\
+        --config.teacher.checkpoint=/mnt/shared/models/bert-base-multilingual-cased
     distil sweep experiments/objectives_sweep.py --launcher local --workdir runs/objectives_local \\
         --config distilmbert:runlocal --xnli distilmbert_xnli:runlocal
     distil report runs/objectives_sweep --out runs/objectives_sweep/report

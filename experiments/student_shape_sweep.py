@@ -2,7 +2,8 @@
 scratch, with a learned projection for the hidden-state loss since the cosine term needs equal widths).
 
     distil sweep experiments/student_shape_sweep.py --launcher slurm --nodes 1 --gpus-per-node 8 \\
-        --config distilmbert:gpu=8xh100
+        --venv /shared/venvs/distil --config distilmbert:gpu=8xh100 --workdir /shared/sweeps/shape \\
+        --config.teacher.checkpoint=/shared/models/bert-base-multilingual-cased
     distil sweep experiments/student_shape_sweep.py --launcher local --config distilmbert:runlocal \\
         --workdir runs/student_shape_local
 """

@@ -1,7 +1,8 @@
 """Ablation: the distillation temperature and the ce / mlm balance of the recipe (`distilmbert:runlocal`).
 
     distil sweep experiments/temperature_sweep.py --launcher local     # 4 points on this machine
-    distil sweep experiments/temperature_sweep.py --launcher tpu --tpu my-v4-32 --zone us-central2-b
+    distil sweep experiments/temperature_sweep.py --launcher tpu --tpu my-v4-32 --zone us-central2-b \
+        --workdir /mnt/shared/sweeps/temperature
 """
 
 from distil.launch import product, zip_

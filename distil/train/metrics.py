@@ -77,9 +77,9 @@ class MetricsWriter:
 class Progress:
     """One console line per logged step: step, loss terms, steps/s, tokens/s, ETA (process 0 only)."""
 
-    def __init__(self, total_steps: int, start_step: int, *, stream=sys.stdout):
+    def __init__(self, total_steps: int, start_step: int, *, stream=None):
         self.total_steps = total_steps
-        self.stream = stream
+        self.stream = stream  # None: sys.stdout as it is when printing (a default bound at import would outlive it)
         self.enabled = jax.process_index() == 0
         self._last_time = time.perf_counter()
         self._last_step = start_step
@@ -106,4 +106,4 @@ class Progress:
         parts = " ".join(f"{term} {row[term]:.4f}" for term in terms)
         print(f"step {step}/{self.total_steps}  loss {row['loss']:.4f} ({parts})  lr {row['learning_rate']:.2e}  "
               f"{steps_per_sec:.2f} steps/s  {row['tokens_per_sec']:,.0f} tokens/s  ETA {eta}",
-              file=self.stream, flush=True)
+              file=self.stream or sys.stdout, flush=True)
