@@ -555,7 +555,8 @@ def _train(config, workdir: Path, run, objective: Objective, tokenizer_path, tok
     corpus = _corpus(config)
     if is_prepared(corpus):
         data_dir = Path(corpus)
-        check_prepared(data_dir, tokenizer_path, config.data.max_length)
+        if trimming is not None:  # untrimmed runs checked it before opening the workdir
+            check_prepared(data_dir, tokenizer_path, config.data.max_length)
     else:
         data_dir = workdir / DATA_DIR
         if jax.process_index() == 0:

@@ -291,10 +291,10 @@ class Run:
     def extensions(self) -> list[dict]:
         return list(self.record.get("history", []))
 
-    def mark_finished(self, **facts) -> None:
+    def mark_finished(self) -> None:
         """Records the run as finished (after its results are written): a rerun then changes nothing."""
         if self.is_writer:
-            self.record.update(status="finished", finished=_now(), **facts)
+            self.record.update(status="finished", finished=_now())
             write_text_atomically(self.workdir / RUN_FILE, json.dumps(self.record, indent=2) + "\n")
 
     def close(self) -> None:
@@ -326,6 +326,12 @@ def _refuse_foreign(workdir: Path) -> None:
                           "choose a new or empty workdir")
 
 
+def _write_record(workdir: Path, record: dict) -> None:
+    """run.json first (what a resume is checked against), then config.json, its copy for people and reports."""
+    write_text_atomically(workdir / RUN_FILE, json.dumps(record, indent=2) + "\n")
+    write_text_atomically(workdir / CONFIG_FILE, json.dumps(record["config"], indent=2) + "\n")
+
+
 def _open_on_writer(workdir: Path, command: str, data: dict, package_versions: dict) -> Run:
     make_output_folder(workdir, "workdir")
     _refuse_foreign(workdir)  # before the lock file is created in someone else's folder
@@ -339,8 +345,7 @@ def _open_on_writer(workdir: Path, command: str, data: dict, package_versions: d
             record = {"command": command, "fingerprint": fingerprint(command, data, package_versions),
                       "config": data, "versions": package_versions, "created": _now(), "status": "running",
                       "history": []}
-            write_text_atomically(record_path, json.dumps(record, indent=2) + "\n")
-            write_text_atomically(workdir / CONFIG_FILE, json.dumps(data, indent=2) + "\n")
+            _write_record(workdir, record)
             return Run(workdir, command, "new", record, [], lock)
 
         record = read_json(record_path, "run record")
@@ -362,8 +367,7 @@ def _open_on_writer(workdir: Path, command: str, data: dict, package_versions: d
             record["history"] = [*record.get("history", []),
                                  {"at": _now(), "changed": allowed + grown, "extended": bool(grown and finished)}]
         record.update(config=data, fingerprint=fingerprint(command, data, package_versions), status="running")
-        write_text_atomically(record_path, json.dumps(record, indent=2) + "\n")
-        write_text_atomically(workdir / CONFIG_FILE, json.dumps(data, indent=2) + "\n")
+        _write_record(workdir, record)
         return Run(workdir, command, "extended" if finished else "resumed", record, allowed + grown, lock)
     except BaseException:
         lock.release()
