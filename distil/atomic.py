@@ -11,11 +11,16 @@ left behind, and nothing else: not a user's `backup.tmp-2024.txt`, not a tempora
 one written from another host sharing the file system. A staging folder must also hold a manifest to count as ours.
 
 Files and folders get the user's umask (`tempfile` alone creates them 0600 / 0700).
+
+On an object store (`gs://`, see `distil.storage`) there is no rename and no temporary: a file is one object,
+published whole when its upload closes, and a folder is written locally, then uploaded file by file with its
+`MANIFEST` last (files of the old folder that the new one lacks are deleted after it).
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import re
@@ -25,6 +30,8 @@ import socket
 import tempfile
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterable
+
+from distil import storage
 
 # Lists the files distil wrote into a folder; an export replaces a folder only when it lists everything in it.
 MANIFEST = ".distil-files.json"
@@ -47,7 +54,13 @@ def _temporary_prefix(name: str, kind: str = "tmp") -> str:
 
 
 def write_atomically(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -> None:
-    """Calls `write(handle)` on a binary temporary file beside `path`, then moves it to `path`."""
+    """Calls `write(handle)` on a binary temporary file beside `path`, then moves it to `path` (on an object
+    store: uploads what it wrote as one object)."""
+    if storage.is_remote(path):
+        buffer = io.BytesIO()
+        write(buffer)
+        storage.write_object(storage.location(path), buffer.getvalue())
+        return
     path = Path(path)
     handle = tempfile.NamedTemporaryFile("wb", dir=path.parent, prefix=_temporary_prefix(path.name), delete=False)
     try:
@@ -96,9 +109,16 @@ def _is_stale(entry: Path, name: str | None, kinds: Iterable[str]) -> bool:
     return entry.is_file()
 
 
+def is_temporary(name: str) -> bool:
+    """Whether `name` is a temporary of distil's atomic writes (a live writer's or a stale one)."""
+    return _TEMPORARY.match(name) is not None
+
+
 def stale_temporaries(folder: str | os.PathLike, name: str | None = None, kinds=("tmp", "old")) -> list[Path]:
     """Temporaries in `folder` (of target `name`, or of any) that a distil process on this host left behind and
-    that no running process owns."""
+    that no running process owns (an object store has none: nothing is written under a temporary name there)."""
+    if storage.is_remote(folder):
+        return []
     folder = Path(folder)
     if not folder.is_dir():
         return []
@@ -129,6 +149,8 @@ def _nearest_existing(path: Path) -> Path:
 
 def make_output_folder(path: str | os.PathLike, what: str = "output folder") -> Path:
     """Creates `path` (and its parents) unless it exists, with errors that say what is in the way."""
+    if storage.is_remote(path):
+        return _make_remote_folder(storage.location(path), what)
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise OutputError(f"{path}: exists and is a file, so it cannot be the {what}")
@@ -143,6 +165,17 @@ def make_output_folder(path: str | os.PathLike, what: str = "output folder") -> 
         raise OutputError(f"{path}: cannot create the {what} ({err.strerror}; is {blocking} writable?)") from None
     if not os.access(path, os.W_OK | os.X_OK):
         raise OutputError(f"{path}: the {what} is not writable")
+    return path
+
+
+def _make_remote_folder(path, what: str):
+    """An object store has no folders, only prefixes; a prefix that is an object already cannot be one."""
+    try:
+        if path.exists() and not path.is_dir():
+            raise OutputError(f"{path}: exists and is an object (a file), so it cannot be the {what}")
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise OutputError(f"{path}: cannot create the {what} ({err})") from None
     return path
 
 
@@ -176,7 +209,7 @@ def _names(names: list[str], limit: int = 6) -> str:
 
 def foreign_files(folder: str | os.PathLike) -> list[str]:
     """Entries of an existing `folder` that distil did not write (all of them when it has no manifest)."""
-    folder = Path(folder)
+    folder = storage.location(folder)
     entries = sorted(entry.name for entry in folder.iterdir())
     listed = _read_manifest(folder)
     owned = set() if listed is None else {MANIFEST, *listed}
@@ -200,6 +233,12 @@ def _fsync(path: Path) -> None:
 def check_replaceable_folder(folder: str | os.PathLike, what: str = "folder") -> Path:
     """Raises an `OutputError` saying what is in the way unless `write_folder_atomically` may write `folder`; a
     command calls it before any long work. Returns the folder (a symbolic link resolved to its target)."""
+    if storage.is_remote(folder):
+        folder = _make_remote_folder(storage.location(folder).parent, "parent folder") / storage.location(folder).name
+        if folder.is_dir() and foreign_files(folder):
+            raise OutputError(f"{folder}: holds files distil did not write ({_names(foreign_files(folder))}); choose a "
+                              f"new or empty {what}, or remove them (distil replaces a folder as a whole)")
+        return folder
     folder = Path(folder)
     if folder.is_symlink():
         folder = folder.resolve()
@@ -229,6 +268,8 @@ def write_folder_atomically(folder: str | os.PathLike, write: Callable[[Path], o
     call are cleaned up first (a displaced old folder is put back if the new one never arrived).
     """
     folder = check_replaceable_folder(folder, what)
+    if storage.is_remote(folder):
+        return _write_remote_folder(folder, write)
     parent = folder.parent
     parent.mkdir(parents=True, exist_ok=True)
     if not folder.exists():  # a kill between the two renames below: the old folder is the consistent state
@@ -266,4 +307,25 @@ def write_folder_atomically(folder: str | os.PathLike, write: Callable[[Path], o
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    return folder
+
+
+def _write_remote_folder(folder, write: Callable[[Path], object]):
+    """The object-store form: `write` fills a local staging folder, whose files are uploaded with `MANIFEST` last
+    (a reader that checks the manifest never takes a half-uploaded folder for a whole one); then files the old
+    manifest listed and the new one does not are deleted."""
+    old_files = set(_read_manifest(folder) or ()) if folder.is_dir() else set()
+    with tempfile.TemporaryDirectory(prefix=_temporary_prefix(folder.name)) as staging_name:
+        staging = Path(staging_name)
+        write(staging)
+        files = sorted(entry.name for entry in staging.iterdir() if entry.name != MANIFEST)
+        (staging / MANIFEST).write_text(json.dumps({"written_by": "distil", "files": files}, indent=1) + "\n",
+                                        encoding="utf-8")
+        storage.upload_folder(staging, folder, last=(MANIFEST,))
+    for name in sorted(old_files - set(files)):
+        stale = folder / name
+        if stale.is_dir():
+            stale.rmtree()
+        elif stale.exists():
+            stale.unlink()
     return folder

@@ -65,14 +65,26 @@ def _finite_at_least_zero(text: str) -> float:
     return value
 
 
-def _path(text: str) -> str:
-    """A path argument with `~` and `$VAR` expanded (also in `--workdir=~/runs`, which no shell expands)."""
+def _location(text: str) -> str:
+    """A path argument with `~` and `$VAR` expanded (also in `--workdir=~/runs`, which no shell expands), or an
+    object-store URL (gs://, s3://) distil can use."""
     from distil.config import ConfigError, expand_path
 
     try:
         return expand_path(text)
     except ConfigError as err:
         raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def _path(text: str) -> str:
+    """A local path argument (`_location`'s expansion; a URL refused with the commands that take one)."""
+    from distil.storage import is_url
+
+    if is_url(text):
+        raise argparse.ArgumentTypeError(
+            f"{text}: this argument takes a local path (a bucket mounted with gcsfuse is one); object-store URLs are "
+            "read and written by distill, xnli and sweep (--workdir and their config paths), prepare and report")
+    return _location(text)
 
 
 def _layer_list(text: str) -> list[int]:
@@ -238,22 +250,25 @@ def _print_prepare_summary(summary) -> None:
 
 
 def cmd_prepare(args) -> int:
-    from distil.data.binarize import prepare
+    from distil import storage
+    from distil.data.binarize import INDEX_FILE, prepare
 
-    summary = prepare(
-        args.source,
-        args.out_dir,
-        tokenizer_path=args.tokenizer,
-        languages=args.languages.split(",") if args.languages else None,
-        data_dir=args.data_dir,
-        sampling_alpha=args.sampling_alpha,
-        num_lines=args.num_lines,
-        seed=args.seed,
-        max_length=args.max_length,
-        num_workers=args.num_workers,
-        shard_size=args.shard_size,
-        progress=sys.stderr.isatty(),
-    )
+    # On an object store: prepared in a local folder (resumed from what the bucket holds), uploaded, index last.
+    with storage.staged(args.out_dir, last=(INDEX_FILE,)) as out_dir:
+        summary = prepare(
+            args.source if args.source == "wikipedia" else storage.local_copy(args.source, "source"),
+            out_dir,
+            tokenizer_path=args.tokenizer and storage.local_copy(args.tokenizer, "--tokenizer"),
+            languages=args.languages.split(",") if args.languages else None,
+            data_dir=args.data_dir,
+            sampling_alpha=args.sampling_alpha,
+            num_lines=args.num_lines,
+            seed=args.seed,
+            max_length=args.max_length,
+            num_workers=args.num_workers,
+            shard_size=args.shard_size,
+            progress=sys.stderr.isatty(),
+        )
     _print_prepare_summary(summary)
     return 0
 
@@ -368,12 +383,12 @@ def _dry_run(config) -> int:
 
 
 def cmd_sweep(args) -> int:
-    from distil import launch
+    from distil import launch, storage
 
     sweep = launch.load_sweep(args.sweep, args.sweep_config, args.xnli, args.overrides)
     root = args.workdir or f"runs/{Path(args.sweep).stem}"
     if args.launcher == "local":
-        record = launch.run_local(sweep, Path(root))
+        record = launch.run_local(sweep, storage.location(root))
         failed = [name for name, entry in record.items() if entry["status"] != "finished"]
         print(f"{len(sweep.points) - len(failed)} of {len(sweep.points)} point(s) finished in {root}"
               + (f"; failed: {', '.join(failed)} (see {root}/{launch.SWEEP_RECORD})" if failed else "")
@@ -382,7 +397,7 @@ def cmd_sweep(args) -> int:
     if args.launcher == "print":
         print(launch.print_points(sweep, root))
         return 0
-    if not Path(root).is_absolute():  # the hosts resolve a relative path elsewhere (home, submit dir, container)
+    if not storage.is_remote(root) and not Path(root).is_absolute():  # the hosts resolve a relative path elsewhere (home, submit dir, container)
         raise ValueError(f"--workdir {root}: the {args.launcher} launcher needs an absolute path that every host "
                          "sees (a shared file system or a mounted bucket)")
     if args.launcher == "tpu":
@@ -409,7 +424,9 @@ def cmd_sweep(args) -> int:
 
 
 def cmd_xnli(args) -> int:
+    from distil import storage
     from distil.config import load_config
+    from distil.train.run import RESULTS_FILE
     from distil.train.xnli import train_and_evaluate
 
     config = load_config(args.config, args.overrides)
@@ -421,7 +438,7 @@ def cmd_xnli(args) -> int:
     import jax
 
     if "stopped_at" not in results and jax.process_index() == 0:  # process 0 wrote it
-        print((Path(args.workdir) / "xnli_results.md").read_text(encoding="utf-8"))
+        print((storage.location(args.workdir) / RESULTS_FILE.replace(".json", ".md")).read_text(encoding="utf-8"))
     return 0
 
 
@@ -497,9 +514,9 @@ def build_parser() -> argparse.ArgumentParser:
     extract.set_defaults(run=cmd_extract, interrupted="; the destination is unchanged")
 
     prepare = commands.add_parser("prepare", help="binarise a text corpus into token shards and token counts")
-    prepare.add_argument("source", type=_path, help="a <lang>.txt file, a folder of them, or 'wikipedia' (tfds)")
-    prepare.add_argument("out_dir", type=_path, help="output folder (a rerun resumes)")
-    prepare.add_argument("--tokenizer", type=_path,
+    prepare.add_argument("source", type=_location, help="a <lang>.txt file, a folder of them, or 'wikipedia' (tfds)")
+    prepare.add_argument("out_dir", type=_location, help="output folder (a rerun resumes)")
+    prepare.add_argument("--tokenizer", type=_location,
                          help="vocab.txt / tokenizer.json / folder (default: the mBERT vocab)")
     prepare.add_argument("--languages", help="comma-separated languages to keep")
     prepare.add_argument("--data-dir", type=_path, help="tensorflow-datasets data_dir (source 'wikipedia')")
@@ -544,7 +561,7 @@ def build_parser() -> argparse.ArgumentParser:
     distill.add_argument("--config", default="distilmbert",
                          help="config file[:variant], or a shipped config's name[:variant] (default: %(default)s; "
                               "e.g. distilmbert:runlocal)")
-    distill.add_argument("--workdir", type=_path,
+    distill.add_argument("--workdir", type=_location,
                          help="checkpoints, metrics.jsonl, student/ go here (required unless --dry_run)")
     distill.add_argument("--distributed", action="store_true",
                          help="one process per host: jax.distributed.initialize() before anything else")
@@ -566,7 +583,7 @@ def build_parser() -> argparse.ArgumentParser:
                             "(e.g. distilmbert:runlocal here, distilmbert:tpu=v4-32 on a pod)")
     sweep.add_argument("--xnli", help="fine-tune each point's student with this XNLI config[:variant] instead of the "
                                       "sweep file's XNLI (e.g. distilmbert_xnli:runlocal)")
-    sweep.add_argument("--workdir", type=_path, help="root of the points' workdirs (default runs/<sweep name>)")
+    sweep.add_argument("--workdir", type=_location, help="root of the points' workdirs (default runs/<sweep name>)")
     sweep.add_argument("--tpu", default="my-tpu", help="TPU VM name (tpu)")
     sweep.add_argument("--zone", default="us-central2-b", help="its zone (tpu)")
     sweep.add_argument("--nodes", type=int, default=2, help="nodes per run (slurm)")
@@ -594,7 +611,7 @@ def build_parser() -> argparse.ArgumentParser:
     xnli.add_argument("--config", default="distilmbert_xnli",
                       help="config file[:variant], or a shipped config's name[:variant] (default: %(default)s; "
                            "e.g. mbert_xnli, distilmbert_xnli:runlocal)")
-    xnli.add_argument("--workdir", type=_path, required=True,
+    xnli.add_argument("--workdir", type=_location, required=True,
                       help="xnli_results.{json,md,png} and one folder per seed go here")
     xnli.add_argument("--distributed", action="store_true",
                       help="one process per host: jax.distributed.initialize() before anything else")
@@ -604,10 +621,10 @@ def build_parser() -> argparse.ArgumentParser:
     report = commands.add_parser("report", help="gather runs (a sweep's points) into one table with plots",
                                  epilog="Reads result files only: config.json, metrics.jsonl, summary.json of "
                                         "distil distill, xnli_results.json of distil xnli.")
-    report.add_argument("runs", type=_path, nargs="+", metavar="RUN_DIR",
+    report.add_argument("runs", type=_location, nargs="+", metavar="RUN_DIR",
                         help="a sweep root (distil sweep --workdir), a distil distill workdir, or a distil xnli "
                              "workdir (or its xnli_results.json)")
-    report.add_argument("--out", type=_path, required=True,
+    report.add_argument("--out", type=_location, required=True,
                         help="folder for sweep_report.{json,md}, loss_curves.png and xnli_report.{json,md,png}")
     report.set_defaults(run=cmd_report, interrupted="")
 

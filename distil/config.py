@@ -15,7 +15,6 @@ from __future__ import annotations
 import ast
 import importlib.util
 import os
-import re
 from pathlib import Path
 from typing import Sequence
 
@@ -170,16 +169,17 @@ def split_overrides(argv: Sequence[str]) -> tuple[list[str], list[str]]:
     return overrides, rest
 
 
-_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
-
-
 def expand_path(text: str) -> str:
-    """`~`, `~user` and `$VAR` / `${VAR}` expanded, as a shell would before handing a path over. A URL (gs://,
-    s3://, ...) is refused: distil reads and writes POSIX paths only for now (a bucket mounted with gcsfuse is
-    one), and a URL taken as a path would be a local folder named `gs:`."""
-    if text and _URL.match(text):
-        raise ConfigError(f"{text}: object-store URLs are not supported yet; mount the bucket (e.g. gcsfuse) and give "
-                          "its mount path")
+    """`~`, `~user` and `$VAR` / `${VAR}` expanded, as a shell would before handing a path over. An object-store
+    URL (gs://, s3://) is kept as it is, once its scheme is one distil can use (`distil.storage`)."""
+    from distil import storage
+
+    if text and storage.is_url(text):
+        try:
+            storage.check_url(text)
+        except storage.StorageError as err:
+            raise ConfigError(str(err).removeprefix("path=")) from None
+        return text
     return os.path.expanduser(os.path.expandvars(text)) if text else text
 
 

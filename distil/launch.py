@@ -44,7 +44,8 @@ import sys
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
-from distil.atomic import OutputError, make_output_folder, stale_temporaries, write_text_atomically
+from distil import storage
+from distil.atomic import OutputError, is_temporary, make_output_folder, write_text_atomically
 from distil.config import OVERRIDE_PREFIX, ConfigError, import_file, load_config
 from distil.train import run as run_scaffold
 from distil.train.run import LOCK_FILE, RUN_FILE, SWEEP_RECORD, XNLI_DIR
@@ -196,12 +197,12 @@ def _open_root(root: Path) -> run_scaffold.WorkdirLock:
     """The sweep root, locked for this sweep: new, empty, or a sweep root already (its sweep.json)."""
     make_output_folder(root, "sweep root")
     if not (root / SWEEP_RECORD).exists():
-        own = {LOCK_FILE, *(entry.name for entry in stale_temporaries(root))}
+        own = {LOCK_FILE, *(entry.name for entry in root.iterdir() if is_temporary(entry.name))}
         foreign = sorted(entry.name for entry in root.iterdir() if entry.name not in own)
         if foreign:
             raise OutputError(f"{root}: holds files distil did not write for a sweep ({', '.join(foreign[:6])}; no "
                               f"{SWEEP_RECORD}); choose a new or empty --workdir")
-    lock = run_scaffold.WorkdirLock(root, "sweep")
+    lock = run_scaffold.workdir_lock(root, "sweep")
     lock.acquire()
     lock.announce()
     return lock
@@ -302,7 +303,8 @@ def slurm_scripts(sweep: Sweep, root: str, *, nodes: int, gpus_per_node: int, pa
     environment = [f"source {shlex.quote(venv)}/bin/activate"] if venv else []
     srun = ["srun", f"--nodes={nodes}", "--ntasks-per-node=1"]
     if container:
-        srun += [f"--container-image={container}", f"--container-mounts={root}:{root}", "--container-workdir=/tmp"]
+        mounts = [] if storage.is_remote(root) else [f"--container-mounts={root}:{root}"]  # a bucket needs none
+        srun += [f"--container-image={container}", *mounts, "--container-workdir=/tmp"]
     scripts = {}
     for point in sweep.points:
         scripts[f"{point.name}.sbatch"] = "\n".join([

@@ -23,6 +23,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from distil import storage
 from distil.atomic import write_atomically, write_text_atomically
 from distil.data.nli import xnli_languages
 from distil.train.run import RESULTS_FILE
@@ -87,7 +88,7 @@ def aggregate_seeds(per_seed: Sequence[Mapping]) -> dict:
 
 def results_path(path: str | os.PathLike) -> Path:
     """A run folder's `xnli_results.json`, or the file itself."""
-    path = Path(path)
+    path = storage.location(path)
     return path / RESULTS_FILE if path.is_dir() else path
 
 
@@ -103,7 +104,7 @@ def read_results(path: str | os.PathLike) -> dict:
     """One run's results (a folder holding `xnli_results.json`, or the file), checked for what the tables read."""
     file = results_path(path)
     if not file.is_file():
-        where = f"{path}: no {RESULTS_FILE}" if Path(path).is_dir() else f"{path}: no such file"
+        where = f"{path}: no {RESULTS_FILE}" if storage.location(path).is_dir() else f"{path}: no such file"
         raise ReportError(f"{where}; expected the results of `distil xnli` (run it on that workdir first)")
     try:
         results = json.loads(file.read_text(encoding="utf-8"))
@@ -246,7 +247,7 @@ def plot_results(runs: Sequence[Mapping], path: str | os.PathLike, *, split: str
 
 def write_files(runs: Sequence[Mapping], folder: str | os.PathLike, stem: str, json_value) -> dict[str, Path]:
     """`folder/stem.{json,md,png}`, each written atomically."""
-    folder = Path(folder)
+    folder = storage.location(folder)
     paths = {suffix: folder / f"{stem}.{suffix}" for suffix in ("json", "md", "png")}
     write_text_atomically(paths["json"], json.dumps(json_value, indent=2) + "\n")
     write_text_atomically(paths["md"], results_markdown(runs))

@@ -22,7 +22,7 @@ import os
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from distil import report
+from distil import report, storage
 from distil.atomic import write_atomically, write_text_atomically
 from distil.data.nli import xnli_languages
 from distil.train.metrics import read_metrics
@@ -76,7 +76,7 @@ def collect(paths: Sequence[str | os.PathLike]) -> tuple[list[dict], list[dict]]
     """(distill runs, XNLI-only runs) of the paths, a sweep root expanded into its points (in sweep.json's order,
     then any other run folder by name)."""
     runs, xnli_only = [], []
-    for path in map(Path, paths):
+    for path in map(storage.location, paths):
         if not path.exists():
             raise report.ReportError(f"{path}: no such file or folder; expected a sweep root, a `distil distill` "
                                      "workdir or a `distil xnli` workdir")

@@ -233,8 +233,9 @@ def test_a_non_finite_loss_is_one_line_with_its_own_exit_code(tmp_path, capsys):
     ("xnli", ["optimizer.b2=1.0"], "config.optimizer.b2 must be in [0, 1), got 1.0"),
     ("xnli", ["init=$DISTIL_TEST_MODELS/none"], "config.init={home}/models/none: no such folder"),
     ("demo", ["speed_batch=0"], "config.speed_batch must be an integer >= 1, got 0"),
-    ("distill", ["teacher.checkpoint=gs://b/mbert", "teacher.source=checkpoint"],
-     "config.teacher.checkpoint=gs://b/mbert: object-store URLs are not supported yet; mount the bucket"),
+    ("distill", ["teacher.checkpoint=hdfs://b/mbert", "teacher.source=checkpoint"],
+     "config.teacher.checkpoint=hdfs://b/mbert: hdfs:// is not a storage distil can use; expected a local path or "
+     "gs://bucket/path / s3://bucket/path"),
 ])
 def test_bad_values_are_named_before_anything_is_written(command, overrides, message, tmp_path, monkeypatch,
                                                          capsys):
@@ -295,8 +296,8 @@ def test_a_corpus_prepared_elsewhere_is_read_by_the_run_as_it_is(tmp_path, capsy
     assert "sequences split at max_length=64, the run has config.data.max_length=32" in capsys.readouterr().err
 
 
-def test_an_object_store_workdir_is_refused_not_made_a_local_folder(tmp_path, capsys, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    assert cli.main(["distill", "--config", "distilmbert:runlocal", "--workdir", "gs://bucket/run"]) == 2
-    assert "argument --workdir: gs://bucket/run: object-store URLs are not supported yet" in capsys.readouterr().err
+def test_a_url_where_a_local_folder_is_needed_is_refused_not_made_a_local_folder(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # (object-store workdirs themselves: tests/test_storage.py)
+    assert cli.main(["demo", "--workdir", "gs://bucket/demo"]) == 2
+    assert "argument --workdir: gs://bucket/demo: this argument takes a local path" in capsys.readouterr().err
     assert not (tmp_path / "gs:").exists()

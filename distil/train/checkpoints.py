@@ -27,6 +27,8 @@ import grain
 import jax
 import orbax.checkpoint as ocp
 
+from distil import storage
+
 
 class ResumeError(ValueError):
     """A checkpoint that cannot resume this run exactly; the message names the differing setting."""
@@ -39,7 +41,8 @@ def make_manager(directory: str | Path, *, every_steps: int, keep: int, async_sa
         enable_async_checkpointing=async_save,
         create=True,
     )
-    return ocp.CheckpointManager(Path(directory).absolute(), options=options)
+    directory = storage.location(directory)  # orbax writes gs:// itself (no rename there: commit_success.txt)
+    return ocp.CheckpointManager(directory if storage.is_remote(directory) else directory.absolute(), options=options)
 
 
 def save(manager: ocp.CheckpointManager, step: int, state, iterator, settings: Mapping[str, Any], *,
@@ -74,7 +77,7 @@ def restore(manager: ocp.CheckpointManager, abstract_state, iterator, settings: 
     step = manager.latest_step()
     if step is None:
         return None, 0
-    where = Path(manager.directory) / str(step)
+    where = manager.directory / str(step)
     with _named_failures(where):
         saved_settings = manager.restore(step, args=ocp.args.Composite(settings=ocp.args.JsonRestore()))["settings"]
     check_settings(saved_settings, settings, manager.directory)

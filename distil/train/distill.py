@@ -28,12 +28,12 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from distil import hf, losses, sharding, trim
+from distil import hf, losses, sharding, storage, trim
 from distil.atomic import write_text_atomically
 from distil.config import ConfigError
 from distil.data.batching import GlobalBatchError, GroupedBatchSource
-from distil.data.binarize import (MIN_KEPT_LENGTH, TokenSequences, check_prepared, is_prepared, load_token_counts,
-                                  open_binarized, prepare)
+from distil.data.binarize import (INDEX_FILE, MIN_KEPT_LENGTH, TokenSequences, check_prepared, is_prepared,
+                                  load_token_counts, open_binarized, prepare)
 from distil.data.embedded import embedded_corpus_dir
 from distil.data.masking import mask_batch, token_probs_from_counts
 from distil.models import (ModelConfig, abstract_model, create_model, mbert_base, model_class, parameter_count,
@@ -44,7 +44,7 @@ from distil.train import checkpoints
 from distil.train.metrics import MetricsWriter, Progress, read_metrics
 from distil.train.objective import TEACHER_TERMS, TERMS, Objective
 from distil.train.run import (CHECKPOINT_DIR, DATA_DIR, METRICS_FILE, STUDENT_DIR, SUMMARY_FILE, TRIM_DIR,
-                              open_run, read_json, resolve_config)
+                              local_inputs, open_run, read_json, resolve_config)
 from distil.train.state import abstract_train_state, create_train_state, learning_rate_schedule, make_optimizer
 from distil.train.step import DistillStudent, frozen_paths, make_train_step
 from distil.train.tensorboard import ProfileWindow
@@ -316,10 +316,23 @@ def _trim_vocabulary(config, tokenizer, workdir: Path):
     settings = config.get("trim")
     if settings is None or not settings.enabled:
         return None
-    return trim.trim_for_training(tokenizer, _corpus(config), languages=list(config.data.languages) or None,
-                                  data_dir=config.data.tfds_data_dir or None, min_count=settings.min_count,
-                                  single_chars=settings.single_chars,
-                                  out_dir=workdir / TRIM_DIR if jax.process_index() == 0 else None)
+
+    def trimmed(out_dir):
+        return trim.trim_for_training(tokenizer, _corpus(config), languages=list(config.data.languages) or None,
+                                      data_dir=config.data.tfds_data_dir or None, min_count=settings.min_count,
+                                      single_chars=settings.single_chars, out_dir=out_dir)
+
+    if jax.process_index() == 0:
+        with storage.staged(workdir / TRIM_DIR) as out_dir:
+            return trimmed(out_dir)
+    # On an object store every process keeps its own local copy of the trimmed tokenizer (`_trimmed_tokenizer`).
+    return trimmed(storage.cache_folder(workdir / TRIM_DIR) if storage.is_remote(workdir) else None)
+
+
+def _trimmed_tokenizer(workdir) -> Path:
+    """The trimmed tokenizer's file as this process reads it: in the workdir, or in its cache on an object store."""
+    folder = storage.cache_folder(workdir / TRIM_DIR) if storage.is_remote(workdir) else workdir / TRIM_DIR
+    return folder / "tokenizer.json"
 
 
 # ------------------------------------------------------------------------------------------------------ data
@@ -503,11 +516,13 @@ def model_flops_per_token(teacher: ModelConfig | None, student: ModelConfig) -> 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict:
     """Runs (or resumes, or extends) the distillation in `workdir`; returns the summary written to
     `workdir/summary.json` (a finished run's, untouched, when it was finished earlier)."""
-    workdir = Path(workdir)
+    workdir = storage.location(workdir)
     started = time.perf_counter()
 
     # Config checks (nothing written before they pass), then the workdir: locked, one config, finished is final.
+    # Inputs on an object store are read from local copies; the run records the config as given.
     resolve_config("distill", config)
+    recorded, config = config, local_inputs("distill", config)
     check_config(config, num_devices=configured_device_count(config), process_count=jax.process_count())
     objective = _objective(config)
     tokenizer_path = config.tokenizer or default_vocab_path()
@@ -521,7 +536,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     trimming = config.get("trim") is not None and config.trim.enabled
     if is_prepared(_corpus(config)) and not trimming:  # (a trimmed run checks it against the trimmed tokenizer)
         check_prepared(_corpus(config), tokenizer_path, config.data.max_length)
-    with open_run(workdir, "distill", config) as run:
+    with open_run(workdir, "distill", recorded) as run:
         if run.finished:
             log(run.finished_message())
             return read_json(workdir / SUMMARY_FILE, "summary")
@@ -543,7 +558,7 @@ def _train(config, workdir: Path, run, objective: Objective, tokenizer_path, tok
     # student, the tokenizer and the binarised data use the trimmed vocabulary (new ids = rows of kept_ids).
     full_teacher_config, trimming = teacher_config, _trim_vocabulary(config, tokenizer, workdir)
     if trimming is not None:
-        tokenizer_path, tokenizer = workdir / TRIM_DIR / "tokenizer.json", trimming.tokenizer
+        tokenizer_path, tokenizer = _trimmed_tokenizer(workdir), trimming.tokenizer
         vocab_size = trimming.vocab_size
         teacher_config = trim.trimmed_model_config(teacher_config, trimming.kept_ids) if teacher_config else None
         student_config = _student_config(config, teacher_config, vocab_size)
@@ -557,14 +572,16 @@ def _train(config, workdir: Path, run, objective: Objective, tokenizer_path, tok
         data_dir = Path(corpus)
         if trimming is not None:  # untrimmed runs checked it before opening the workdir
             check_prepared(data_dir, tokenizer_path, config.data.max_length)
-    else:
+    else:  # prepared by process 0 (locally, then uploaded, on an object store); every process reads a local copy
         data_dir = workdir / DATA_DIR
         if jax.process_index() == 0:
-            prepare_corpus(config, tokenizer_path, data_dir)
+            with storage.staged(data_dir, last=(INDEX_FILE,)) as local_dir:
+                prepare_corpus(config, tokenizer_path, local_dir)
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils
 
         multihost_utils.sync_global_devices("distil: corpus prepared")
+    data_dir = storage.local_copy(data_dir, "the prepared corpus")
     pipeline = input_pipeline(config, data_dir, tokenizer, vocab_size)
     batching = config.batching
     num_steps = config.num_steps or config.num_epochs * pipeline.source.batches_per_epoch
@@ -625,6 +642,7 @@ def _train(config, workdir: Path, run, objective: Objective, tokenizer_path, tok
                     steps_per_sec, tokens_per_sec = progress.rates(step)
                     row = {"step": step, **{k: float(v) for k, v in metrics.items()},
                            "steps_per_sec": steps_per_sec, "tokens_per_sec": tokens_per_sec}
+                    run.check_held()
                     metrics_writer.write(row)
                     progress.report(row, objective.terms)
                 stop = guard.should_stop(manager, step)

@@ -2,7 +2,8 @@
 
 Only process 0 writes. Each line is appended and flushed as it is logged; on resume, lines for steps after the
 restored checkpoint (logged by the interrupted run after its last save) are dropped first, in one atomic rewrite, so
-the file reads as one uninterrupted run.
+the file reads as one uninterrupted run. An object store cannot append: there the file is rewritten whole at each
+logged step (one object, published whole; `distil.storage`).
 
 Each row also goes to TensorBoard event files in `tensorboard/` beside it (`distil.train.tensorboard`).
 """
@@ -18,6 +19,7 @@ from typing import Mapping
 
 import jax
 
+from distil import storage
 from distil.atomic import write_text_atomically
 from distil.train.run import METRICS_FILE
 from distil.train.tensorboard import ScalarWriter
@@ -30,8 +32,8 @@ class MetricsFileError(ValueError):
 def read_metrics(path: str | Path, *, torn_tail_ok: bool = False) -> list[dict]:
     """The logged rows of a metrics file ([] where there is none yet). With `torn_tail_ok`, a last line with no
     newline that is not JSON is left out: what a run killed in the middle of a write leaves (a resume drops it)."""
-    path = Path(path)
-    if not path.is_file():
+    path = storage.location(path)
+    if not path.exists():
         return []
     text = path.read_text(encoding="utf-8")
     lines = text.splitlines()
@@ -53,18 +55,25 @@ def read_metrics(path: str | Path, *, torn_tail_ok: bool = False) -> list[dict]:
 
 class MetricsWriter:
     def __init__(self, workdir: str | Path, *, resume_step: int):
-        self.path = Path(workdir) / METRICS_FILE
+        self.path = storage.location(workdir) / METRICS_FILE
         self.enabled = jax.process_index() == 0
+        self._lines: list[str] = []  # the whole file, where it cannot be appended to (an object store)
         if self.enabled and self.path.exists():
             kept = [row for row in read_metrics(self.path, torn_tail_ok=True) if row["step"] <= resume_step]
-            write_text_atomically(self.path, "".join(json.dumps(row) + "\n" for row in kept))
-        self._file = open(self.path, "a", encoding="utf-8") if self.enabled else None
+            self._lines = [json.dumps(row) + "\n" for row in kept]
+            write_text_atomically(self.path, "".join(self._lines))
+        appendable = self.enabled and not storage.is_remote(self.path)
+        self._file = open(self.path, "a", encoding="utf-8") if appendable else None
         self._scalars = ScalarWriter(workdir, resume_step=resume_step)
 
     def write(self, row: Mapping[str, float]) -> None:
+        line = json.dumps(dict(row)) + "\n"
         if self._file is not None:
-            self._file.write(json.dumps(dict(row)) + "\n")
+            self._file.write(line)
             self._file.flush()
+        elif self.enabled:
+            self._lines.append(line)
+            write_text_atomically(self.path, "".join(self._lines))
         self._scalars.write(row)
 
     def close(self) -> None:

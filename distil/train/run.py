@@ -5,7 +5,8 @@ opens its workdir with `open_run`, which, before anything else is written:
 
 - **Exclusive.** Takes `run.lock` with `flock`: the kernel drops it when its process ends however it ends, so a
   killed run never blocks the next one. A second live run exits 2 naming the holder (command, host, pid, since).
-  Under `jax.distributed` process 0 decides and every process learns its decision.
+  Under `jax.distributed` process 0 decides and every process learns its decision. On an object store, which has
+  no flock, `run.lock` is a lease (`LeaseLock`) that the live run renews and a dead run's lapses.
 - **One config per run.** The resolved config and the library versions are fingerprinted into `run.json` when
   the run starts. A rerun with any difference that changes results is refused, listing each key `old -> new`,
   before anything is written. `MUTABLE` lists what may change on a resume (logging and checkpoint cadence, the
@@ -32,11 +33,16 @@ import hashlib
 import importlib.metadata
 import json
 import os
+import secrets
 import socket
+import sys
+import threading
+import time
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from distil.atomic import OutputError, make_output_folder, stale_temporaries, write_text_atomically
+from distil import storage
+from distil.atomic import OutputError, is_temporary, make_output_folder, write_text_atomically
 
 # Files of a workdir, each name said once. Every command's run has RUN_FILE, LOCK_FILE and CONFIG_FILE.
 RUN_FILE = "run.json"  # the record: command, config fingerprint, the config, versions, status, history
@@ -80,6 +86,11 @@ PATH_KEYS = {
     "xnli": ("init", "tokenizer", "train.path", "train.xnli_mt_dir", "eval.path"),
     "demo": (),
 }
+# Inputs a reader needs as local files: an object-store value (gs://) is copied into the cache first
+# (`local_inputs`). Not tfds' data_dir (tfds reads buckets itself), nor xnli's init (a distil workdir: only its
+# student/ is copied, by `xnli.starting_model`).
+LOCAL_INPUT_KEYS = {command: tuple(key for key in keys if key not in ("data.tfds_data_dir", "init")) for command, keys
+                    in PATH_KEYS.items()}
 # Packages whose versions are part of a run's identity (their arithmetic is the run's).
 VERSIONED_PACKAGES = ("distil", "jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "grain", "tokenizers")
 
@@ -102,6 +113,22 @@ def resolve_config(command: str, config) -> None:
     from distil.config import expand_paths
 
     expand_paths(config, PATH_KEYS[command])
+
+
+def local_inputs(command: str, config):
+    """A copy of `config` whose object-store inputs (`LOCAL_INPUT_KEYS`) name local copies of them
+    (`storage.local_copy`); `config` itself, with the URLs, is what the run records."""
+    import copy
+
+    local = copy.deepcopy(config)
+    for key in LOCAL_INPUT_KEYS[command]:
+        *parents, leaf = key.split(".")
+        node = local
+        for name in parents:
+            node = node[name]
+        if isinstance(node[leaf], str) and storage.is_remote(node[leaf]):
+            node[leaf] = str(storage.local_copy(node[leaf], f"config.{key}"))
+    return local
 
 
 def versions() -> dict[str, str]:
@@ -203,7 +230,7 @@ def _now() -> str:
 def read_json(path: Path, what: str):
     """A JSON file distil wrote; an unreadable one is an `OutputError` naming it (never a traceback)."""
     try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
+        return json.loads(storage.location(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise
     except (OSError, UnicodeDecodeError, ValueError) as err:
@@ -249,15 +276,122 @@ class WorkdirLock:
     def holder(self) -> str:
         try:
             info = json.loads(self.path.read_text(encoding="utf-8"))
-            return f"{info['command']} (host {info['host']}, pid {info['pid']}, since {info['since']})"
-        except (OSError, ValueError, KeyError, TypeError):
-            return "another process (it has not written its name yet)"
+        except (OSError, ValueError):
+            info = None
+        return _holder(info) if isinstance(info, dict) and "pid" in info else \
+            "another process (it has not written its name yet)"
 
     def release(self) -> None:
         if self._descriptor is not None:
             fcntl.flock(self._descriptor, fcntl.LOCK_UN)
             os.close(self._descriptor)
             self._descriptor = None
+
+
+class LeaseLock:
+    """The workdir lock on an object store, which has no flock: `run.lock` is a lease object naming its holder, with
+    a random token and the time it was last renewed. A thread of the holder renews it every `renew_seconds`.
+
+    - **Taking it.** No lease, or one not renewed for `lease_seconds` (its holder died), is free. A live-looking
+      lease is watched for up to `lease_seconds`: renewed meanwhile, its holder is alive and the run is refused
+      (within one renewal interval); lapsed, it is taken. So a restarted job (a preempted pod) waits at most one
+      lease period for its dead predecessor's lease, and never needs a person to delete it.
+    - **Two starting together.** Each writes its lease, waits `settle_seconds` and reads it back: the last writer
+      wins, the other is refused. This holds when the two writes land within `settle_seconds` of each other;
+      beyond that, the later one sees the earlier one's lease first.
+    - **Lost.** A renewal that finds another's token stops renewing and says so on stderr; `lost` is then set.
+    - **Released** by deleting the lease (only if it is still ours).
+    """
+
+    lease_seconds = 60.0
+    renew_seconds = 15.0
+    settle_seconds = 2.0
+
+    def __init__(self, folder, command: str):
+        self.path = storage.location(folder) / LOCK_FILE
+        self.command = command
+        self.token = secrets.token_hex(8)
+        self.lost = False
+        self._since = _now()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _read(self) -> dict | None:
+        try:
+            lease = json.loads(self.path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError):
+            return {}  # torn or foreign: treated as a lease that nobody renews
+        return lease if isinstance(lease, dict) else {}
+
+    def _write(self) -> None:
+        lease = {"command": f"distil {self.command}", "host": socket.gethostname(), "pid": os.getpid(),
+                 "since": self._since, "token": self.token, "renewed": time.time()}
+        storage.write_object(self.path, (json.dumps(lease) + "\n").encode())
+
+    def acquire(self) -> None:
+        lease = self._read()
+        if lease is not None and lease.get("token") != self.token:
+            self._wait_for_lapse(lease)
+        self._write()
+        time.sleep(self.settle_seconds)
+        lease = self._read()
+        if not lease or lease.get("token") != self.token:
+            raise WorkdirInUse(f"{self.path.parent}: in use by {_holder(lease)}, which started at the same time; "
+                               "wait for it to end, or use another workdir")
+        self._thread = threading.Thread(target=self._renew, name="distil-lease", daemon=True)
+        self._thread.start()
+
+    def _wait_for_lapse(self, lease: dict) -> None:
+        """Returns once `lease` has lapsed; raises `WorkdirInUse` if its holder renews it meanwhile."""
+        renewed = lease.get("renewed")
+        deadline = (renewed if isinstance(renewed, (int, float)) else 0.0) + self.lease_seconds
+        while time.time() < deadline:
+            time.sleep(min(self.renew_seconds / 3, max(deadline - time.time(), 0.0)) + 0.01)
+            now = self._read()
+            if now is None:
+                return
+            if now.get("renewed") != renewed:
+                raise WorkdirInUse(f"{self.path.parent}: in use by {_holder(now)} (its lease on {self.path.name} is "
+                                   "renewed while it runs); wait for it to end, or use another workdir")
+
+    def _renew(self) -> None:
+        while not self._stop.wait(self.renew_seconds):
+            lease = self._read()
+            if lease is not None and lease.get("token") != self.token:
+                self.lost = True
+                print(f"distil: {self.path.parent}: the workdir lease was taken over by {_holder(lease)}; this run "
+                      "no longer holds its workdir", file=sys.stderr, flush=True)
+                return
+            try:
+                self._write()
+            except OSError as err:  # a transient store error: the next renewal tries again
+                print(f"distil: {self.path}: lease renewal failed ({err})", file=sys.stderr, flush=True)
+
+    def announce(self) -> None:
+        """The lease already names its holder."""
+
+    def release(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+            lease = self._read()
+            if lease and lease.get("token") == self.token:
+                self.path.unlink()
+
+
+def _holder(lease: dict | None) -> str:
+    try:
+        return f"{lease['command']} (host {lease['host']}, pid {lease['pid']}, since {lease['since']})"
+    except (KeyError, TypeError):
+        return "another process"
+
+
+def workdir_lock(folder, command: str):
+    """The lock for `folder`: `flock` locally, a lease on an object store."""
+    return LeaseLock(folder, command) if storage.is_remote(folder) else WorkdirLock(folder, command)
 
 
 # -------------------------------------------------------------------------------------------------------- run
@@ -269,12 +403,12 @@ class Run:
     finished run given more steps or seeds) or "finished" (nothing to do: `finished_message()` says where the
     results are)."""
 
-    workdir: Path
+    workdir: storage.Location
     command: str
     status: str
     record: dict
     changes: list[str]
-    _lock: WorkdirLock | None = None
+    _lock: WorkdirLock | LeaseLock | None = None
 
     @property
     def finished(self) -> bool:
@@ -287,6 +421,13 @@ class Run:
     def finished_message(self) -> str:
         return (f"{self.workdir}: finished earlier ({self.record.get('finished')}); its results are in "
                 f"{self.workdir} and nothing was changed. A new config needs a new workdir")
+
+    def check_held(self) -> None:
+        """Raises `TrainingError` once this run has lost its workdir to another (a lease taken over on an object
+        store; a `flock` is never lost)."""
+        if isinstance(self._lock, LeaseLock) and self._lock.lost:
+            raise TrainingError(f"{self.workdir}: another run took over this workdir's lease; stopped without "
+                                "writing more (one run per workdir)")
 
     def extensions(self) -> list[dict]:
         return list(self.record.get("history", []))
@@ -310,9 +451,10 @@ class Run:
         return False
 
 
-def _own_entries(folder: Path) -> set[str]:
-    """What a workdir holds before its run.json: the lock, and temporaries of our own atomic writes."""
-    return {LOCK_FILE, *(entry.name for entry in stale_temporaries(folder))}
+def _own_entries(folder) -> set[str]:
+    """What a workdir holds before its run.json: the lock, and temporaries of distil's atomic writes (a starting
+    run's own, or those of one that started a moment earlier)."""
+    return {LOCK_FILE, *(entry.name for entry in folder.iterdir() if is_temporary(entry.name))}
 
 
 def _refuse_foreign(workdir: Path) -> None:
@@ -335,7 +477,7 @@ def _write_record(workdir: Path, record: dict) -> None:
 def _open_on_writer(workdir: Path, command: str, data: dict, package_versions: dict) -> Run:
     make_output_folder(workdir, "workdir")
     _refuse_foreign(workdir)  # before the lock file is created in someone else's folder
-    lock = WorkdirLock(workdir, command)
+    lock = workdir_lock(workdir, command)
     lock.acquire()
     try:
         record_path = workdir / RUN_FILE
@@ -378,7 +520,7 @@ def open_run(workdir: str | os.PathLike, command: str, config) -> Run:
     """Opens `workdir` for a run of `distil COMMAND` with `config` (a ConfigDict or JSON-like mapping), enforcing
     the rules of this module; process 0 decides, every process gets the same `Run` status (only process 0 holds the
     lock and writes). Raises `OutputError` (exit 2) for a workdir that is in use, of another config or another's."""
-    workdir = Path(workdir)
+    workdir = storage.location(workdir)
     data = config_data(config)
     package_versions = versions()
     process_count, process_index = _processes()
@@ -432,7 +574,7 @@ def check_output_folder(folder: str | os.PathLike, names: Iterable[str], what: s
     if foreign:
         shown = ", ".join(foreign[:6]) + (f" and {len(foreign) - 6} more" if len(foreign) > 6 else "")
         raise OutputError(f"{folder}: holds files distil did not write ({shown}); choose a new or empty {what}")
-    listed = sorted(set(names) | set(name for name in os.listdir(folder) if name not in (MANIFEST,)
-                                     and not name.startswith(".")))
+    listed = sorted(set(names) | set(entry.name for entry in folder.iterdir() if entry.name not in (MANIFEST,)
+                                     and not entry.name.startswith(".")))
     write_text_atomically(folder / MANIFEST, json.dumps({"written_by": "distil", "files": listed}, indent=1) + "\n")
     return folder

@@ -15,16 +15,22 @@ second (a test's quick resume) from sharing one file, which tensorboardX would t
 
 `ProfileWindow` traces steps N..M with `jax.profiler` into the same folder, where TensorBoard's profile plugin
 looks (`plugins/profile/<time>/<host>.xplane.pb`).
+
+On an object store (`gs://` workdirs) an event file is one object, rewritten whole at each flush (no append there;
+tensorboardX's own gs:// writer does the same through google-cloud-storage, this one through `distil.storage`), and
+a profile is traced into a local folder and uploaded when the window closes.
 """
 
 from __future__ import annotations
 
+import io
 import time
 from pathlib import Path
 from typing import Any, Mapping
 
 import jax
 
+from distil import storage
 from distil.train.objective import TERMS
 from distil.train.run import TENSORBOARD_DIR
 
@@ -51,6 +57,37 @@ def tag_for(name: str) -> str:
     return TAGS.get(name, f"other/{name}")
 
 
+class _ObjectRecordWriter:
+    """tensorboardX's record-writer interface for an object: the bytes so far, uploaded whole at each flush."""
+
+    def __init__(self, path: str):
+        self.path, self.buffer = storage.location(path), io.BytesIO()
+
+    def write(self, data: bytes) -> None:
+        self.buffer.write(data)
+
+    def flush(self) -> None:
+        storage.write_object(self.path, self.buffer.getvalue())
+
+    def close(self) -> None:
+        self.flush()
+
+
+class _ObjectRecordWriterFactory:
+    def open(self, path: str) -> _ObjectRecordWriter:
+        return _ObjectRecordWriter(path)
+
+    def directory_check(self, path: str) -> None:
+        storage.location(path).mkdir(parents=True, exist_ok=True)
+
+
+def _register_object_stores() -> None:
+    from tensorboardX import record_writer
+
+    for scheme in storage.REMOTE_SCHEMES:
+        record_writer.register_writer_factory(scheme, _ObjectRecordWriterFactory())
+
+
 class ScalarWriter:
     """Each numeric field of a metrics row (finite or not; never a bool, "step" or "seed") as a scalar at its step.
 
@@ -58,11 +95,12 @@ class ScalarWriter:
     the thread writes and flushes within `FLUSH_SECONDS`, and `close` drains the queue."""
 
     def __init__(self, folder: str | Path, *, resume_step: int):
-        self.directory = Path(folder) / TENSORBOARD_DIR
+        self.directory = storage.location(folder) / TENSORBOARD_DIR
         self._writer = None
         if jax.process_index() == 0:
             from tensorboardX import SummaryWriter  # imports torch where it is installed: only the writing process
 
+            _register_object_stores()
             self._writer = SummaryWriter(logdir=str(self.directory), purge_step=resume_step + 1,
                                          flush_secs=FLUSH_SECONDS, filename_suffix=f".{time.time_ns()}")
 
@@ -93,7 +131,7 @@ class ProfileWindow:
                    else 0)
 
     def __init__(self, folder: str | Path, *, start_step: int, num_steps: int):
-        self.directory = Path(folder) / TENSORBOARD_DIR
+        self.directory = storage.location(folder) / TENSORBOARD_DIR
         self.first_step = start_step
         self.last_step = start_step + num_steps - 1
         self.enabled = start_step > 0 and num_steps > 0 and jax.process_index() == 0
@@ -101,7 +139,8 @@ class ProfileWindow:
 
     def before_step(self, step: int) -> None:
         if self.enabled and step == self.first_step:
-            jax.profiler.start_trace(str(self.directory))
+            local = storage.cache_folder(self.directory) if storage.is_remote(self.directory) else self.directory
+            jax.profiler.start_trace(str(local))
             self.tracing = True
 
     def after_step(self, step: int, outputs: Any = None) -> None:
@@ -113,3 +152,5 @@ class ProfileWindow:
         if self.tracing:
             jax.profiler.stop_trace()
             self.tracing = False
+            if storage.is_remote(self.directory):
+                storage.upload_folder(storage.cache_folder(self.directory), self.directory)

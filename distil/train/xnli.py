@@ -41,7 +41,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from distil import hf, report, sharding
+from distil import hf, report, sharding, storage
 from distil.atomic import OutputError, make_output_folder, write_text_atomically
 from distil.config import ConfigError
 from distil.data import nli
@@ -52,8 +52,8 @@ from distil.models import ModelConfig, abstract_model, model_class, parameter_co
 from distil.tokenization import default_vocab_path, load_tokenizer
 from distil.train import checkpoints
 from distil.train.metrics import MetricsWriter, Progress
-from distil.train.run import (CHECKPOINT_DIR, RESULTS_FILE, SEED_DIR, SEED_RESULTS_FILE, open_run, read_json,
-                              resolve_config)
+from distil.train.run import (CHECKPOINT_DIR, RESULTS_FILE, SEED_DIR, SEED_RESULTS_FILE, local_inputs, open_run,
+                              read_json, resolve_config)
 from distil.train.state import TrainState, create_train_state, learning_rate_schedule, make_optimizer
 from distil.train.step import frozen_paths
 from distil.train.tensorboard import ProfileWindow
@@ -127,7 +127,7 @@ class Start:
 
     config: ModelConfig
     pretrained: dict[str, np.ndarray]
-    folder: Path | None
+    folder: storage.Location | None  # as config.init names it (a bucket's, not its local copy)
     name: str
 
     def describe(self) -> str:
@@ -140,9 +140,10 @@ class Start:
         return f"{len(self.pretrained)} tensors from {self.folder}, new: {', '.join(new)}"
 
 
-def resolve_init(init: str) -> Path:
-    """The Hugging Face folder `config.init` means: a distil workdir's `student/` export, or the folder itself."""
-    path = Path(init).expanduser()
+def resolve_init(init: str) -> storage.Location:
+    """The Hugging Face folder `config.init` means: a distil workdir's `student/` export, or the folder itself
+    (local or on an object store)."""
+    path = storage.location(init)
     expected = ("expected a distil workdir (holding student/, the exported student) or a Hugging Face BERT / "
                 "DistilBERT folder (config.json + model.safetensors)")
     if not path.is_dir():
@@ -185,6 +186,7 @@ def starting_model(config):
     """(Start, tokenizer, tokenizer path), checked together: one vocabulary, `config.max_length` within the
     model's positions."""
     folder = resolve_init(config.init) if config.init else None
+    local_folder = None if folder is None else storage.local_copy(folder, "config.init")
     if folder is None and not config.allow_random_init:
         raise ConfigError("config.init is empty: set it to a distil workdir or a Hugging Face folder (e.g. "
                           "bert-base-multilingual-cased downloaded beforehand), or set config.allow_random_init=True "
@@ -192,7 +194,8 @@ def starting_model(config):
     if config.tokenizer:
         tokenizer_path = config.tokenizer
     elif folder is not None:
-        tokenizer_path = folder if any((folder / name).is_file() for name in _TOKENIZER_FILES) else default_vocab_path()
+        tokenizer_path = (local_folder if any((local_folder / name).is_file() for name in _TOKENIZER_FILES)
+                          else default_vocab_path())
     else:
         tokenizer_path = embedded_wordpiece_vocab()
     tokenizer = load_tokenizer(tokenizer_path)
@@ -202,7 +205,7 @@ def starting_model(config):
                       f"{model_config.num_hidden_layers}x{model_config.hidden_size}")
         where = "config.model"
     else:
-        checkpoint = hf.read_checkpoint(folder)
+        checkpoint = hf.read_checkpoint(local_folder)
         model_config = _classification_config(checkpoint.config, config)
         pretrained = hf.pretrained_parameters(checkpoint, model_config)
         name = config.name or (folder.parent.name if folder.name == "student" else folder.name)
@@ -414,15 +417,17 @@ def _place(pretrained: dict[str, np.ndarray], build, mesh, rules) -> dict[str, j
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict:
     """Fine-tunes and evaluates every seed of `config.seeds` in `workdir` (resuming an interrupted seed, reusing a
     finished one) and writes `xnli_results.{json,md,png}`; returns the results."""
-    workdir = Path(workdir)
+    workdir = storage.location(workdir)
     started = time.perf_counter()
 
-    # Config checks, the starting model, the data: everything that can fail on bad input, before any write.
+    # Config checks, the starting model, the data: everything that can fail on bad input, before any write. Inputs
+    # on an object store are read from local copies; the run records the config as given.
     resolve_config("xnli", config)
+    recorded, config = config, local_inputs("xnli", config)
     check_config(config, num_devices=configured_device_count(config), process_count=jax.process_count())
     start, tokenizer, tokenizer_path = starting_model(config)
     model_config = start.config
-    if start.folder is not None:
+    if start.folder is not None and not storage.is_remote(workdir) and not storage.is_remote(start.folder):
         resolved, folder = workdir.resolve(), start.folder.resolve()
         if resolved == folder or folder in resolved.parents:
             raise OutputError(f"{workdir}: is or lies inside the model folder {start.folder} that config.init "
@@ -441,7 +446,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     shown = f"{selection_steps[:6]}{' ...' if len(selection_steps) > 6 else ''}"
     log(f"  {num_examples} training pairs ({truncated} cut to config.max_length={config.max_length}); {num_steps} "
         f"steps of {config.batch_size}; English dev at steps {shown}; seeds {tuple(config.seeds)}")
-    with open_run(workdir, "xnli", config) as run:
+    with open_run(workdir, "xnli", recorded) as run:
         if run.finished:
             log(run.finished_message())
             return read_json(workdir / RESULTS_FILE, "XNLI results")
@@ -546,6 +551,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
                             steps_per_sec, tokens_per_sec = progress.rates(step)
                             row = {"step": step, "seed": seed, **{k: float(v) for k, v in metrics.items()},
                                    "steps_per_sec": steps_per_sec, "tokens_per_sec": tokens_per_sec, **(row or {})}
+                            run.check_held()
                             metrics_writer.write(row)
                             progress.report(row, ("accuracy", *(("dev_en_accuracy",) if "dev_en_accuracy" in row
                                                                 else ())))
