@@ -280,7 +280,7 @@ def tpu_commands(sweep: Sweep, root: str, *, tpu: str, zone: str) -> str:
         shlex.join(["python", "-m", "pip", "wheel", "--no-deps", "--wheel-dir", "dist", "."]),
         shlex.join(["gcloud", "compute", "tpus", "tpu-vm", "scp", f"dist/{wheel}", f"{tpu}:{wheel}", f"--zone={zone}",
                     "--worker=all"]),
-        shlex.join([*ssh, f"--command=python3 -m venv {TPU_VENV} && {TPU_VENV}/bin/pip install -q '{wheel}[tpu]'"]),
+        shlex.join([*ssh, f"--command=python3 -m venv {TPU_VENV} && {TPU_VENV}/bin/pip install -q '{wheel}[tpu,gcs]'"]),
         f"# 2. each point, on every worker ({'distillation, then XNLI' if sweep.xnli else 'distillation'}):",
     ]
     for point in sweep.points:

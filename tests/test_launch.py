@@ -318,16 +318,24 @@ def _check_sweep_report(root: Path, record: dict, out: Path, capsys) -> None:
             assert png.format == "PNG"
 
 
-def test_the_readme_s_one_run_sweep_prints_at_full_size(tmp_path, capsys):
-    """experiments/one_run.py, the README's walk-throughs: checked at full size (an mBERT-shaped teacher folder)."""
+def test_the_readme_s_one_run_sweep_prints_at_full_size(tmp_path, capsys, monkeypatch):
+    """experiments/one_run.py, the README's TPU walk-through as printed there: gs:// workdir and teacher (a fake
+    bucket holding an mBERT-shaped teacher config), checked at full size."""
     import transformers
 
-    teacher = tmp_path / "mbert"
-    teacher.mkdir()
+    import object_store
+
+    store = object_store.install(tmp_path / "store", setattr=monkeypatch.setattr)
+    teacher = store.local("gs://my-bucket/models/bert-base-multilingual-cased")
+    teacher.mkdir(parents=True)
     transformers.BertConfig(vocab_size=119_547, architectures=["BertForMaskedLM"]).to_json_file(
         teacher / "config.json")
-    assert cli.main(["sweep", str(REPO / "experiments" / "one_run.py"), "--launcher", "tpu", "--config",
-                     "distilmbert:tpu=v4-32", "--workdir", "/mnt/shared/runs",
-                     f"--config.teacher.checkpoint={teacher}"]) == 0
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["sweep", str(REPO / "experiments" / "one_run.py"), "--launcher", "tpu", "--tpu", "my-v4-32",
+                     "--zone", "us-central2-b", "--config", "distilmbert:tpu=v4-32", "--workdir", "gs://my-bucket/runs",
+                     "--config.teacher.checkpoint=gs://my-bucket/models/bert-base-multilingual-cased",
+                     "--config.data.corpus=gs://my-bucket/corpus/mbert-wiki"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert sum("distil distill" in line for line in lines) == 1 and sum("distil xnli" in line for line in lines) == 1
+    assert any("--workdir gs://my-bucket/runs/base-" in line for line in lines)
+    assert any("[tpu,gcs]" in line for line in lines) and not (tmp_path / "gs:").exists()

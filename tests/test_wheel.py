@@ -152,7 +152,8 @@ def test_accelerator_extras_pin_the_tested_jax_and_the_dockerfile_uses_one(wheel
     base = re.search(r"^FROM (\S+)$", dockerfile, re.M).group(1)
     assert re.fullmatch(r"python:\d+\.\d+\.\d+-slim-\w+", base), base  # a release, never `latest`
     accelerator = re.search(r"^ARG ACCELERATOR=(\w+)$", dockerfile, re.M).group(1)
-    assert accelerator in ("tpu", "cuda12") and 'pip install ".[${ACCELERATOR}]"' in dockerfile
+    assert accelerator in ("tpu", "cuda12") and 'pip install ".[${ACCELERATOR},gcs]"' in dockerfile
+    assert "Provides-Extra: gcs" in metadata and "Requires-Dist: gcsfs==" in metadata  # gs:// workdirs
     ignored = (REPO / ".dockerignore").read_text(encoding="utf-8")
     for name in _docker_context():  # the build context keeps every COPY source
         assert f"!{name}" in ignored or f"!{name}/" in ignored, name
