@@ -365,7 +365,8 @@ def _dry_run(config) -> int:
     """Compiles the step for the configured mesh on as many fake CPU devices, without data or weights."""
     import os
 
-    from distil.train.distill import describe_analysis, dry_run, dry_run_devices
+    from distil.train.distill import dry_run, dry_run_devices
+    from distil.train.trainer import describe_analysis
 
     devices = dry_run_devices(config)
     # XLA reads these when its CPU client starts, which nothing has asked for yet in this process.

@@ -29,7 +29,7 @@ import os
 import re
 import shutil
 from pathlib import Path
-from typing import Iterable, Iterator, Mapping, Union
+from typing import TYPE_CHECKING, Iterable, Iterator, Mapping, Union
 
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 # Schemes etils.epath reads and writes (its own list); any other URL is refused by name.
@@ -39,7 +39,10 @@ _RECORD_PREFIX = ".distil-"
 _COPY_RECORD = ".distil-copy.json"  # in a local copy: the objects it was copied from (name -> [size, mtime])
 _UPLOAD_RECORD = ".distil-upload.json"  # in a staged folder: the local files last uploaded (name -> [size, mtime_ns])
 
-Location = Union[Path, "epath.Path"]  # noqa: F821 (etils is imported when a URL is met)
+if TYPE_CHECKING:
+    from etils import epath
+
+Location = Union[Path, "epath.Path"]  # etils itself is imported when a URL is met
 
 
 class StorageError(ValueError):

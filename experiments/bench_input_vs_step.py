@@ -4,7 +4,7 @@ pipeline next to the steps/s of the trainer's step, at the same batch shape (the
     python experiments/bench_input_vs_step.py [--sizes full,runlocal] [--seconds 5] [--out input.json]
     distil bench input_vs_step --out input.json
 
-Pipeline: exactly what `distil distill` runs per step on the host (`distill.input_pipeline`, the trainer's own
+Pipeline: exactly what `distil distill` runs per step on the host (`distil.data.pipeline.input_pipeline`, the trainer's own
 function): the embedded corpus binarised with the size's tokenizer (`prepare_corpus`), the config's batch
 composition (`GroupedBatchSource`; the recipe packs rows of 512), MLM masking per group of rows with count^-0.7
 token probabilities (`MaskUpdate`), through grain with the trainer's read options (2 threads, prefetch 4); timed
@@ -30,7 +30,7 @@ import benchlib  # noqa: E402
 def pipeline_rates(size: str, seconds: float, workdir: Path) -> dict:
     """Batches/s of the trainer's pipeline for `size` (the same calls, in the same order, as train_and_evaluate)."""
     from distil.tokenization import default_vocab_path, load_tokenizer
-    from distil.train.distill import input_pipeline, prepare_corpus
+    from distil.data.pipeline import input_pipeline, prepare_corpus
 
     config = bench_step.trainer_config(size)
     config.data.corpus = "embedded"
@@ -39,7 +39,7 @@ def pipeline_rates(size: str, seconds: float, workdir: Path) -> dict:
     tokenizer = load_tokenizer(tokenizer_path)
     data_dir = workdir / size
     started = time.perf_counter()
-    prepare_corpus(config, tokenizer_path, data_dir)
+    prepare_corpus(config, tokenizer_path, data_dir, progress=False)
     prepare_s = time.perf_counter() - started
     pipeline = input_pipeline(config, data_dir, tokenizer, tokenizer.get_vocab_size())
     source, mask_update, batching = pipeline.source, pipeline.mask_update, config.batching

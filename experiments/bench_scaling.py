@@ -43,7 +43,7 @@ def worker(spec: dict) -> dict:
     out = {k: v for k, v in info.items() if k not in ("teacher", "student")}
     if spec["compile_only"]:
         return out
-    batch = bench_step.random_batch(info["shape"], info["vocab_size"])
+    batch = bench_step.random_batch(info["shape"], info["vocab_size"], names=info["batch_names"])
     with sharding.activation_rules(mesh, rules):
         step = bench_step.step_caller(compiled, state, teacher_params,
                                       sharding.make_global_batch(batch, batch_sharding))

@@ -3,9 +3,9 @@
     python experiments/bench_step.py [--sizes full,runlocal] [--variants plain,chunked,...] [--out step.json]
     distil bench step --sizes full --out step.json          # the same, through the `distil` command
 
-distil: the step `distil distill` compiles (`make_train_step` as `train_and_evaluate` builds it: the config's
-teacher, student initialised from its layers, AdamW + clipping from `make_optimizer`, `jax.jit` with the state's
-shardings and donation, compiled ahead). PyTorch: transformers' `BertForMaskedLM` (teacher, eval, no grad) and
+distil: the step `distil distill` compiles, from the trainer's own builder (`distil.train.assembly.build_step`: the
+config's teacher, student initialised from its layers, remat and packed-row inputs as configured, AdamW + clipping,
+`jax.jit` with the state's shardings and donation, compiled ahead). PyTorch: transformers' `BertForMaskedLM` (teacher, eval, no grad) and
 `DistilBertForMaskedLM` (student, train mode: dropout), the loss as HF's `distiller.py` computes it (masked_select
 of logits and hidden states, `KLDivLoss(batchmean)·T²`, `CrossEntropyLoss`, `CosineEmbeddingLoss`),
 5·ce + 2·mlm + 1·cos at T = 2, `torch.optim.AdamW` (0.9, 0.98, eps 1e-6), `clip_grad_norm_(5.0)`, linear schedule.
@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -86,62 +85,43 @@ def trainer_config(size: str, *, vocab_chunk_size: int = DEFAULT_CHUNK, vocab_ti
 
 
 def build_trainer_step(config, devices=None):
-    """The step as `train_and_evaluate` builds it (same helpers, same order): returns (compiled step, state,
-    teacher_params, batch sharding, mesh, rules, info). `devices`: the mesh's devices (default: the first
-    data x fsdp x tensor of `jax.devices()`)."""
+    """The step `distil distill` runs, from its own builder (`distil.train.assembly`: remat, packed-row inputs and
+    all): returns (compiled step, state, teacher_params, batch sharding, mesh, rules, info). `devices`: the mesh's
+    devices (default: the first data x fsdp x tensor of `jax.devices()`)."""
     import math
 
     import jax
-    import jax.numpy as jnp
-    from flax import nnx
 
     from distil import sharding
     from distil.tokenization import default_vocab_path, load_tokenizer
-    from distil.train import distill, trainer
-    from distil.train.state import OptimizerSettings, create_train_state, learning_rate_schedule, make_optimizer
-    from distil.train.step import frozen_paths, make_train_step
+    from distil.train import assembly, distill
+    from distil.train.state import create_train_state
 
-    objective = distill._objective(config)
+    objective = assembly.make_objective(config)
     rules = tuple(tuple(rule) for rule in config.sharding.logical_axis_rules)
-    mesh_config = {axis: config.mesh[axis] for axis in sharding.MESH_AXES}
     num_devices = math.prod(config.mesh[axis] for axis in sharding.MESH_AXES)
-    mesh = sharding.make_mesh(mesh_config, devices or jax.devices()[:num_devices])
+    mesh = sharding.make_mesh({axis: config.mesh[axis] for axis in sharding.MESH_AXES},
+                              devices or jax.devices()[:num_devices])
     distill.check_config(config, num_devices=num_devices, process_count=1)
     vocab_size = load_tokenizer(config.tokenizer or default_vocab_path()).get_vocab_size()
-    teacher_config = distill._teacher_config(config, vocab_size)
-    student_config = distill._student_config(config, teacher_config, vocab_size)
+    teacher_config = assembly.teacher_model_config(config, vocab_size)
+    student_config = assembly.student_model_config(config, teacher_config, vocab_size)
     batching = config.batching
     with sharding.activation_rules(mesh, rules):
-        teacher_graphdef, teacher_params = distill._load_teacher(config, teacher_config, mesh, rules)
-        init_params, build_student = distill._student_initializer(config, student_config, teacher_graphdef,
-                                                                  teacher_config)
-        student_graphdef = nnx.graphdef(nnx.eval_shape(lambda: build_student(teacher_params)))
-        settings = OptimizerSettings(
-            learning_rate=config.optimizer.learning_rate, num_steps=config.num_steps,
-            warmup_steps=math.ceil(config.optimizer.warmup_fraction * config.num_steps), b1=config.optimizer.b1,
-            b2=config.optimizer.b2, eps=config.optimizer.eps, weight_decay=config.optimizer.weight_decay,
-            clip_norm=config.optimizer.clip_norm or None)
-        tx = make_optimizer(settings)
-        state, state_shardings = create_train_state(init_params, (teacher_params,), tx, seed=config.seed, mesh=mesh,
-                                                    rules=rules)
-        frozen = frozen_paths(state.params) if student_config.sinusoidal_pos_embds else set()
-        batch_sharding = sharding.logical_to_sharding((None, "batch", "length"), mesh, rules)
-        teacher_shardings = None if teacher_params is None else jax.tree.map(lambda x: x.sharding, teacher_params)
-        replicated = jax.sharding.NamedSharding(mesh, jax.P())
-        train_step = make_train_step(student_graphdef, teacher_graphdef, objective, tx,
-                                     learning_rate_schedule(settings),
-                                     attention_heads=student_config.num_attention_heads, frozen=frozen)
-        jitted = jax.jit(train_step, in_shardings=(state_shardings, teacher_shardings, batch_sharding),
-                         out_shardings=(state_shardings, replicated), donate_argnums=0)
-        shape = (batching.micro_batches, batching.global_batch // batching.micro_batches, config.data.max_length)
-        abstract_batch = {name: jax.ShapeDtypeStruct(shape, jnp.int32, sharding=batch_sharding)
-                          for name in ("input_ids", "attention_mask", "mlm_labels")}
-        started = time.perf_counter()
-        compiled = jitted.lower(state, teacher_params, abstract_batch).compile()
-        info = trainer.step_analysis(compiled)
-        info["compile_s"] = time.perf_counter() - started
-    info.update(teacher=teacher_config, student=student_config, shape=shape, vocab_size=vocab_size)
-    return compiled, state, teacher_params, batch_sharding, mesh, rules, info
+        teacher_graphdef, teacher_params = assembly.load_teacher(config, teacher_config, mesh, rules)
+        parts = assembly.build_step(config, objective, student_config, teacher_config, teacher_graphdef,
+                                    teacher_params, config.num_steps, mesh, rules)
+        state, _ = create_train_state(parts.init_params, (teacher_params,), parts.tx, seed=config.seed, mesh=mesh,
+                                      rules=rules)
+        steps = assembly.compiled_steps(config, parts, state, teacher_params, teacher_config, student_config,
+                                        lambda message: None)
+        compiled = steps.get(config.data.max_length)
+        info = dict(steps.analysis[config.data.max_length])
+    info["compile_s"] = info.pop("compile_seconds")
+    shape = (batching.micro_batches, batching.global_batch // batching.micro_batches, config.data.max_length)
+    info.update(teacher=teacher_config, student=student_config, shape=shape, vocab_size=vocab_size,
+                batch_names=parts.batch_names)
+    return compiled, state, teacher_params, parts.batch_sharding, mesh, rules, info
 
 
 def step_caller(compiled, state, teacher_params, batch):
@@ -158,16 +138,20 @@ def step_caller(compiled, state, teacher_params, batch):
     return step
 
 
-def random_batch(shape, vocab_size: int, seed: int = 0) -> dict:
-    """[micro_batches, rows, length] real tokens (no padding), 15% of them MLM targets (the ids as labels)."""
+def random_batch(shape, vocab_size: int, seed: int = 0, names=("input_ids", "attention_mask", "mlm_labels")) -> dict:
+    """[micro_batches, rows, length] real tokens (no padding), 15% of them MLM targets (the ids as labels); with
+    packed-row `names` (the recipe's composition), each row one sequence (segment 1, positions from 0)."""
     import numpy as np
 
     rng = np.random.default_rng(seed)
     input_ids = rng.integers(104, vocab_size, size=shape).astype(np.int32)
     targets = rng.random(shape) < 0.15
-    return {"input_ids": np.where(targets, 103 % vocab_size, input_ids).astype(np.int32),
-            "attention_mask": np.ones(shape, np.int32),
-            "mlm_labels": np.where(targets, input_ids, -100).astype(np.int32)}
+    batch = {"input_ids": np.where(targets, 103 % vocab_size, input_ids).astype(np.int32),
+             "attention_mask": np.ones(shape, np.int32),
+             "mlm_labels": np.where(targets, input_ids, -100).astype(np.int32),
+             "segment_ids": np.ones(shape, np.int32),
+             "position_ids": np.broadcast_to(np.arange(shape[-1], dtype=np.int32), shape).copy()}
+    return {name: batch[name] for name in names}
 
 
 def jax_worker(spec: dict) -> dict:
@@ -177,7 +161,7 @@ def jax_worker(spec: dict) -> dict:
                             vocab_tile_size=spec["vocab_tile_size"], teacher_dtype=spec["teacher_dtype"],
                             student_dtype=spec["student_dtype"])
     compiled, state, teacher_params, batch_sharding, mesh, rules, info = build_trainer_step(config)
-    batch = random_batch(info["shape"], info["vocab_size"])
+    batch = random_batch(info["shape"], info["vocab_size"], names=info["batch_names"])
     with sharding.activation_rules(mesh, rules):
         step = step_caller(compiled, state, teacher_params, sharding.make_global_batch(batch, batch_sharding))
         first = {key: float(value) for key, value in step().items()}  # also the first warm-up step

@@ -194,7 +194,7 @@ def whole_step(size: str, chunk: int, tile: int, steps: int, teacher_dtype: str,
         config = bench_step.trainer_config(size, vocab_chunk_size=vocab_chunk_size, vocab_tile_size=vocab_tile_size,
                                            teacher_dtype=teacher_dtype)
         compiled, state, teacher_params, batch_sharding, mesh, rules, info = bench_step.build_trainer_step(config)
-        batch = bench_step.random_batch(info["shape"], info["vocab_size"])
+        batch = bench_step.random_batch(info["shape"], info["vocab_size"], names=info["batch_names"])
         hlo = compiled.as_text()
         with sharding.activation_rules(mesh, rules):
             step = bench_step.step_caller(compiled, state, teacher_params,

@@ -475,7 +475,7 @@ def test_masks_do_not_depend_on_the_number_of_processes():
     from distil.data.masking import token_probs_from_counts
     from distil.tokenization import special_token_ids, load_tokenizer
     from distil.data.embedded import embedded_wordpiece_vocab
-    from distil.train.distill import MaskUpdate
+    from distil.data.pipeline import MaskUpdate
 
     specials = special_token_ids(load_tokenizer(embedded_wordpiece_vocab()))
     probs = token_probs_from_counts(np.ones(8000, np.int64), [0, 100, 101, 102, 103])

@@ -177,7 +177,7 @@ def test_every_shipped_sweep_point_is_a_valid_config(sweep_file, base, tmp_path)
     import transformers
 
     from distil.config import load_config
-    from distil.train import distill
+    from distil.train import assembly, distill
 
     teacher = tmp_path / "mbert"
     teacher.mkdir()
@@ -191,9 +191,9 @@ def test_every_shipped_sweep_point_is_a_valid_config(sweep_file, base, tmp_path)
                                     [*overrides, *launch.override_args(point.overrides)]])
         distill.check_config(config, num_devices=8, process_count=1)
         vocab_size = 119_547
-        teacher = distill._teacher_config(config, vocab_size)
-        student = distill._student_config(config, teacher, vocab_size)
-        distill._check_models(config, distill._objective(config), teacher, student, vocab_size)
+        teacher = assembly.teacher_model_config(config, vocab_size)
+        student = assembly.student_model_config(config, teacher, vocab_size)
+        distill.check_models(config, assembly.make_objective(config), teacher, student, vocab_size)
 
 
 def test_bad_sweep_files_name_the_file(tmp_path):

@@ -47,7 +47,9 @@ def make_manager(directory: str | Path, *, every_steps: int, keep: int, async_sa
 
 def save(manager: ocp.CheckpointManager, step: int, state, iterator, settings: Mapping[str, Any], *,
          force: bool = False) -> bool:
-    """Saves if `step` is a save step (or `force`); returns whether a save was started."""
+    """Saves if `step` is a save step (or `force`); returns whether a save was started. The save steps are the
+    multiples of `every_steps`, and the first step of a fresh run (orbax's initial-save policy, kept: a run
+    preempted early resumes from it)."""
     return manager.save(
         step,
         args=ocp.args.Composite(
@@ -115,6 +117,10 @@ def _shared_iterator_state(data_dir: Path) -> dict:
     on the process count), so their saved positions are one position, which any process count can resume from.
     """
     states = {path.name: json.loads(path.read_text()) for path in sorted(data_dir.glob("process_*-of-*.json"))}
+    if not states:
+        raise ResumeError(f"{data_dir.parent}: the checkpoint holds no iterator position (no {data_dir.name}/"
+                          "process_*-of-*.json); it is damaged: move it aside to resume from the one before, or use a "
+                          "new workdir")
     distinct = {json.dumps(state, sort_keys=True) for state in states.values()}
     if len(distinct) != 1:
         raise ResumeError(f"{data_dir}: the processes that wrote this checkpoint saved different iterator states "

@@ -6,63 +6,46 @@ Sections, in order: config checks (before anything is built) -> mesh -> data (bi
 batches, MLM masking per micro-batch on the host) -> teacher (frozen, sharded, outside the optimizer) -> student
 and optimizer state (created sharded) -> the step (jitted once per padded length, compiled ahead, memory and FLOPs
 logged) -> checkpoint restore -> loop (metrics, NaN stop, checkpoints, SIGTERM) -> the student as a Hugging Face
-folder. The config is read here and only here; everything below takes plain arguments.
+folder. The pieces live beside it: the input pipeline in `distil.data.pipeline`, the models and the step (one
+builder, shared with the dry run and the benchmarks) in `distil.train.assembly`, the run folder's rules in
+`distil.train.run`. The config is read here, in `assembly` and in `pipeline`; everything below them takes plain
+arguments.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import json
 import math
 import os
 import time
 from pathlib import Path
-from typing import Callable
 
-import grain
 import jax
-import jax.numpy as jnp
 import ml_collections
-import numpy as np
 from flax import nnx
 
-from distil import hf, losses, sharding, storage, trim
+from distil import hf, sharding, storage, trim
 from distil.atomic import write_text_atomically
 from distil.config import ConfigError
-from distil.data.batching import GlobalBatchError, GroupedBatchSource
-from distil.data.binarize import (INDEX_FILE, MIN_KEPT_LENGTH, TokenSequences, check_prepared, is_prepared,
-                                  load_token_counts, open_binarized, prepare)
-from distil.data.embedded import embedded_corpus_dir
-from distil.data.masking import mask_batch, token_probs_from_counts
-from distil.models import (ModelConfig, abstract_model, create_model, mbert_base, model_class, parameter_count,
-                           student_config_for)
-from distil.models.extract import init_student_from_teacher
-from distil.tokenization import default_vocab_path, load_tokenizer, special_token_ids
-from distil.train import checkpoints
+from distil.data import pipeline
+from distil.data.binarize import INDEX_FILE, MIN_KEPT_LENGTH, check_prepared, is_prepared
+from distil.models import ModelConfig, abstract_model, parameter_count
+from distil.tokenization import default_vocab_path, load_tokenizer
+from distil.train import assembly, checkpoints
 from distil.train.metrics import MetricsWriter, Progress, read_metrics
 from distil.train.objective import TEACHER_TERMS, TERMS, Objective
 from distil.train.run import (CHECKPOINT_DIR, DATA_DIR, METRICS_FILE, STUDENT_DIR, SUMMARY_FILE, TRIM_DIR,
                               local_inputs, open_run, read_json, resolve_config)
-from distil.train.state import abstract_train_state, create_train_state, learning_rate_schedule, make_optimizer
-from distil.train.step import DistillStudent, frozen_paths, make_train_step
+from distil.train.state import abstract_train_state, create_train_state
 from distil.train.tensorboard import ProfileWindow
-from distil.train.trainer import (check_optimizer, configured_device_count, describe_analysis, host_params, log,
-                                  mesh_from_config, mesh_size, optimizer_settings, step_analysis,
-                                  stop_if_not_finite)
+from distil.train.trainer import (check_optimizer, configured_device_count, host_params, log, mesh_from_config,
+                                  mesh_size, stop_if_not_finite)
 
 
 
 # --------------------------------------------------------------------------------------------- config checks
-
-
-def _objective(config: ml_collections.ConfigDict) -> Objective:
-    loss = config.loss
-    fields = {field.name: loss[field.name] for field in dataclasses.fields(Objective)}
-    fields["hidden_layer_map"] = tuple(loss.hidden_layer_map)
-    fields["attention_layer_map"] = tuple(loss.attention_layer_map)
-    return Objective(**fields)
 
 
 def check_config(config: ml_collections.ConfigDict, *, num_devices: int | None, process_count: int,
@@ -168,7 +151,7 @@ def _check_layer_list(value, key: str) -> None:
         raise ConfigError(f"config.{key}={tuple(value)!r}: expected layer numbers (integers), e.g. (0, 2, 4)")
 
 
-def _check_models(config, objective: Objective, teacher_config: ModelConfig | None, student_config: ModelConfig,
+def check_models(config, objective: Objective, teacher_config: ModelConfig | None, student_config: ModelConfig,
                   vocab_size: int) -> None:
     """Errors that need the models' configs: layer maps, vocabularies, positions, head counts."""
     where = f"the teacher ({config.teacher.checkpoint})" if config.teacher.source == "checkpoint" else "the teacher"
@@ -231,85 +214,6 @@ def _check_models(config, objective: Objective, teacher_config: ModelConfig | No
                                   f"the {name}'s width {model_config.hidden_size}")
 
 
-# ---------------------------------------------------------------------------------------------------- models
-
-
-def _teacher_config(config, vocab_size: int) -> ModelConfig | None:
-    teacher = config.teacher
-    if teacher.source == "none":
-        return None
-    if teacher.source == "checkpoint" and not teacher.checkpoint:  # a dry run of the recipe: mBERT's shapes
-        return mbert_base(vocab_size=vocab_size, head="mlm", add_pooler=False, dtype=teacher.dtype)
-    if teacher.source == "checkpoint":
-        return hf.read_config(teacher.checkpoint).replace(dtype=teacher.dtype)  # weights: validated when loaded
-    return ModelConfig(family="bert", vocab_size=vocab_size, hidden_size=teacher.hidden_size,
-                       num_hidden_layers=teacher.num_hidden_layers, num_attention_heads=teacher.num_attention_heads,
-                       intermediate_size=teacher.intermediate_size,
-                       max_position_embeddings=teacher.max_position_embeddings, head="mlm", add_pooler=False,
-                       dtype=teacher.dtype)
-
-
-def _student_config(config, teacher_config: ModelConfig | None, vocab_size: int) -> ModelConfig:
-    """The student's shape. From teacher layers it has an MLM head when the teacher has one (copied) or the MLM
-    term needs one (new, when the teacher is a headless BertModel); a headless teacher distilled with the
-    representation terms alone gives a headless student (a DistilBertModel folder)."""
-    student = config.student
-    if student.init == "teacher_layers":
-        head = "mlm" if teacher_config.head == "mlm" or config.loss.alpha_mlm else None
-        return student_config_for(teacher_config, len(student.teacher_layers), head=head, dtype=student.dtype,
-                                  sinusoidal_pos_embds=student.sinusoidal_pos_embds)
-    family_fields = dict(type_vocab_size=0, add_pooler=False, classifier_dropout=0.2) \
-        if student.family == "distilbert" else dict(add_pooler=False)
-    return ModelConfig(family=student.family, vocab_size=vocab_size, hidden_size=student.hidden_size,
-                       num_hidden_layers=student.num_hidden_layers, num_attention_heads=student.num_attention_heads,
-                       intermediate_size=student.intermediate_size,
-                       max_position_embeddings=student.max_position_embeddings, head="mlm", dtype=student.dtype,
-                       sinusoidal_pos_embds=student.sinusoidal_pos_embds and student.family == "distilbert",
-                       **family_fields)
-
-
-def _load_teacher(config, teacher_config: ModelConfig | None, mesh, rules, kept_ids=None):
-    """(graphdef, params placed by the rules) or (None, None) without a teacher. With `kept_ids` (config.trim) the
-    teacher of `teacher_config`'s full vocabulary is trimmed to those rows before it is placed."""
-    if teacher_config is None:
-        return None, None
-    if config.teacher.source == "checkpoint" or kept_ids is not None:
-        if config.teacher.source == "checkpoint":
-            teacher = hf.load_pretrained(config.teacher.checkpoint, dtype=config.teacher.dtype)
-        else:  # the same random teacher as without trimming
-            teacher = create_model(teacher_config, seed=config.seed + 1, mesh=mesh, rules=rules)
-        if kept_ids is not None:
-            teacher = trim.trim_model(teacher, kept_ids)
-        graphdef, params = nnx.split(teacher)
-        return graphdef, jax.device_put(params, sharding.state_shardings(params, mesh, rules))
-    graphdef, params = nnx.split(create_model(teacher_config, seed=config.seed + 1, mesh=mesh, rules=rules))
-    return graphdef, params
-
-
-def _student_initializer(config, student_config: ModelConfig, teacher_graphdef, teacher_config):
-    """A traced function (teacher_params) -> the student's trainable nnx.State, and the student's graphdef."""
-
-    def build(teacher_params) -> DistillStudent:
-        # Placement is decided by the jitted init's out_shardings, not eagerly (and the Variables' metadata must
-        # match the teacher's, created the same way, for the layer copy).
-        with nnx.use_eager_sharding(False):
-            model = model_class(student_config)(student_config, rngs=nnx.Rngs(params=config.seed))
-            if config.student.init == "teacher_layers":
-                init_student_from_teacher(nnx.merge(teacher_graphdef, teacher_params), model,
-                                          teacher_layers=tuple(config.student.teacher_layers),
-                                          copy_mlm_transform=config.student.copy_mlm_transform)
-            projection = None
-            if config.loss.alpha_hidden_mse and config.loss.hidden_projection:
-                projection = losses.HiddenProjection(student_config.hidden_size, teacher_config.hidden_size,
-                                                     rngs=nnx.Rngs(params=config.seed + 2))
-            return DistillStudent(model, projection)
-
-    def init_params(teacher_params):
-        return nnx.state(build(teacher_params), nnx.Param)
-
-    return init_params, build
-
-
 def _trim_vocabulary(config, tokenizer, workdir: Path):
     """config.trim.enabled: the vocabulary of the training corpus (config.data's corpus and languages), its
     tokenizer and kept_ids.json written to workdir/trim/ by process 0; None otherwise."""
@@ -318,7 +222,8 @@ def _trim_vocabulary(config, tokenizer, workdir: Path):
         return None
 
     def trimmed(out_dir):
-        return trim.trim_for_training(tokenizer, _corpus(config), languages=list(config.data.languages) or None,
+        return trim.trim_for_training(tokenizer, pipeline.corpus_path(config),
+                                      languages=list(config.data.languages) or None,
                                       data_dir=config.data.tfds_data_dir or None, min_count=settings.min_count,
                                       single_chars=settings.single_chars, out_dir=out_dir)
 
@@ -335,181 +240,6 @@ def _trimmed_tokenizer(workdir) -> Path:
     return folder / "tokenizer.json"
 
 
-# ------------------------------------------------------------------------------------------------------ data
-
-
-def _corpus(config) -> str | os.PathLike:
-    """What config.data.corpus names: the embedded corpus' folder, 'wikipedia', a folder of <lang>.txt, or a folder
-    `distil prepare` wrote."""
-    return embedded_corpus_dir() if config.data.corpus == "embedded" else config.data.corpus
-
-
-def prepare_corpus(config, tokenizer_path, out_dir: Path) -> None:
-    """Binarises config.data.corpus into `out_dir` (resumable; a finished one is reused)."""
-    prepare(_corpus(config), out_dir, tokenizer_path=tokenizer_path, languages=list(config.data.languages) or None,
-            data_dir=config.data.tfds_data_dir or None, sampling_alpha=config.data.sampling_alpha, seed=config.seed,
-            max_length=config.data.max_length, progress=jax.process_index() == 0,
-            # tokenizers' own threads, no worker processes: forking after JAX (and jax.distributed) started is
-            # unsafe, and in-process was the fastest on small hosts anyway (experiments/bench_binarize.py).
-            num_workers=0)
-
-
-def corpus_fingerprint(sequences, token_counts: np.ndarray) -> str:
-    """A short hash of the binarised corpus' content (lengths and token counts), stored with checkpoints."""
-    digest = hashlib.sha256(np.asarray(sequences.lengths, np.int64).tobytes())
-    digest.update(np.asarray(token_counts, np.int64).tobytes())
-    return digest.hexdigest()[:16]
-
-
-class MaskUpdate:
-    """Host-side transform of one step's rows: MLM masking, then `[micro_batches, rows, length]` arrays.
-
-    The reference masks each GPU's batch (5 sequences) on its own: ceil(0.15 x its real tokens) targets. Here a
-    micro-batch is masked in groups of `group_size` consecutive rows, each group from its own stream
-    (seed, step, micro-batch, global group index). A process holds whole groups of every micro-batch, so the masks
-    are the same whatever the number of processes (and a resumed run masks exactly as the uninterrupted one).
-    """
-
-    def __init__(self, token_probs, specials, vocab_size: int, masking, *, seed: int, micro_batches: int,
-                 group_size: int, first_group: int):
-        self.token_probs, self.specials, self.vocab_size = token_probs, specials, vocab_size
-        self.masking, self.seed, self.micro_batches = masking, seed, micro_batches
-        self.group_size, self.first_group = group_size, first_group
-
-    def __call__(self, step: int, rows: dict) -> dict:
-        split = {name: value.reshape(self.micro_batches, -1, *value.shape[1:]) for name, value in rows.items()}
-        masked, labels = np.empty_like(split["input_ids"]), np.empty_like(split["input_ids"])
-        for micro in range(self.micro_batches):
-            for start in range(0, split["input_ids"].shape[1], self.group_size):
-                group = slice(start, start + self.group_size)
-                masked[micro, group], labels[micro, group] = mask_batch(
-                    split["input_ids"][micro, group], split["lengths"][micro, group], self.token_probs,
-                    seed=self.seed, step=step * self.micro_batches + micro,
-                    process_index=self.first_group + start // self.group_size,  # the stream: the global group
-                    mask_id=self.specials.mask, vocab_size=self.vocab_size,
-                    mlm_mask_prop=self.masking.mlm_mask_prop, word_mask=self.masking.word_mask,
-                    word_keep=self.masking.word_keep, word_rand=self.masking.word_rand,
-                )
-        batch = {"input_ids": masked, "attention_mask": split["attention_mask"], "mlm_labels": labels}
-        batch.update({name: split[name] for name in ("segment_ids", "position_ids") if name in split})
-        return batch
-
-
-@dataclasses.dataclass
-class InputPipeline:
-    """What the trainer reads each step: the binarised corpus, its token counts, the per-host batch source, the
-    masking transform, and the grain dataset that applies it on 2 threads with 4 batches prefetched."""
-
-    sequences: TokenSequences
-    token_counts: np.ndarray
-    source: GroupedBatchSource
-    mask_update: MaskUpdate
-    dataset: grain.IterDataset
-
-
-def input_pipeline(config, data_dir: Path, tokenizer, vocab_size: int) -> InputPipeline:
-    """The host side of training over a corpus `prepare_corpus` wrote to `data_dir` (also what
-    experiments/bench_input_vs_step.py times)."""
-    sequences = open_binarized(data_dir)
-    token_counts = load_token_counts(data_dir)
-    specials = special_token_ids(tokenizer)
-    token_probs = token_probs_from_counts(token_counts, [specials.pad, specials.unk, specials.cls, specials.sep,
-                                                         specials.mask], smoothing=config.masking.mlm_smoothing)
-    batching = config.batching
-    try:
-        source = GroupedBatchSource(sequences, global_batch=batching.global_batch,
-                                    max_length=config.data.max_length, seed=config.seed,
-                                    pad_to_multiple=batching.pad_to_multiple, group_by_length=batching.group_by_length,
-                                    micro_batches=batching.micro_batches, composition=batching.composition)
-    except GlobalBatchError as err:
-        raise ConfigError(f"config.batching.global_batch={batching.global_batch}: {err}") from err
-    mask_update = MaskUpdate(token_probs, specials, vocab_size, config.masking, seed=config.seed,
-                             micro_batches=batching.micro_batches, group_size=config.masking.group_size,
-                             first_group=source.process_index * source.local_micro_rows // config.masking.group_size)
-    dataset = grain.MapDataset.source(source).map_with_index(mask_update).to_iter_dataset(
-        grain.ReadOptions(num_threads=2, prefetch_buffer_size=4))
-    return InputPipeline(sequences, token_counts, source, mask_update, dataset)
-
-
-# ------------------------------------------------------------------------------------------------------ step
-
-
-@dataclasses.dataclass
-class StepParts:
-    init_params: object  # traced (teacher_params) -> the trainable nnx.State
-    student_graphdef: nnx.GraphDef
-    tx: object
-    jitted: object  # the step under jax.jit with in/out shardings and donated state
-    batch_sharding: jax.sharding.NamedSharding
-    batch_names: tuple[str, ...]
-
-
-def _step_parts(config, objective: Objective, student_config: ModelConfig, teacher_config, teacher_graphdef,
-                teacher_params, num_steps: int, mesh, rules) -> StepParts:
-    """Everything the step is made of, from concrete or abstract (`jax.ShapeDtypeStruct`) teacher parameters: the
-    training run and the memory dry run build it the same way."""
-    init_params, build_student = _student_initializer(config, student_config, teacher_graphdef, teacher_config)
-    student_graphdef, abstract_params = nnx.split(nnx.eval_shape(build_student, teacher_params), nnx.Param)
-    settings = optimizer_settings(config.optimizer, num_steps)
-    tx = make_optimizer(settings)
-    _, state_shardings = abstract_train_state(init_params, (teacher_params,), tx, seed=config.seed, mesh=mesh,
-                                              rules=rules)
-    frozen = frozen_paths(abstract_params) if student_config.sinusoidal_pos_embds else set()
-    train_step = make_train_step(student_graphdef, teacher_graphdef, objective, tx, learning_rate_schedule(settings),
-                                 attention_heads=student_config.num_attention_heads, frozen=frozen,
-                                 remat=config.student.remat)
-    batch_sharding = sharding.logical_to_sharding((None, "batch", "length"), mesh, rules)
-    teacher_shardings = None if teacher_params is None else jax.tree.map(lambda x: x.sharding, teacher_params)
-    replicated = jax.sharding.NamedSharding(mesh, jax.P())
-    jitted = jax.jit(train_step, in_shardings=(state_shardings, teacher_shardings, batch_sharding),
-                     out_shardings=(state_shardings, replicated), donate_argnums=0)
-    batch_names = ("input_ids", "attention_mask", "mlm_labels") + (
-        ("segment_ids", "position_ids") if config.batching.composition == "packed" else ())
-    return StepParts(init_params, student_graphdef, tx, jitted, batch_sharding, batch_names)
-
-
-class CompiledSteps:
-    """The jitted step compiled ahead of use, once per padded length, with its memory and FLOPs logged."""
-
-    def __init__(self, jitted, state, teacher_params, batch_sharding, micro_batches: int, micro_rows: int, log,
-                 batch_names: tuple[str, ...], flops_per_token: Callable[[int], float]):
-        self.jitted, self.state, self.teacher_params = jitted, state, teacher_params
-        self.flops_per_token = flops_per_token
-        self.batch_names = batch_names
-        self.batch_sharding, self.micro_batches, self.micro_rows = batch_sharding, micro_batches, micro_rows
-        self.log = log
-        self.compiled: dict[int, object] = {}
-        self.analysis: dict[int, dict] = {}
-
-    def abstract_batch(self, length: int) -> dict:
-        shape = (self.micro_batches, self.micro_rows, length)
-        return {name: jax.ShapeDtypeStruct(shape, jnp.int32, sharding=self.batch_sharding) for name in self.batch_names}
-
-    def get(self, length: int):
-        if length not in self.compiled:
-            started = time.perf_counter()
-            compiled = self.jitted.lower(self.state, self.teacher_params, self.abstract_batch(length)).compile()
-            self.compiled[length] = compiled
-            self.analysis[length] = step_analysis(compiled)
-            # XLA's cost analysis counts a loop body once, and the step loops over micro-batches, position chunks
-            # and vocabulary tiles: its count ("xla_flops") is far below the step's. "flops" is the model FLOPs per
-            # device instead (teacher forward + student forward and backward, spread evenly over the devices).
-            tokens = self.micro_batches * self.micro_rows * length
-            self.analysis[length]["flops"] = self.flops_per_token(length) * tokens / self.batch_sharding.num_devices
-            self.analysis[length]["compile_seconds"] = time.perf_counter() - started
-            self.log(f"compiled the step for length {length} in {self.analysis[length]['compile_seconds']:.1f}s: "
-                     + describe_analysis(self.analysis[length]))
-        return self.compiled[length]
-
-
-def model_flops_per_token(teacher: ModelConfig | None, student: ModelConfig) -> Callable[[int], float]:
-    """length -> the recipe's model FLOPs per token: teacher forward + student forward and backward (matmuls)."""
-    def per_token(length: int) -> float:
-        teacher_flops = teacher.forward_flops_per_token(length) if teacher is not None else 0.0
-        return teacher_flops + 3 * student.forward_flops_per_token(length)
-    return per_token
-
-
 # ------------------------------------------------------------------------------------------------------ main
 
 
@@ -524,18 +254,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     resolve_config("distill", config)
     recorded, config = config, local_inputs("distill", config)
     check_config(config, num_devices=configured_device_count(config), process_count=jax.process_count())
-    objective = _objective(config)
+    objective = assembly.make_objective(config)
     tokenizer_path = config.tokenizer or default_vocab_path()
     tokenizer = load_tokenizer(tokenizer_path)
     vocab_size = tokenizer.get_vocab_size()
-    teacher_config = _teacher_config(config, vocab_size)
-    student_config = _student_config(config, teacher_config, vocab_size)
-    _check_models(config, objective, teacher_config, student_config, vocab_size)
+    teacher_config = assembly.teacher_model_config(config, vocab_size)
+    student_config = assembly.student_model_config(config, teacher_config, vocab_size)
+    check_models(config, objective, teacher_config, student_config, vocab_size)
     if teacher_config is not None and teacher_config.head != "mlm" and student_config.head == "mlm":
         log("the teacher has no MLM head (a BertModel): the student's is new, trained by the mlm term alone")
     trimming = config.get("trim") is not None and config.trim.enabled
-    if is_prepared(_corpus(config)) and not trimming:  # (a trimmed run checks it against the trimmed tokenizer)
-        check_prepared(_corpus(config), tokenizer_path, config.data.max_length)
+    if is_prepared(pipeline.corpus_path(config)) and not trimming:  # (a trimmed run: against the trimmed tokenizer)
+        check_prepared(pipeline.corpus_path(config), tokenizer_path, config.data.max_length)
     with open_run(workdir, "distill", recorded) as run:
         if run.finished:
             log(run.finished_message())
@@ -561,13 +291,13 @@ def _train(config, workdir: Path, run, objective: Objective, tokenizer_path, tok
         tokenizer_path, tokenizer = _trimmed_tokenizer(workdir), trimming.tokenizer
         vocab_size = trimming.vocab_size
         teacher_config = trim.trimmed_model_config(teacher_config, trimming.kept_ids) if teacher_config else None
-        student_config = _student_config(config, teacher_config, vocab_size)
+        student_config = assembly.student_model_config(config, teacher_config, vocab_size)
         log(f"trimmed the vocabulary to the training corpus: {trimming.source_vocab_size:,} -> {vocab_size:,} "
             f"tokens ({workdir / TRIM_DIR / trim.KEPT_IDS_FILE})")
 
     # Data: the binarised corpus (a folder `distil prepare` wrote, used as it is, or prepared here by process 0),
     # length-grouped batches, masking per micro-batch on the host.
-    corpus = _corpus(config)
+    corpus = pipeline.corpus_path(config)
     if is_prepared(corpus):
         data_dir = Path(corpus)
         if trimming is not None:  # untrimmed runs checked it before opening the workdir
@@ -576,36 +306,34 @@ def _train(config, workdir: Path, run, objective: Objective, tokenizer_path, tok
         data_dir = workdir / DATA_DIR
         if jax.process_index() == 0:
             with storage.staged(data_dir, last=(INDEX_FILE,)) as local_dir:
-                prepare_corpus(config, tokenizer_path, local_dir)
+                pipeline.prepare_corpus(config, tokenizer_path, local_dir, progress=True)
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils
 
         multihost_utils.sync_global_devices("distil: corpus prepared")
     data_dir = storage.local_copy(data_dir, "the prepared corpus")
-    pipeline = input_pipeline(config, data_dir, tokenizer, vocab_size)
+    inputs = pipeline.input_pipeline(config, data_dir, tokenizer, vocab_size)
     batching = config.batching
-    num_steps = config.num_steps or config.num_epochs * pipeline.source.batches_per_epoch
-    iterator = iter(pipeline.dataset)
+    num_steps = config.num_steps or config.num_epochs * inputs.source.batches_per_epoch
+    iterator = iter(inputs.dataset)
     data_settings = {
         "seed": config.seed, "global_batch": batching.global_batch, "micro_batches": batching.micro_batches,
         "max_length": config.data.max_length, "pad_to_multiple": batching.pad_to_multiple,
         "group_by_length": batching.group_by_length, "composition": batching.composition,
-        "masking": dict(config.masking), "corpus": corpus_fingerprint(pipeline.sequences, pipeline.token_counts),
+        "masking": dict(config.masking), "corpus": pipeline.corpus_fingerprint(inputs.sequences, inputs.token_counts),
     }
 
     with sharding.activation_rules(mesh, rules):
         # Teacher: frozen, sharded by the same rules, an input of the step (never in the optimizer or checkpoint).
-        teacher_graphdef, teacher_params = _load_teacher(config, full_teacher_config, mesh, rules,
+        teacher_graphdef, teacher_params = assembly.load_teacher(config, full_teacher_config, mesh, rules,
                                                          None if trimming is None else trimming.kept_ids)
 
         # Student (and loss-side parameters) and optimizer state, created sharded; the step, jitted once.
-        parts = _step_parts(config, objective, student_config, teacher_config, teacher_graphdef, teacher_params,
+        parts = assembly.build_step(config, objective, student_config, teacher_config, teacher_graphdef, teacher_params,
                             num_steps, mesh, rules)
         state, state_shardings = create_train_state(parts.init_params, (teacher_params,), parts.tx, seed=config.seed,
                                                     mesh=mesh, rules=rules)
-        steps = CompiledSteps(parts.jitted, state, teacher_params, parts.batch_sharding, batching.micro_batches,
-                              batching.global_batch // batching.micro_batches, log, parts.batch_names,
-                              model_flops_per_token(teacher_config, student_config))
+        steps = assembly.compiled_steps(config, parts, state, teacher_params, teacher_config, student_config, log)
         ahead = steps.get(config.data.max_length)  # the longest padded length: the step's worst-case memory
         del ahead
 
@@ -701,26 +429,25 @@ def dry_run(config: ml_collections.ConfigDict) -> dict:
                           f"XLA_FLAGS=--xla_force_host_platform_device_count={num_devices} JAX_PLATFORMS=cpu")
     resolve_config("distill", config)
     check_config(config, num_devices=num_devices, process_count=1, dry_run=True)
-    objective = _objective(config)
+    objective = assembly.make_objective(config)
     rules = tuple(tuple(rule) for rule in config.sharding.logical_axis_rules)
     mesh = sharding.make_mesh({axis: config.mesh[axis] for axis in sharding.MESH_AXES}, jax.devices()[:num_devices])
     vocab_size = load_tokenizer(config.tokenizer or default_vocab_path()).get_vocab_size()
-    teacher_config = _teacher_config(config, vocab_size)
-    student_config = _student_config(config, teacher_config, vocab_size)
-    _check_models(config, objective, teacher_config, student_config, vocab_size)
+    teacher_config = assembly.teacher_model_config(config, vocab_size)
+    student_config = assembly.student_model_config(config, teacher_config, vocab_size)
+    check_models(config, objective, teacher_config, student_config, vocab_size)
     with sharding.activation_rules(mesh, rules):
         teacher_graphdef = teacher_params = None
         if teacher_config is not None:
             teacher_graphdef, shapes = nnx.split(abstract_model(teacher_config))
             teacher_params = sharding.abstract_with_shardings(shapes, sharding.state_shardings(shapes, mesh, rules))
-        parts = _step_parts(config, objective, student_config, teacher_config, teacher_graphdef, teacher_params,
+        parts = assembly.build_step(config, objective, student_config, teacher_config, teacher_graphdef, teacher_params,
                             max(config.num_steps, 1), mesh, rules)
         state, _ = abstract_train_state(parts.init_params, (teacher_params,), parts.tx, seed=config.seed, mesh=mesh,
                                         rules=rules)
         batching = config.batching
-        steps = CompiledSteps(parts.jitted, state, teacher_params, parts.batch_sharding, batching.micro_batches,
-                              batching.global_batch // batching.micro_batches, lambda message: None,
-                              parts.batch_names, model_flops_per_token(teacher_config, student_config))
+        steps = assembly.compiled_steps(config, parts, state, teacher_params, teacher_config, student_config,
+                                        lambda message: None)
         steps.get(config.data.max_length)
     analysis = steps.analysis[config.data.max_length]
     micro_rows = batching.global_batch // batching.micro_batches

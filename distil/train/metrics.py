@@ -111,8 +111,15 @@ class Progress:
             return
         step, steps_per_sec = row["step"], row["steps_per_sec"]
         remaining = (self.total_steps - step) / steps_per_sec if steps_per_sec > 0 else math.inf
-        eta = time.strftime("%H:%M:%S", time.gmtime(remaining)) if math.isfinite(remaining) else "?"
+        eta = _duration(remaining) if math.isfinite(remaining) else "?"
         parts = " ".join(f"{term} {row[term]:.4f}" for term in terms)
         print(f"step {step}/{self.total_steps}  loss {row['loss']:.4f} ({parts})  lr {row['learning_rate']:.2e}  "
               f"{steps_per_sec:.2f} steps/s  {row['tokens_per_sec']:,.0f} tokens/s  ETA {eta}",
               file=self.stream or sys.stdout, flush=True)
+
+
+def _duration(seconds: float) -> str:
+    """HH:MM:SS, with days in front past one (a full-size distillation runs for days)."""
+    days, rest = divmod(int(seconds), 86_400)
+    clock = time.strftime("%H:%M:%S", time.gmtime(rest))
+    return f"{days}d {clock}" if days else clock
