@@ -164,7 +164,7 @@ def _tokenizer_for(checkpoint, tokenizer_path: str | None):
     if not tokenizer_path:
         return None
     tokenizer = load_tokenizer(tokenizer_path)
-    hf.check_tokenizer(checkpoint.config, tokenizer, model=f"{checkpoint.folder} ({hf.CONFIG_FILE})",
+    hf.check_tokenizer(checkpoint.config, tokenizer, model=f"{checkpoint.folder} ({hf.MODEL_CONFIG_FILE})",
                        tokenizer_name=f"--tokenizer {tokenizer_path}")
     return tokenizer
 

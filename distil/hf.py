@@ -30,10 +30,11 @@ from flax import nnx
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
+from distil import storage
 from distil.atomic import write_folder_atomically
 from distil.models import Model, ModelConfig, abstract_model
 
-CONFIG_FILE = "config.json"
+MODEL_CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 WEIGHTS_INDEX_FILE = "model.safetensors.index.json"
 
@@ -186,13 +187,7 @@ def _hf_shape(layout: str, distil_shape: tuple[int, ...]) -> tuple[int, ...]:
 def _read_json(path: Path) -> dict:
     if not path.is_file():
         raise CheckpointFormatError(f"{path}: missing; a Hugging Face model folder needs {path.name}")
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise CheckpointFormatError(f"{path}: not valid JSON ({err})") from err
-    if not isinstance(value, dict):
-        raise CheckpointFormatError(f"{path}: expected a JSON object {{...}}, got {type(value).__name__} {value!r:.40}")
-    return value
+    return storage.read_json(path, error=CheckpointFormatError)
 
 
 _REQUIRED = object()
@@ -491,7 +486,7 @@ class Checkpoint:
 def read_config(folder: str | os.PathLike) -> ModelConfig:
     """The `ModelConfig` of a Hugging Face folder from its config.json alone: no weight file is opened (the memory
     dry run needs only shapes; `read_checkpoint` validates the weights)."""
-    config_path = Path(folder) / CONFIG_FILE
+    config_path = Path(folder) / MODEL_CONFIG_FILE
     return config_from_hf(_read_json(config_path), config_path)
 
 
@@ -500,13 +495,13 @@ def read_checkpoint(folder: str | os.PathLike, *, allow_unused: bool = False) ->
     `distil inspect` rejects what `distil export` rejects). Errors name the file and the tensor or field."""
     folder = Path(folder)
     if not folder.exists():
-        raise CheckpointFormatError(f"{folder}: no such folder; expected a Hugging Face folder ({CONFIG_FILE} + "
+        raise CheckpointFormatError(f"{folder}: no such folder; expected a Hugging Face folder ({MODEL_CONFIG_FILE} + "
                                     f"{WEIGHTS_FILE})")
     if not folder.is_dir():
         raise CheckpointFormatError(
-            f"{folder}: is a file; expected a Hugging Face folder ({CONFIG_FILE} + {WEIGHTS_FILE})"
+            f"{folder}: is a file; expected a Hugging Face folder ({MODEL_CONFIG_FILE} + {WEIGHTS_FILE})"
         )
-    config_path = folder / CONFIG_FILE
+    config_path = folder / MODEL_CONFIG_FILE
     hf = _read_json(config_path)
     config = config_from_hf(hf, config_path)
     weight_files = _weight_files(folder)
@@ -733,7 +728,7 @@ def save_pretrained(
     def write(staging: Path) -> None:
         save_file(hf_tensors(model), str(staging / WEIGHTS_FILE), metadata={"format": "pt"})
         config_text = json.dumps(config_to_hf(model.config, label_names), indent=2, sort_keys=True) + "\n"
-        (staging / CONFIG_FILE).write_text(config_text, encoding="utf-8")
+        (staging / MODEL_CONFIG_FILE).write_text(config_text, encoding="utf-8")
         if tokenizer is not None:
             from distil.tokenization import save_tokenizer
 

@@ -106,12 +106,7 @@ def read_results(path: str | os.PathLike) -> dict:
     if not file.is_file():
         where = f"{path}: no {RESULTS_FILE}" if storage.location(path).is_dir() else f"{path}: no such file"
         raise ReportError(f"{where}; expected the results of `distil xnli` (run it on that workdir first)")
-    try:
-        results = json.loads(file.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ReportError(f"{file}: not valid JSON ({err})") from None
-    if not isinstance(results, dict):
-        raise ReportError(f"{file}: expected a JSON object, got {type(results).__name__}")
+    results = storage.read_json(file, error=ReportError)
     for key in ("model", "family", "dev", "test", "average", "std", "seeds"):
         if key not in results:
             raise ReportError(f"{file}: key {key!r} is missing; expected an xnli_results.json of `distil xnli`")

@@ -98,12 +98,6 @@ def make_mesh(mesh_config: Mapping[str, int], devices: Sequence[jax.Device] | No
                          devices=devices)
 
 
-def abstract_mesh(mesh_config: Mapping[str, int], num_devices: int) -> jax.sharding.AbstractMesh:
-    """The mesh of `num_devices` devices without any devices: for compiling ahead of time (memory dry runs)."""
-    shape = mesh_shape(mesh_config, num_devices)
-    return jax.sharding.AbstractMesh(shape, MESH_AXES, axis_types=(jax.sharding.AxisType.Auto,) * len(MESH_AXES))
-
-
 # ------------------------------------------------------------------------------------------------------ rules
 
 
@@ -184,9 +178,24 @@ def abstract_with_shardings(shapes, shardings):
 # ---------------------------------------------------------------------------------------------------- batches
 
 
-def batch_sharding(mesh: jax.sharding.Mesh, rules: LogicalRules) -> jax.sharding.NamedSharding:
-    """How a [batch, length] input is split: `batch` over the data-parallel axes, as the models' activations."""
-    return logical_to_sharding(("batch", "length"), mesh, rules)
+def batch_sharding(mesh: jax.sharding.Mesh, rules: LogicalRules, *, micro_batched: bool = False
+                   ) -> jax.sharding.NamedSharding:
+    """How a [batch, length] input is split: `batch` over the data-parallel axes, as the models' activations; with
+    `micro_batched`, how a [micro_batches, batch, length] one is (the micro-batch axis unsplit: the step scans it)."""
+    return logical_to_sharding(((None,) if micro_batched else ()) + ("batch", "length"), mesh, rules)
+
+
+def shards_of(logical_axis: str, size: int) -> int:
+    """Into how many parts an array axis of `size` named `logical_axis` is split under the mesh and logical rules in
+    scope (`activation_rules`; 1 outside them, or when `size` does not divide evenly). For code that must know its
+    per-device share inside a jitted function (the vocabulary losses' chunks and tiles)."""
+    mesh = jax.sharding.get_abstract_mesh()
+    spec = nn.logical_to_mesh_axes((logical_axis,)) if not mesh.empty else None
+    axes = spec[0] if spec else None
+    if axes is None:
+        return 1
+    shards = math.prod(mesh.shape[axis] for axis in ((axes,) if isinstance(axes, str) else axes))
+    return shards if size % shards == 0 else 1
 
 
 def make_global_batch(

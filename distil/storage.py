@@ -78,6 +78,33 @@ def location(path: str | os.PathLike) -> Location:
     return epath.Path(os.fspath(path))
 
 
+# --------------------------------------------------------------------------------------------------- reading
+
+
+def read_json(path: str | os.PathLike, what: str = "", *, error: type[Exception] = StorageError) -> dict:
+    """The JSON object in `path` (local or on an object store): one reader for every JSON file distil reads. A
+    missing file raises `FileNotFoundError` (callers say what it means); anything else wrong raises `error` with
+    one line naming the path (and line), what is wrong and, given `what`, what was expected."""
+    path = location(path)
+    expected = f"; expected the {what}" if what else ""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise
+    except UnicodeDecodeError:
+        raise error(f"{path}: not UTF-8 text{expected}") from None
+    except OSError as err:
+        raise error(f"{path}: cannot be read ({err.strerror or err}){expected}") from None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise error(f"{path}:{err.lineno}: not valid JSON ({err.msg}){expected}") from None
+    if not isinstance(value, dict):
+        raise error(f"{path}: expected a JSON object {{...}}{f' (the {what})' if what else ''}, got "
+                    f"{type(value).__name__}")
+    return value
+
+
 # --------------------------------------------------------------------------------------------------- writing
 
 
@@ -152,7 +179,7 @@ def local_copy(path: str | os.PathLike, what: str = "input") -> Path:
         raise StorageError(f"{what} {path}: does not exist (no object under it)")
     folder = cache_folder(remote)
     folder.mkdir(parents=True, exist_ok=True)
-    record = _read_json(folder / _COPY_RECORD)
+    record = _read_record(folder / _COPY_RECORD)
     for name, stat in files.items():
         target = folder / name
         if record.get(name) == list(stat) and target.is_file():
@@ -188,10 +215,10 @@ def staged(path: str | os.PathLike, *, last: Iterable[str] = ()) -> Iterator[Pat
     folder = cache_folder(remote)
     if remote.is_dir() and any(remote.iterdir()):
         local_copy(remote, "the folder")  # what the bucket holds need not be sent back
-        _write_json(folder / _UPLOAD_RECORD, _local_files(folder, _read_json(folder / _COPY_RECORD)))
+        _write_json(folder / _UPLOAD_RECORD, _local_files(folder, _read_record(folder / _COPY_RECORD)))
     folder.mkdir(parents=True, exist_ok=True)
     yield folder
-    uploaded = _read_json(folder / _UPLOAD_RECORD)
+    uploaded = _read_record(folder / _UPLOAD_RECORD)
     _write_json(folder / _UPLOAD_RECORD, upload_folder(folder, remote, last=last, unchanged=uploaded))
     # The uploaded objects are now what the copy mirrors: recorded, local_copy does not fetch them again.
     files = _remote_files(remote)
@@ -203,7 +230,7 @@ def _local_files(folder: Path, names) -> dict[str, list]:
             if (folder / name).is_file()}
 
 
-def _read_json(path: Path) -> dict:
+def _read_record(path: Path) -> dict:
     try:
         value = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):

@@ -27,7 +27,7 @@ from distil.atomic import write_atomically, write_text_atomically
 from distil.data.nli import xnli_languages
 from distil.train.metrics import read_metrics
 from distil.train.objective import TERMS
-from distil.train.run import (CHECKPOINT_DIR, CONFIG_FILE, LOSS_CURVES_FILE, METRICS_FILE, SUMMARY_FILE, SWEEP_RECORD,
+from distil.train.run import (CHECKPOINT_DIR, RUN_CONFIG_FILE, LOSS_CURVES_FILE, METRICS_FILE, SUMMARY_FILE, SWEEP_RECORD,
                               RUN_FILE, XNLI_DIR, check_output_folder, flatten)
 
 LOSS_TERMS = ("loss", *TERMS)  # the weighted total, then each objective term as `distil distill` logs it
@@ -37,18 +37,15 @@ STEM = "sweep_report"
 # ---------------------------------------------------------------------------------------------------- reading
 
 
-def _read_json(path: Path):
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise report.ReportError(f"{path}: not valid JSON ({err})") from None
+def _read_json(path) -> dict:
+    return storage.read_json(path, error=report.ReportError)
 
 
 def read_run(folder: Path, name: str) -> dict:
     """One `distil distill` workdir: {"name", "folder", "config" (flat), "status", "final", "curve", "xnli"}."""
-    config = _read_json(folder / CONFIG_FILE)
+    config = _read_json(folder / RUN_CONFIG_FILE)
     if not isinstance(config, dict):
-        raise report.ReportError(f"{folder / CONFIG_FILE}: expected a JSON object (the run's config)")
+        raise report.ReportError(f"{folder / RUN_CONFIG_FILE}: expected a JSON object (the run's config)")
     curve = read_metrics(folder / METRICS_FILE)
     summary = _read_json(folder / SUMMARY_FILE) if (folder / SUMMARY_FILE).is_file() else None
     if summary is not None:
@@ -68,7 +65,7 @@ def read_run(folder: Path, name: str) -> dict:
 def _is_distill_run(folder: Path) -> bool:
     if (folder / RUN_FILE).is_file():
         return _read_json(folder / RUN_FILE).get("command") == "distill"
-    return (folder / CONFIG_FILE).is_file() and ((folder / METRICS_FILE).is_file() or (folder / CHECKPOINT_DIR).is_dir()
+    return (folder / RUN_CONFIG_FILE).is_file() and ((folder / METRICS_FILE).is_file() or (folder / CHECKPOINT_DIR).is_dir()
                                                  or (folder / SUMMARY_FILE).is_file())
 
 
@@ -93,7 +90,7 @@ def collect(paths: Sequence[str | os.PathLike]) -> tuple[list[dict], list[dict]]
                                            if child.is_dir() and _is_distill_run(child))
             if not names:
                 raise report.ReportError(
-                    f"{path}: no {report.RESULTS_FILE}, {CONFIG_FILE} or {SWEEP_RECORD}; expected a `distil xnli` "
+                    f"{path}: no {report.RESULTS_FILE}, {RUN_CONFIG_FILE} or {SWEEP_RECORD}; expected a `distil xnli` "
                     "workdir, a `distil distill` workdir or a sweep root (run folders, or the sweep.json of `distil "
                     "sweep`)")
             for name in names:

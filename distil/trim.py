@@ -44,6 +44,7 @@ import numpy as np
 import tokenizers
 from flax import nnx
 
+from distil import storage
 from distil.atomic import check_replaceable_folder, refuse_overlap, write_text_atomically
 from distil.lines import read_utf8_lines
 from distil.models import Model, ModelConfig, abstract_model, parameter_count
@@ -134,12 +135,7 @@ def corpus_token_counts(
     languages = list(languages) if languages else None
     path = Path(corpus)
     if os.fspath(corpus) != "wikipedia" and (path / binarize.INDEX_FILE).is_file():
-        try:
-            index = json.loads((path / binarize.INDEX_FILE).read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise TrimError(f"{path / binarize.INDEX_FILE}: not valid JSON ({err})") from None
-        if not isinstance(index, dict):
-            raise TrimError(f"{path / binarize.INDEX_FILE}: expected the JSON object distil prepare writes")
+        index = storage.read_json(path / binarize.INDEX_FILE, "index distil prepare writes", error=TrimError)
         corpus_languages = sorted({lang for shard in index.get("shards", []) for lang in shard.get("languages", {})})
         if index.get("vocab_size") != vocab_size:
             raise TrimError(f"{path / binarize.INDEX_FILE}: the corpus was binarised with a vocabulary of "
@@ -472,7 +468,7 @@ def trim_folder(
     except TokenizerError as err:
         raise TrimError(f"{err}; distil trim needs the model's tokenizer in its folder (write it there with "
                         "distil export SRC DST --tokenizer VOCAB)") from None
-    hf.check_tokenizer(checkpoint.config, tokenizer, model=f"{source} ({hf.CONFIG_FILE})",
+    hf.check_tokenizer(checkpoint.config, tokenizer, model=f"{source} ({hf.MODEL_CONFIG_FILE})",
                        tokenizer_name=f"its tokenizer ({source})")
     keep_tokens = read_keep_vocab(keep_vocab, tokenizer, str(source)) if keep_vocab else []
     if not isinstance(min_count, int) or isinstance(min_count, bool) or min_count < 1:
@@ -533,11 +529,9 @@ def read_kept_ids(path: str | os.PathLike) -> np.ndarray:
     if path.is_dir():
         path = path / KEPT_IDS_FILE
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = storage.read_json(path, f"{KEPT_IDS_FILE} of a trimmed model", error=TrimError)
     except FileNotFoundError:
         raise TrimError(f"{path}: not found; expected the {KEPT_IDS_FILE} of a trimmed model") from None
-    except json.JSONDecodeError as err:
-        raise TrimError(f"{path}: not valid JSON ({err})") from None
-    if not isinstance(data, dict) or data.get("format") != FORMAT or not isinstance(data.get("kept_ids"), list):
+    if data.get("format") != FORMAT or not isinstance(data.get("kept_ids"), list):
         raise TrimError(f"{path}: expected a {FORMAT} object with a 'kept_ids' list")
     return np.asarray(data["kept_ids"], np.int64)

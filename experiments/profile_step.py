@@ -92,7 +92,7 @@ def parts(size: str, chunk: int, tile: int, steps: int, teacher_dtype: str) -> d
     import optax
     from flax import nnx
 
-    from distil import losses
+    from distil import losses, vocabulary_losses
     from distil.models import ModelConfig, create_model, student_config_for
     from distil.train.state import OptimizerSettings, make_optimizer
     from distil.tokenization import default_vocab_path, load_tokenizer
@@ -145,7 +145,7 @@ def parts(size: str, chunk: int, tile: int, steps: int, teacher_dtype: str) -> d
 
     def vocab_chunked(hidden, embedding, bias, tile_size=0):
         def loss(hidden, embedding, bias):
-            return losses.vocabulary_losses(
+            return vocabulary_losses.vocabulary_losses(
                 hidden, (embedding, bias), coefficients=coefficients, chunk_size=chunk, tile_size=tile_size,
                 mlm_labels=labels,
                 teacher_hidden=fixed_teacher.mlm_hidden, teacher_decoder=fixed_teacher.mlm_decoder, ce_weights=mask,

@@ -14,9 +14,11 @@ from flax import nnx
 
 from conftest import padded_batch
 from hf_reference import save_hf_model
-from distil import hf, losses
+from distil import hf
+from distil import vocabulary_losses as vocabulary_module
 from distil.losses import (HiddenProjection, attention_kl, hidden_cosine, hidden_mse, logits_mse, masked_lm,
-                           minilm_relations, soft_cross_entropy, vocabulary_losses)
+                           minilm_relations, soft_cross_entropy)
+from distil.vocabulary_losses import vocabulary_losses
 
 BATCH, LENGTH, VOCAB, HIDDEN = 3, 7, 41, 16
 LENGTHS = [7, 4, 2]  # uneven padding; row 2 holds a single MLM target, row 0 several
@@ -473,7 +475,7 @@ def test_vocabulary_losses_and_gradients_equal_the_plain_losses(coefficients, ch
 ])
 def test_vocabulary_tiles(share, tile_size, want):
     tile, tiles = want
-    assert losses._vocabulary_tiles(share, tile_size) == want
+    assert vocabulary_module._vocabulary_tiles(share, tile_size) == want
     assert tile <= max(tile_size, share) and tile * tiles >= share and (tiles - 1) * tile < share
 
 

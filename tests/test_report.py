@@ -81,8 +81,8 @@ def _write(path: Path, text: str) -> Path:
 
 @pytest.mark.parametrize("content, message", [
     (None, r"no xnli_results\.json, config\.json or sweep\.json; expected a `distil xnli` workdir"),
-    ("{oops", r"xnli_results\.json: not valid JSON"),
-    ("[1]", r"xnli_results\.json: expected a JSON object, got list"),
+    ("{oops", r"xnli_results\.json:1: not valid JSON \(Expecting property name"),
+    ("[1]", r"xnli_results\.json: expected a JSON object \{\.\.\.\}, got list"),
     (json.dumps({k: v for k, v in TEACHER.items() if k != "test"}), r"xnli_results\.json: key 'test' is missing"),
     (json.dumps({**TEACHER, "dev": {**TEACHER["dev"], "de": 71.2}}),
      r"xnli_results\.json: dev\.de must be an accuracy in \[0, 1\], got 71\.2"),

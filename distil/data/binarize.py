@@ -38,6 +38,7 @@ from pathlib import Path
 import numpy as np
 import tqdm
 
+from distil import storage
 from distil.atomic import make_output_folder, remove_stale_temporaries, write_atomically, write_text_atomically
 from distil.data import text as text_sources
 from distil.tokenization import default_vocab_path, load_tokenizer, special_token_ids
@@ -205,11 +206,9 @@ def _save_index(out_dir: Path, index: dict) -> None:
 def _read_index(out_dir: Path) -> dict:
     path = out_dir / INDEX_FILE
     try:
-        index = json.loads(path.read_text("utf-8"))
+        index = storage.read_json(path, "index of a binarized dataset", error=BinarizeError)
     except FileNotFoundError:
         raise FileNotFoundError(f"{path} does not exist: {out_dir} is not a binarized dataset") from None
-    except json.JSONDecodeError as err:
-        raise BinarizeError(f"{path}:{err.lineno}: not valid JSON ({err.msg})") from None
     if index.get("format") != FORMAT:
         raise BinarizeError(f"{path}: field 'format' must be {FORMAT!r}, got {index.get('format')!r}")
     return index

@@ -40,7 +40,7 @@ class EncoderOutput:
         in the compute dtype (MiniLM-v2 relations)
     mlm_hidden, mlm_decoder: with `output_mlm_hidden=True` (and logits None), the MLM head's output before its
         decoder [batch, length, hidden] in the compute dtype, and the decoder as stored: (word embeddings
-        [vocab, hidden], bias [vocab]); `losses.vocabulary_losses` takes them to never build the logits
+        [vocab, hidden], bias [vocab]); `vocabulary_losses.vocabulary_losses` takes them to never build the logits
     """
 
     last_hidden_state: jax.Array

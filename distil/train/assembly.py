@@ -136,7 +136,7 @@ def build_step(config, objective: Objective, student_config: ModelConfig, teache
     train_step = make_train_step(student_graphdef, teacher_graphdef, objective, tx, learning_rate_schedule(settings),
                                  attention_heads=student_config.num_attention_heads, frozen=frozen,
                                  remat=config.student.remat)
-    batch_sharding = sharding.logical_to_sharding((None, "batch", "length"), mesh, rules)
+    batch_sharding = sharding.batch_sharding(mesh, rules, micro_batched=True)
     teacher_shardings = None if teacher_params is None else jax.tree.map(lambda x: x.sharding, teacher_params)
     replicated = jax.sharding.NamedSharding(mesh, jax.P())
     jitted = jax.jit(train_step, in_shardings=(state_shardings, teacher_shardings, batch_sharding),

@@ -9,7 +9,7 @@ not an average of micro-batch means. Every term's count depends on the batch's m
 gradient accumulator. `tests/test_distill.py` checks these counts against the ones the losses return.
 
 With `vocab_chunk_size` > 0 the vocabulary terms (ce, mlm, mse) never see [batch, length, vocab] logits: the models
-hand over their MLM heads' hidden states and tied decoders (`output_mlm_hidden`) and `losses.vocabulary_losses`
+hand over their MLM heads' hidden states and tied decoders (`output_mlm_hidden`) and `vocabulary_losses.vocabulary_losses`
 applies the decoders about `vocab_chunk_size` positions and `vocab_tile_size` vocabulary entries at a time, with
 the gradient of `Σ alpha_t · sum_t / total_t` fused into its forward pass; `Objective.loss` is the one place that
 combines the terms either way.
@@ -22,7 +22,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from distil import losses
+from distil import losses, sharding, vocabulary_losses
 from distil.data.masking import IGNORE_INDEX
 from distil.models import EncoderOutput
 
@@ -75,7 +75,7 @@ class Objective:
     @property
     def chunked_vocabulary(self) -> bool:
         """Whether the vocabulary terms run chunked: then the models are asked for `output_mlm_hidden`."""
-        return self.vocab_chunk_size > 0 and any(term in losses.VOCABULARY_TERMS for term in self.terms)
+        return self.vocab_chunk_size > 0 and any(term in vocabulary_losses.VOCABULARY_TERMS for term in self.terms)
 
     @property
     def needs_attentions(self) -> bool:
@@ -118,12 +118,12 @@ class Objective:
         """(sum, count) of every active term (or of `terms`) on one micro-batch ([micro, length] arrays).
 
         The vocabulary terms come from the logits, or, for outputs with `mlm_hidden` instead (`output_mlm_hidden`),
-        from `losses.vocabulary_losses`, whose per-term sums carry no gradient: differentiate `loss`.
+        from `vocabulary_losses.vocabulary_losses`, whose per-term sums carry no gradient: differentiate `loss`.
         """
         mask, mlm_labels = batch["attention_mask"], batch["mlm_labels"]
         terms = self.terms if terms is None else terms
         out = {}
-        chunked = [term for term in terms if term in losses.VOCABULARY_TERMS and student.logits is None]
+        chunked = [term for term in terms if term in vocabulary_losses.VOCABULARY_TERMS and student.logits is None]
         if chunked:
             out.update(self._vocabulary_losses(student, teacher, batch, {term: 1.0 for term in chunked})[1])
         for term in terms:
@@ -163,11 +163,11 @@ class Objective:
         `counts` over the whole update, and each term's sum (for the metrics).
 
         Chunked (`chunked_vocabulary`, outputs with `mlm_hidden`), the vocabulary terms' share and its gradient
-        come from one `losses.vocabulary_losses` call given the coefficients alpha_t / max(total_t, 1).
+        come from one `vocabulary_losses.vocabulary_losses` call given the coefficients alpha_t / max(total_t, 1).
         """
         scale = {term: self.alpha(term) / jnp.maximum(totals[term], 1.0) for term in self.terms}
         vocabulary = {term: scale[term] for term in self.terms
-                      if term in losses.VOCABULARY_TERMS and student.logits is None}
+                      if term in vocabulary_losses.VOCABULARY_TERMS and student.logits is None}
         loss, sums = jnp.zeros((), jnp.float32), {}
         if vocabulary:
             loss, vocabulary_sums = self._vocabulary_losses(student, teacher, batch, vocabulary)
@@ -186,8 +186,10 @@ class Objective:
         mask, mlm_labels = batch["attention_mask"], batch["mlm_labels"]
         weights = self._ce_weights(mask, mlm_labels)
         needs_teacher = "ce" in coefficients or "mse" in coefficients
-        return losses.vocabulary_losses(
+        return vocabulary_losses.vocabulary_losses(
             student.mlm_hidden, student.mlm_decoder, coefficients=coefficients,
+            batch_shards=sharding.shards_of("batch", mask.shape[0]),
+            vocab_shards=sharding.shards_of("act_vocab", student.mlm_decoder[0].shape[0]),
             chunk_size=self.vocab_chunk_size if self.vocab_chunk_size > 0 else mask.shape[-1],
             tile_size=self.vocab_tile_size,
             mlm_labels=mlm_labels, teacher_hidden=teacher.mlm_hidden if needs_teacher else None,

@@ -44,10 +44,10 @@ from typing import Any, Iterable, Mapping
 from distil import storage
 from distil.atomic import OutputError, is_temporary, make_output_folder, write_text_atomically
 
-# Files of a workdir, each name said once. Every command's run has RUN_FILE, LOCK_FILE and CONFIG_FILE.
+# Files of a workdir, each name said once. Every command's run has RUN_FILE, LOCK_FILE and RUN_CONFIG_FILE.
 RUN_FILE = "run.json"  # the record: command, config fingerprint, the config, versions, status, history
 LOCK_FILE = "run.lock"  # flock-ed by the live run; its text names the holder
-CONFIG_FILE = "config.json"  # the resolved config (a copy of run.json's, for people and reports)
+RUN_CONFIG_FILE = "config.json"  # the resolved config (a copy of run.json's, for people and reports)
 METRICS_FILE = "metrics.jsonl"  # one JSON object per logged step
 TENSORBOARD_DIR = "tensorboard"  # event files of the run's scalars (and profiles), beside metrics.jsonl
 SUMMARY_FILE = "summary.json"  # distill: written last, the run's outcome
@@ -227,14 +227,9 @@ def _now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def read_json(path: Path, what: str):
+def read_json(path, what: str) -> dict:
     """A JSON file distil wrote; an unreadable one is an `OutputError` naming it (never a traceback)."""
-    try:
-        return json.loads(storage.location(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise
-    except (OSError, UnicodeDecodeError, ValueError) as err:
-        raise OutputError(f"{path}: cannot read the {what} ({err})") from None
+    return storage.read_json(path, what, error=OutputError)
 
 
 # ------------------------------------------------------------------------------------------------------- lock
@@ -471,7 +466,7 @@ def _refuse_foreign(workdir: Path) -> None:
 def _write_record(workdir: Path, record: dict) -> None:
     """run.json first (what a resume is checked against), then config.json, its copy for people and reports."""
     write_text_atomically(workdir / RUN_FILE, json.dumps(record, indent=2) + "\n")
-    write_text_atomically(workdir / CONFIG_FILE, json.dumps(record["config"], indent=2) + "\n")
+    write_text_atomically(workdir / RUN_CONFIG_FILE, json.dumps(record["config"], indent=2) + "\n")
 
 
 def _open_on_writer(workdir: Path, command: str, data: dict, package_versions: dict) -> Run:

@@ -148,10 +148,10 @@ def resolve_init(init: str) -> storage.Location:
                 "DistilBERT folder (config.json + model.safetensors)")
     if not path.is_dir():
         raise ConfigError(f"config.init={init}: {'is a file' if path.exists() else 'no such folder'}; {expected}")
-    if (path / "student" / hf.CONFIG_FILE).is_file():
+    if (path / "student" / hf.MODEL_CONFIG_FILE).is_file():
         return path / "student"
     has_weights = (path / hf.WEIGHTS_FILE).is_file() or (path / hf.WEIGHTS_INDEX_FILE).is_file()
-    if (path / hf.CONFIG_FILE).is_file() and has_weights:
+    if (path / hf.MODEL_CONFIG_FILE).is_file() and has_weights:
         return path
     if (path / "checkpoints").is_dir():
         raise ConfigError(f"config.init={init}: a distil workdir whose distillation has not finished (no student/ "
