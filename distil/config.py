@@ -75,6 +75,33 @@ def import_file(path: Path, what: str):
     return module
 
 
+def parse_arg(arg: str | None, **spec) -> ml_collections.ConfigDict:
+    """A config's argument (`--config name:ARG`) as its variants, in the manner of big_vision's `parse_arg`: `spec`
+    names every variant with its default. A bool default is a bare word (`runlocal`); any other is a `key=value`
+    item of the default's type, a tuple taking the comma-separated items after it that are no variant themselves
+    (`runlocal,languages=en,fr,de`). Every config reads its argument this way; an unknown item is an error that
+    lists the known ones."""
+    values = dict(spec)
+    known = ", ".join(name if isinstance(default, bool) else f"{name}=..." for name, default in spec.items())
+    collecting = None  # the tuple variant that takes the following items
+    for item in filter(None, (arg or "").split(",")):
+        name, has_value, value = item.partition("=")
+        if has_value and name in spec and not isinstance(spec[name], bool):
+            default = spec[name]
+            values[name] = tuple(filter(None, (value,))) if isinstance(default, tuple) else type(default)(value)
+            collecting = name if isinstance(default, tuple) else None
+        elif not has_value and isinstance(spec.get(item), bool):
+            values[item], collecting = True, None
+        elif not has_value and collecting is not None:
+            values[collecting] += (item,)
+        else:
+            raise ValueError(f"unknown variant {name!r}; known: {known or 'none'}")
+    for name, default in spec.items():
+        if isinstance(default, tuple) and f"{name}=" in (arg or "").split(",") and not values[name]:
+            raise ValueError(f"variant {name}= names no value; e.g. {name}=a,b")
+    return ml_collections.ConfigDict(values)
+
+
 def load_config(spec: str, overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
     """Imports the config file, calls `get_config(arg)`, applies overrides ('model.hidden_size=64' or
     '--config.model.hidden_size=64') and returns the config, locked against new keys.

@@ -43,6 +43,27 @@ def padded_batch(vocab_size: int, lengths: list[int], length: int, seed: int = 0
     return input_ids, attention_mask, token_type_ids
 
 
+def recipe_objective(**changes):
+    """The shipped recipe's objective (`distilmbert`'s loss section through the trainer's hand-off,
+    `assembly.make_objective`) with full logits (no vocabulary chunks), and `changes`."""
+    import dataclasses
+
+    return dataclasses.replace(_recipe_objective(), **{"vocab_chunk_size": 0, "vocab_tile_size": 0, **changes})
+
+
+def _recipe_objective():
+    from distil.config import load_config
+    from distil.train.assembly import make_objective
+
+    global _RECIPE
+    if _RECIPE is None:
+        _RECIPE = make_objective(load_config("distilmbert"))
+    return _RECIPE
+
+
+_RECIPE = None
+
+
 def free_port(low: int = 20000, high: int = 60000) -> int:
     """A port of [low, high) that nothing on 127.0.0.1 listens on now."""
     import random

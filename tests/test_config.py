@@ -117,3 +117,19 @@ def test_unknown_config_lists_the_shipped_ones(spec, message, tmp_path, monkeypa
     monkeypatch.chdir(tmp_path)
     with pytest.raises(ConfigError, match=message):
         load_config(spec)
+
+
+def test_parse_arg_reads_every_configs_variants():
+    """One variant parser for every config (`name:ARG`): bare words for bools, typed `key=value`, tuples that
+    take the items after them, unknown items named with the known ones."""
+    from distil.config import parse_arg
+
+    variants = parse_arg("languages=en,fr,runlocal,tpu=v4-32", runlocal=False, languages=(), tpu="", steps=10)
+    assert (variants.runlocal, variants.languages, variants.tpu, variants.steps) == (True, ("en", "fr"), "v4-32", 10)
+    assert parse_arg("steps=3", steps=10).steps == 3 and parse_arg(None, runlocal=False).runlocal is False
+    with pytest.raises(ValueError, match=r"unknown variant 'fast'; known: runlocal, languages=\.\.\."):
+        parse_arg("fast", runlocal=False, languages=())
+    with pytest.raises(ValueError, match="unknown variant 'runlocal'; known: none"):
+        parse_arg("runlocal")
+    with pytest.raises(ValueError, match=r"invalid literal for int\(\)"):
+        parse_arg("steps=many", steps=10)

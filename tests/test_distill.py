@@ -21,7 +21,7 @@ import pytest
 import transformers
 from flax import nnx
 
-from conftest import REPO, free_port, run_processes
+from conftest import REPO, free_port, recipe_objective, run_processes
 from distil import hf, losses
 from distil.config import ConfigError, load_config
 from distil.data.masking import IGNORE_INDEX
@@ -30,7 +30,6 @@ from distil.models.extract import init_student_from_teacher
 from distil.train import checkpoints
 from distil.train.distill import train_and_evaluate
 from distil.train.metrics import read_metrics
-from distil.train.objective import Objective
 from distil.train.run import RunConfigError
 from distil.train.state import OptimizerSettings, TrainState, decay_mask, learning_rate_schedule, make_optimizer
 from distil.train.step import DistillStudent, make_train_step
@@ -67,12 +66,12 @@ def _batch(accum: int, rows: int, length: int = 12, seed: int = 0) -> dict:
 
 
 OBJECTIVES = {
-    "recipe": (Objective(), "teacher_layers"),
-    "every_term": (Objective(alpha_mse=0.5, alpha_hidden_mse=1.0, alpha_attention=1.0, alpha_minilm=1.0,
+    "recipe": (recipe_objective(), "teacher_layers"),
+    "every_term": (recipe_objective(alpha_mse=0.5, alpha_hidden_mse=1.0, alpha_attention=1.0, alpha_minilm=1.0,
                              restrict_ce_to_mask=True, hidden_layer_map=(0, 2, 4), attention_layer_map=(1, 3),
                              minilm_student_layer=-1, minilm_teacher_layer=2, minilm_relation_heads=4),
                    "teacher_layers"),
-    "narrow_student": (Objective(alpha_ce=0.0, alpha_cos=0.0, alpha_hidden_mse=3.0, alpha_minilm=1.0,
+    "narrow_student": (recipe_objective(alpha_ce=0.0, alpha_cos=0.0, alpha_hidden_mse=3.0, alpha_minilm=1.0,
                                  hidden_layer_map=(0, 4), minilm_student_layer=1, minilm_teacher_layer=3,
                                  minilm_relation_heads=4), "narrow"),
 }
@@ -433,7 +432,7 @@ def test_a_headless_teacher_is_distilled_with_the_representation_terms(tmp_path,
 def test_losses_of_a_packed_batch_equal_those_unpacked():
     """The recipe's terms over packed rows equal (as sum and count) the same sequences in their own padded rows."""
     teacher, student = _models("teacher_layers")
-    objective = Objective(alpha_mse=1.0)
+    objective = recipe_objective(alpha_mse=1.0)
     rng = np.random.default_rng(7)
     sizes = [[6, 9, 4], [11, 7], [15]]
     length = 20

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import recipe_objective
 from distil.data.masking import IGNORE_INDEX
 from distil.models import EncoderOutput
 from distil.train.objective import TEACHER_TERMS, TERMS, Objective
@@ -37,7 +38,7 @@ EVERY_TERM = dict(alpha_ce=5.0, alpha_mlm=2.0, alpha_cos=1.0, alpha_mse=0.25, al
 
 
 def test_the_default_objective_is_the_distilbert_recipe():
-    objective = Objective()
+    objective = recipe_objective()
     assert objective.terms == ("ce", "mlm", "cos")
     assert [objective.alpha(term) for term in objective.terms] == [5.0, 2.0, 1.0]
     assert objective.temperature == 2.0 and not objective.restrict_ce_to_mask
@@ -66,7 +67,7 @@ def test_every_term_has_a_weight_and_only_mlm_needs_no_teacher():
     ],
 )
 def test_terms_are_the_non_zero_weights_in_terms_order(alphas, terms, teacher, teacher_logits, attentions, qkv):
-    objective = Objective(**alphas)
+    objective = recipe_objective(**alphas)
     assert objective.terms == terms
     assert (objective.needs_teacher, objective.needs_teacher_logits) == (teacher, teacher_logits)
     assert (objective.needs_attentions, objective.needs_qkv) == (attentions, qkv)
@@ -84,7 +85,7 @@ def test_terms_are_the_non_zero_weights_in_terms_order(alphas, terms, teacher, t
     ],
 )
 def test_chunked_vocabulary_needs_a_chunk_size_and_a_vocabulary_term(fields, chunked):
-    assert Objective(**fields).chunked_vocabulary is chunked
+    assert recipe_objective(**fields).chunked_vocabulary is chunked
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -103,7 +104,7 @@ def _update_batch() -> dict:
 
 @pytest.mark.parametrize("restrict_ce_to_mask", [False, True])
 def test_counts_over_an_update_are_the_hand_counted_denominators(restrict_ce_to_mask):
-    objective = Objective(**{**EVERY_TERM, "hidden_layer_map": (0, 2, 3), "attention_layer_map": (1, 2),
+    objective = recipe_objective(**{**EVERY_TERM, "hidden_layer_map": (0, 2, 3), "attention_layer_map": (1, 2),
                              "minilm_relation_heads": 3}, restrict_ce_to_mask=restrict_ce_to_mask)
     counts = objective.counts(_update_batch(), attention_heads=4)
     selected = 4 if restrict_ce_to_mask else 14  # ce and mse: MLM targets, or every real token
@@ -117,7 +118,7 @@ def test_counts_over_an_update_are_the_hand_counted_denominators(restrict_ce_to_
 
 
 def test_counts_name_only_the_active_terms():
-    counts = Objective(alpha_ce=0.0, alpha_cos=0.0, alpha_minilm=1.0).counts(_update_batch(), attention_heads=4)
+    counts = recipe_objective(alpha_ce=0.0, alpha_cos=0.0, alpha_minilm=1.0).counts(_update_batch(), attention_heads=4)
     assert list(counts) == ["mlm", "minilm"]
     assert (float(counts["mlm"]), float(counts["minilm"])) == (4, 14 * 12)  # 12 relation heads by default
 
@@ -259,7 +260,7 @@ def _assert_terms_equal(got: dict, expected: dict):
 def test_sums_route_each_term_its_inputs_layers_weights_and_temperature(restrict_ce_to_mask):
     """Every term at once, with layer maps that are not the identity, a MiniLM pair that is not the last layers,
     a temperature that is not 1, and ce / mse weights from `restrict_ce_to_mask` (cos keeps the attention mask)."""
-    objective = Objective(**EVERY_TERM, restrict_ce_to_mask=restrict_ce_to_mask)
+    objective = recipe_objective(**EVERY_TERM, restrict_ce_to_mask=restrict_ce_to_mask)
     batch, models = _models()
     got = objective.sums(_output(models["student"]), _output(models["teacher"]),
                          {k: jnp.asarray(v) for k, v in batch.items()})
@@ -267,7 +268,7 @@ def test_sums_route_each_term_its_inputs_layers_weights_and_temperature(restrict
 
 
 def test_sums_of_chosen_terms_and_the_default_minilm_layers():
-    objective = Objective(**{**EVERY_TERM, "minilm_student_layer": -1, "minilm_teacher_layer": -1})
+    objective = recipe_objective(**{**EVERY_TERM, "minilm_student_layer": -1, "minilm_teacher_layer": -1})
     batch, models = _models(seed=1)
     expected = _numpy_terms(objective, batch, models)  # -1: the last layer of each model, as Python indexes
     got = objective.sums(_output(models["student"]), _output(models["teacher"]),
@@ -280,7 +281,7 @@ def test_sums_of_chosen_terms_and_the_default_minilm_layers():
 
 
 def test_loss_is_the_weighted_sum_of_the_terms_over_the_update_totals():
-    objective = Objective(**EVERY_TERM)
+    objective = recipe_objective(**EVERY_TERM)
     batch, models = _models(seed=2)
     expected = _numpy_terms(objective, batch, models)
     # Totals of a larger update (this micro-batch is one of several); cos's 0.25 is clamped to 1.
@@ -315,7 +316,7 @@ def _rows(side: dict, rows: slice) -> dict:
 def test_micro_batch_losses_add_up_to_the_full_batch_means():
     """Two micro-batches with 5 and 1 MLM targets and 10 and 2 real tokens: each micro-batch's loss over the
     update's counts adds up to alpha · (Σ sums / Σ counts), which the mean of micro-batch means misses."""
-    objective = Objective(alpha_ce=5.0, alpha_mlm=2.0, alpha_cos=1.0, temperature=2.0)
+    objective = recipe_objective(alpha_ce=5.0, alpha_mlm=2.0, alpha_cos=1.0, temperature=2.0)
     batch, models = _models(seed=3)
     full = _numpy_terms(objective, batch, models)
     want = sum(objective.alpha(term) * full[term][0] / full[term][1] for term in objective.terms)
@@ -344,7 +345,7 @@ def test_micro_batch_losses_add_up_to_the_full_batch_means():
 
 
 def test_mlm_pretraining_needs_no_teacher():
-    objective = Objective(alpha_ce=0.0, alpha_cos=0.0, alpha_mlm=1.0)
+    objective = recipe_objective(alpha_ce=0.0, alpha_cos=0.0, alpha_mlm=1.0)
     batch, models = _models(seed=4)
     expected = _numpy_terms(objective, batch, models)["mlm"]
     loss, sums = objective.loss(_output(models["student"]), None, {k: jnp.asarray(v) for k, v in batch.items()},
@@ -362,7 +363,7 @@ def test_mlm_pretraining_needs_no_teacher():
     dict(alpha_ce=0.0, alpha_mlm=1.0, alpha_cos=0.0, alpha_mse=0.5, restrict_ce_to_mask=True),
 ])
 def test_chunked_vocabulary_terms_equal_those_of_the_decoded_logits(alphas):
-    objective = Objective(**alphas, temperature=1.5, vocab_chunk_size=4, vocab_tile_size=4)
+    objective = recipe_objective(**alphas, temperature=1.5, vocab_chunk_size=4, vocab_tile_size=4)
     assert objective.chunked_vocabulary
     batch, models = _models(seed=5)
     expected = _numpy_terms(objective, batch, models, chunked=True)  # logits = mlm_hidden @ tableᵀ + bias
@@ -379,7 +380,7 @@ def test_chunked_vocabulary_terms_equal_those_of_the_decoded_logits(alphas):
 
 
 def test_chunked_terms_without_mlm_hidden_are_refused_naming_the_flag():
-    objective = Objective(vocab_chunk_size=4)
+    objective = recipe_objective(vocab_chunk_size=4)
     batch, models = _models()
     plain = _output(models["student"])
     headless = dataclasses.replace(plain, logits=None)  # neither logits nor mlm_hidden

@@ -316,7 +316,7 @@ def test_the_languages_variant_parses_with_runlocal():
     assert get_config("languages=en,fr,de,runlocal").data.languages == ("en", "fr", "de")
     assert get_config("runlocal").trim.enabled is False
     assert get_config("runlocal").tokenizer == str(embedded_wordpiece_vocab())
-    for bad, message in (("languages=", "names no language"), ("en", "unknown variant 'en'"),
+    for bad, message in (("languages=", "variant languages= names no value"), ("en", "unknown variant 'en'"),
                          ("vocab=en", "unknown variant 'vocab'")):
         with pytest.raises(ValueError, match=message):
             get_config(bad)

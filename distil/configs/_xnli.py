@@ -21,16 +21,13 @@ in well under a minute. Numbers from a random model are at chance level; it exer
 
 import ml_collections
 
+from distil.config import parse_arg
 from distil.data.nli import xnli_languages
 from distil.sharding import STANDARD_LOGICAL_AXIS_RULES
 
 
 def xnli_config(family: str, arg=None) -> ml_collections.ConfigDict:
-    variants = set(filter(None, (arg or "").split(",")))
-    unknown = variants - {"runlocal"}
-    if unknown:
-        raise ValueError(f"unknown variant(s) {sorted(unknown)}; known: runlocal")
-    runlocal = "runlocal" in variants
+    runlocal = parse_arg(arg, runlocal=False).runlocal
 
     config = ml_collections.ConfigDict()
     config.name = ""  # the model's name in tables; "" takes the init folder's (its workdir's, for a student/)

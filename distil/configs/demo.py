@@ -18,6 +18,8 @@ rows would be 95% of a width-128 model and of its step time. Numbers at this siz
 
 import ml_collections
 
+from distil.config import parse_arg
+
 # Overrides of distilmbert:runlocal shared by both distillation stages: packed rows of 128 tokens (one compiled
 # shape), 8 rows (~1,000 tokens) per update.
 _DATA = ("batching.composition=packed", "batching.global_batch=8", "batching.micro_batches=1",
@@ -26,7 +28,7 @@ _WIDTH = ("hidden_size=128", "num_hidden_layers=4", "num_attention_heads=4", "in
 
 
 def get_config(arg=None):
-    del arg  # one variant
+    parse_arg(arg)  # no variants
     config = ml_collections.ConfigDict()
     config.seed = 0
     config.teacher_steps = 300  # MLM pre-training: ~2 epochs of the embedded corpus (~150K tokens)

@@ -33,6 +33,7 @@ sequences per update in 2 micro-batches, 60 steps. It reads no file from outside
 
 import ml_collections
 
+from distil.config import parse_arg
 from distil.data.embedded import embedded_wordpiece_vocab
 from distil.sharding import STANDARD_LOGICAL_AXIS_RULES
 
@@ -54,34 +55,10 @@ HARDWARE = {
 }
 
 
-def parse_variants(arg):
-    """`runlocal,languages=en,fr,de` -> ({'runlocal'}, {'languages': ['en', 'fr', 'de']}): a `key=value` item
-    takes the comma-separated items after it that are not variants themselves."""
-    flags, values, key = set(), {}, None
-    for item in filter(None, (arg or "").split(",")):
-        if "=" in item:
-            key, _, value = item.partition("=")
-            if key not in ("languages", "tpu", "gpu"):
-                raise ValueError(f"unknown variant {key!r}; known: runlocal, languages=LANG,LANG,..., "
-                                 f"{', '.join(HARDWARE)}")
-            values[key] = [value] if value else []
-        elif item in ("runlocal",):
-            flags.add(item)
-            key = None
-        elif key is not None:
-            values[key].append(item)
-        else:
-            raise ValueError(f"unknown variant {item!r}; known: runlocal, languages=LANG,LANG,...")
-    if "languages" in values and not values["languages"]:
-        raise ValueError("variant languages= names no language; e.g. distilmbert:languages=en,fr,de")
-    return flags, values
-
-
 def get_config(arg=None):
-    variants, values = parse_variants(arg)
-    runlocal = "runlocal" in variants
-    languages = tuple(values.get("languages", ()))
-    hardware = [HARDWARE.get(f"{key}={','.join(values[key])}") for key in ("tpu", "gpu") if key in values]
+    variants = parse_arg(arg, runlocal=False, languages=(), tpu="", gpu="")
+    runlocal, languages = variants.runlocal, variants.languages
+    hardware = [HARDWARE.get(f"{key}={variants[key]}") for key in ("tpu", "gpu") if variants[key]]
     if None in hardware:
         raise ValueError(f"unknown hardware variant; known: {', '.join(HARDWARE)}")
     if len(hardware) > 1 or (hardware and runlocal):

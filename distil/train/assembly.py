@@ -27,11 +27,17 @@ from distil.train.trainer import describe_analysis, optimizer_settings, step_ana
 
 
 def make_objective(config: ml_collections.ConfigDict) -> Objective:
+    """The config's `loss` section as the `Objective` the step computes (its one hand-off: every field by name;
+    `loss.hidden_projection` goes to the student's initializer instead)."""
     loss = config.loss
-    fields = {field.name: loss[field.name] for field in dataclasses.fields(Objective)}
-    fields["hidden_layer_map"] = tuple(loss.hidden_layer_map)
-    fields["attention_layer_map"] = tuple(loss.attention_layer_map)
-    return Objective(**fields)
+    return Objective(
+        alpha_ce=loss.alpha_ce, alpha_mlm=loss.alpha_mlm, alpha_cos=loss.alpha_cos, alpha_mse=loss.alpha_mse,
+        alpha_hidden_mse=loss.alpha_hidden_mse, alpha_attention=loss.alpha_attention, alpha_minilm=loss.alpha_minilm,
+        temperature=loss.temperature, restrict_ce_to_mask=loss.restrict_ce_to_mask,
+        hidden_layer_map=tuple(loss.hidden_layer_map), attention_layer_map=tuple(loss.attention_layer_map),
+        minilm_student_layer=loss.minilm_student_layer, minilm_teacher_layer=loss.minilm_teacher_layer,
+        minilm_relation_heads=loss.minilm_relation_heads, vocab_chunk_size=loss.vocab_chunk_size,
+        vocab_tile_size=loss.vocab_tile_size)
 
 
 

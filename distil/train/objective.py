@@ -37,24 +37,29 @@ class Objective:
     hidden_layer_map: student `hidden_states` index -> teacher index (0 = embeddings), for `hidden_mse`.
     attention_layer_map: student layer -> teacher layer, for `attention`.
     minilm_*: the one student / teacher layer whose q-q, k-k, v-v relations are matched, and the relation heads.
+    vocab_chunk_size / vocab_tile_size: positions and vocabulary entries at a time for the vocabulary terms (0: full
+    logits / the whole vocabulary; `distil.vocabulary_losses`).
+
+    Every field is required: the values, the recipe's included, are said once, in a config's `loss` section
+    (`distil/configs/distilmbert.py`), and handed over field by field by `distil.train.assembly.make_objective`.
     """
 
-    alpha_ce: float = 5.0
-    alpha_mlm: float = 2.0
-    alpha_cos: float = 1.0
-    alpha_mse: float = 0.0
-    alpha_hidden_mse: float = 0.0
-    alpha_attention: float = 0.0
-    alpha_minilm: float = 0.0
-    temperature: float = 2.0
-    restrict_ce_to_mask: bool = False
-    hidden_layer_map: tuple[int, ...] = ()
-    attention_layer_map: tuple[int, ...] = ()
-    minilm_student_layer: int = -1
-    minilm_teacher_layer: int = -1
-    minilm_relation_heads: int = 12
-    vocab_chunk_size: int = 0
-    vocab_tile_size: int = 0
+    alpha_ce: float
+    alpha_mlm: float
+    alpha_cos: float
+    alpha_mse: float
+    alpha_hidden_mse: float
+    alpha_attention: float
+    alpha_minilm: float
+    temperature: float
+    restrict_ce_to_mask: bool
+    hidden_layer_map: tuple[int, ...]
+    attention_layer_map: tuple[int, ...]
+    minilm_student_layer: int
+    minilm_teacher_layer: int
+    minilm_relation_heads: int
+    vocab_chunk_size: int
+    vocab_tile_size: int
 
     def alpha(self, term: str) -> float:
         return getattr(self, f"alpha_{term}")
