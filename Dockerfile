@@ -16,6 +16,7 @@ ENV PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /opt/distil
 COPY setup.py setup.cfg README.md ./
 COPY distil ./distil
+COPY configs ./configs
 RUN python -m pip install ".[${ACCELERATOR},gcs]" && python -m distil --help > /dev/null
 
 WORKDIR /workspace

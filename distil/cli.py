@@ -11,7 +11,7 @@
     distil report RUN_DIR... --out DIR    merge XNLI results of several runs into one table and plot
 
     distil sweep SWEEP.py --launcher L    run or launch every point of a sweep (local, print, tpu, slurm, xpk)
-    distil bench NAME                     run a benchmark of a checkout's experiments/bench_NAME.py
+    distil bench NAME                     run experiments/bench_NAME.py of the checkout in the current directory
 
 Exit codes: 0 done (also: a run that had finished earlier, left untouched); 2 bad input, named in one line (a
 file, field or flag and what was expected; a workdir in use, of another config, or holding another's files); 3 a
@@ -28,6 +28,7 @@ import json
 import logging
 import math
 import re
+import subprocess
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -324,7 +325,7 @@ def cmd_trim(args) -> int:
 
 # ------------------------------------------------------------------------------------------------------- demo
 
-DEFAULT_DEMO_CONFIG = "demo"  # distil/configs/demo.py, found by name installed or not (distil.config)
+DEFAULT_DEMO_CONFIG = "demo"  # configs/demo.py, found by name installed or not (distil.config)
 
 
 def cmd_demo(args) -> int:
@@ -452,29 +453,19 @@ def cmd_report(args) -> int:
     return 0
 
 
-def _experiments_dir() -> Path:
-    return Path(__file__).resolve().parents[1] / "experiments"
-
-
 def cmd_bench(args) -> int:
-    """Runs `experiments/bench_NAME.py` of this checkout with the remaining arguments (they are not installed
-    with the wheel: benchmarks compare against transformers and write results next to the code)."""
-    import runpy
-
-    experiments = _experiments_dir()
+    """Runs `experiments/bench_NAME.py ARGS` of the checkout in the current directory, in a fresh Python process.
+    Benchmarks are not installed with the wheel (they compare against transformers and write results next to the
+    code), and the installed package never reaches into a checkout: run `distil bench` from a checkout's root."""
+    experiments = Path.cwd() / "experiments"
+    if not experiments.is_dir():
+        raise ValueError(f"{Path.cwd()}: no experiments/ here; `distil bench` runs a distil checkout's benchmarks "
+                         "from the checkout's root (they are not installed with the package)")
     known = sorted(path.stem[len("bench_"):] for path in experiments.glob("bench_*.py"))
     script = experiments / f"bench_{args.name}.py"
     if not script.is_file():
-        raise ValueError(f"no benchmark {args.name!r} in {experiments}" + (f"; known: {', '.join(known)}" if known
-                         else " (benchmarks run from a distil checkout; experiments/ is not installed)"))
-    argv, path = sys.argv, list(sys.path)
-    sys.argv = [str(script), *args.args]
-    sys.path.insert(0, str(experiments))
-    try:
-        runpy.run_path(str(script), run_name="__main__")
-    finally:
-        sys.argv, sys.path[:] = argv, path
-    return 0
+        raise ValueError(f"no benchmark {args.name!r} in {experiments}; known: {', '.join(known) or 'none'}")
+    return subprocess.run([sys.executable, str(script), *args.args]).returncode
 
 
 # ------------------------------------------------------------------------------------------------------ parser

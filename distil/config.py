@@ -5,8 +5,8 @@ variant, e.g. `distilmbert:runlocal`). Overrides address nested fields with dots
 Python literals, then checked against the type already in the config, so a typo or a wrong type is an error that
 names the key and the file instead of a silently ignored flag.
 
-A spec names either a file (any path, e.g. `my_configs/x.py:runlocal`) or a config shipped with the package in
-`distil/configs/` (`demo`, `demo.py`, `distilmbert:runlocal`). The shipped configs are package data, so an installed
+A spec names either a file (any path, e.g. `my_configs/x.py:runlocal`) or a config shipped with distil in
+`configs/` (`demo`, `demo.py`, `distilmbert:runlocal`). The shipped configs are package data, so an installed
 distil finds them as a checkout does; `resolve_config_spec` is the one place that decides which file a spec means.
 """
 
@@ -27,12 +27,14 @@ class ConfigError(ValueError):
     """A config that cannot be read or an override that does not fit it; names the file and the key."""
 
 
-SHIPPED_CONFIGS_DIR = Path(__file__).resolve().parent / "configs"
-"""`distil/configs/`: the configs that ship with the package (package data, see setup.cfg)."""
+_PACKAGE = Path(__file__).resolve().parent
+# The configs that ship with distil: `configs/` at the top of a checkout, which the wheel carries as the package
+# folder `distil/configs/` (setup.py maps it), so a config is found by name installed or not. One copy of each.
+SHIPPED_CONFIGS_DIR = _PACKAGE / "configs" if (_PACKAGE / "configs").is_dir() else _PACKAGE.parent / "configs"
 
 
 def shipped_configs() -> dict[str, Path]:
-    """{name: file} of every config in `distil/configs/`, by name ('demo' -> .../distil/configs/demo.py)."""
+    """{name: file} of every shipped config, by name ('demo' -> .../configs/demo.py)."""
     return {path.stem: path for path in sorted(SHIPPED_CONFIGS_DIR.glob("*.py")) if not path.stem.startswith("_")}
 
 

@@ -1,4 +1,4 @@
-"""The demo: the whole pipeline at laptop scale on the embedded default data (see distil/configs/demo.py).
+"""The demo: the whole pipeline at laptop scale on the embedded default data (see configs/demo.py).
 
     run_demo(config, workdir)
 

@@ -103,21 +103,25 @@ def test_console_entry_point_lists_subcommands():
         assert command in out
 
 
-def test_bench_runs_a_checkout_benchmark_and_names_unknown_ones(tmp_path, capsys):
+def test_bench_runs_a_checkout_benchmark_and_names_unknown_ones(tmp_path, capsys, monkeypatch):
     """`distil bench NAME ARGS` runs experiments/bench_NAME.py (here the inference benchmark, tiny, with its
     transformers reference in a second fresh process) and writes its JSON; an unknown NAME lists the known ones."""
     out = tmp_path / "inference.json"
-    code = cli.main(["bench", "inference", "--size", "small", "--lengths", "32", "--tokens", "64", "--steps", "1",
-                     "--out", str(out)])
-    printed = capsys.readouterr().out
-    assert code == 0
-    assert "| 32 | 2 x 32 | teacher (BERT, 4 layers) | float32 |" in printed
+    bench = subprocess.run([sys.executable, "-m", "distil", "bench", "inference", "--size", "small", "--lengths", "32",
+                            "--tokens", "64", "--steps", "1", "--out", str(out)], cwd=REPO, capture_output=True,
+                           text=True, timeout=600)
+    assert bench.returncode == 0, bench.stderr
+    assert "| 32 | 2 x 32 | teacher (BERT, 4 layers) | float32 |" in bench.stdout
     result = json.loads(out.read_text())
     assert {"distil/teacher/32/float32", "torch/student/32/float32"} <= set(result["best"])
     assert all(entry["median_s"] > 0 for entry in result["best"].values())
+    monkeypatch.chdir(REPO)
     code = cli.main(["bench", "nope"])
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "no benchmark 'nope'" in err and "step" in err and "scaling" in err
+    monkeypatch.chdir(tmp_path)  # not a checkout
+    assert cli.main(["bench", "step"]) == 2
+    assert "no experiments/ here; `distil bench` runs a distil checkout's benchmarks" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------------------------------------- bad input

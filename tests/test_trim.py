@@ -311,7 +311,9 @@ def test_a_trimmed_runlocal_distillation_runs_end_to_end(tmp_path):
 
 
 def test_the_languages_variant_parses_with_runlocal():
-    from distil.configs.distilmbert import get_config
+    from distil.config import SHIPPED_CONFIGS_DIR, import_file
+
+    get_config = import_file(SHIPPED_CONFIGS_DIR / "distilmbert.py", "config").get_config
 
     assert get_config("languages=en,fr,de,runlocal").data.languages == ("en", "fr", "de")
     assert get_config("runlocal").trim.enabled is False

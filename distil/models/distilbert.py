@@ -7,7 +7,7 @@ import jax
 from flax import nnx
 
 from distil.models.config import ModelConfig
-from distil.models.layers import Encoder, EncoderOutput, MlmHead, dense
+from distil.models.layers import Encoder, EncoderOutput, MlmHead, dense, head_outputs
 
 
 class DistilBert(nnx.Module):
@@ -36,16 +36,5 @@ class DistilBert(nnx.Module):
         encoded = self.encoder(input_ids, attention_mask, segment_ids=segment_ids, position_ids=position_ids,
                                dropout_rngs=dropout_rngs, output_attentions=output_attentions,
                                output_qkv=output_qkv)
-        last_hidden = encoded.last_hidden_state
-        logits = None
-        if self.mlm_head is not None and output_mlm_hidden:  # no logits: the loss applies the decoder in chunks
-            mlm_hidden, mlm_decoder = self.mlm_head(last_hidden, self.encoder.embeddings.word_embeddings,
-                                                    output_hidden=True)
-            return encoded.replace(mlm_hidden=mlm_hidden, mlm_decoder=mlm_decoder)
-        if self.mlm_head is not None:
-            logits = self.mlm_head(last_hidden, self.encoder.embeddings.word_embeddings)
-        elif self.classifier is not None:
-            pooled = jax.nn.relu(self.pre_classifier(last_hidden[:, 0]))  # [batch, hidden]
-            pooled = self.classifier_dropout(pooled, deterministic=dropout_rngs is None, rngs=dropout_rngs)
-            logits = self.classifier(pooled)  # [batch, num_labels]
-        return encoded.replace(logits=logits)
+        return head_outputs(self, encoded, pool=lambda first: jax.nn.relu(self.pre_classifier(first)), dropout_rngs=dropout_rngs,
+                            output_mlm_hidden=output_mlm_hidden)

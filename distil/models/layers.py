@@ -349,3 +349,23 @@ class MlmHead(nnx.Module):
             return transformed, (word_embeddings.embedding[...], self.bias[...])
         logits = word_embeddings.attend(transformed) + self.bias[...].astype(transformed.dtype)
         return constrain(logits, ("batch", "length", "act_vocab"))  # [batch, length, vocab]
+
+
+def head_outputs(model, encoded: EncoderOutput, *, pool, dropout_rngs, output_mlm_hidden: bool) -> EncoderOutput:
+    """What BERT and DistilBERT do alike after their encoders: the MLM head's logits (or, with `output_mlm_hidden`,
+    its hidden states and tied decoder, for losses that apply the decoder in chunks), or the classifier's logits
+    on `pool(first token)` after dropout, or no logits (a headless model). `model` has `encoder`, `mlm_head`,
+    `classifier` and `classifier_dropout`; `pool` is the family's own ([CLS] -> pooled)."""
+    last_hidden = encoded.last_hidden_state
+    word_embeddings = model.encoder.embeddings.word_embeddings
+    if model.mlm_head is not None and output_mlm_hidden:  # no logits: the loss applies the decoder in chunks
+        mlm_hidden, mlm_decoder = model.mlm_head(last_hidden, word_embeddings, output_hidden=True)
+        return encoded.replace(mlm_hidden=mlm_hidden, mlm_decoder=mlm_decoder)
+    logits = None
+    if model.mlm_head is not None:
+        logits = model.mlm_head(last_hidden, word_embeddings)
+    elif model.classifier is not None:
+        pooled = model.classifier_dropout(pool(last_hidden[:, 0]), deterministic=dropout_rngs is None,
+                                          rngs=dropout_rngs)
+        logits = model.classifier(pooled)  # [batch, num_labels]
+    return encoded.replace(logits=logits)

@@ -41,7 +41,7 @@ class Objective:
     logits / the whole vocabulary; `distil.vocabulary_losses`).
 
     Every field is required: the values, the recipe's included, are said once, in a config's `loss` section
-    (`distil/configs/distilmbert.py`), and handed over field by field by `distil.train.assembly.make_objective`.
+    (`configs/distilmbert.py`), and handed over field by field by `distil.train.assembly.make_objective`.
     """
 
     alpha_ce: float

@@ -37,7 +37,7 @@ def get_config(arg=None):
                       *(f"student.{field}" for field in _WIDTH), "loss.alpha_ce=0.0", "loss.alpha_cos=0.0",
                       "loss.alpha_mlm=1.0", "optimizer.learning_rate=1e-3")
     config.student = (*_DATA, "teacher.source=checkpoint", "student.teacher_layers=(0, 3)")
-    # XNLI fine-tuning of both (distil/configs/_xnli.py runlocal: 1,000 English pairs, 2 seeds, 15 languages).
+    # XNLI fine-tuning of both (configs/_xnli.py runlocal: 1,000 English pairs, 2 seeds, 15 languages).
     config.xnli = ("seeds=(0,)",)  # one seed: the demo shows the pipeline; full runs use three
     config.speed_batch = 32  # sequences of 128 for the teacher/student forward timing
     return config

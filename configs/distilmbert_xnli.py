@@ -10,7 +10,11 @@ and the data options are in `_xnli.py`; the model card's DistilmBERT row (en 78.
 ur 54.7) is what a full run is compared with. `:runlocal`'s random DistilBERT has 2 layers of width 64.
 """
 
-from distil.configs._xnli import xnli_config
+from pathlib import Path
+
+from distil.config import import_file
+
+xnli_config = import_file(Path(__file__).with_name("_xnli.py"), "config").xnli_config  # the shared part
 
 
 def get_config(arg=None):
