@@ -21,7 +21,9 @@ matmul peak (the best of XLA and PyTorch on a 2048³ GEMM, measured first in thi
 Variants (distil): `plain` (full logits), `untiled` (`loss.vocab_chunk_size` positions at a time, the whole
 vocabulary at once), `chunked` (the config's default: chunks of positions and `loss.vocab_tile_size` tiles of the
 vocabulary; runlocal's config takes its small vocabulary whole), `teacher-bf16` (chunked, teacher forward in
-bfloat16), `all-bf16` (chunked, teacher and student compute in bfloat16, float32 parameters); `torch`.
+bfloat16), `all-bf16` (chunked, teacher and student compute in bfloat16, float32 parameters); `trainer` (`distil
+distill` itself in a fresh process: its input pipeline on the embedded corpus, metrics and checkpoints, the step
+time from its own log, its whole process's peak RSS: the row the README's headline figures come from); `torch`.
 """
 
 from __future__ import annotations
@@ -50,6 +52,9 @@ VARIANTS = {
                          student_dtype="float32"),
     "all-bf16": dict(vocab_chunk_size=None, vocab_tile_size=None, teacher_dtype="bfloat16", student_dtype="bfloat16"),
     "torch": dict(),
+    # `distil distill` itself (the config's chunked vocabulary terms): the trainer's input pipeline, metrics,
+    # checkpoints and process, on the embedded corpus with the size's vocabulary.
+    "trainer": dict(vocab_chunk_size=None, vocab_tile_size=None, teacher_dtype="float32", student_dtype="float32"),
 }
 DEFAULT_CHUNK = 512
 
@@ -170,6 +175,35 @@ def jax_worker(spec: dict) -> dict:
     return {**timing, "first_step": first, "analysis": analysis}
 
 
+def trainer_worker(spec: dict) -> dict:
+    """`distil distill` in this fresh process (`train_and_evaluate`, as the command runs it): the size's config with
+    its random teacher, on the embedded corpus tokenised with the size's vocabulary, every step logged. The step
+    time is the median of the logged steps after the warm-up ones (the trainer's own clock: data, the step,
+    metrics and checkpoint cadence included); tokens are the real tokens it logged; the peak RSS is the whole
+    process's (corpus, teacher, compile, checkpoints)."""
+    import statistics
+    import tempfile
+
+    from distil.train import distill
+    from distil.train.metrics import read_metrics
+
+    config = trainer_config(spec["size"], vocab_chunk_size=spec["vocab_chunk_size"],
+                            vocab_tile_size=spec["vocab_tile_size"], teacher_dtype=spec["teacher_dtype"],
+                            student_dtype=spec["student_dtype"])
+    config.data.corpus = "embedded"
+    config.mesh.num_devices = config.mesh.data * config.mesh.fsdp * config.mesh.tensor  # the first ones
+    config.num_steps = spec["warmup"] + spec["steps"]
+    config.log_every_steps = 1
+    config.checkpoint.every_steps = 10 * config.num_steps  # the final save only, after the timed steps
+    with tempfile.TemporaryDirectory() as workdir:
+        distill.train_and_evaluate(config, workdir)
+        rows = read_metrics(f"{workdir}/metrics.jsonl")[spec["warmup"]:]
+    times = [1 / row["steps_per_sec"] for row in rows]
+    return {"median_s": statistics.median(times), "times_s": times, "cpu_s": None,
+            "real_tokens_per_step": statistics.median(row["real_tokens"] for row in rows),
+            "first_step": {"loss": rows[0]["loss"] if rows else float("nan")}}
+
+
 # ------------------------------------------------------------------------------------------ the PyTorch recipe
 
 
@@ -256,11 +290,12 @@ def size_table(result: dict, peak: dict) -> str:
         chunk = ("-" if variant == "torch" else "off" if not spec["vocab_chunk_size"]
                  else f"{spec['vocab_chunk_size']} / {spec['vocab_tile_size'] or 'all'}")
         speed = f"{row['tokens_per_s'] / reference['tokens_per_s']:.2f}x" if reference else "-"
-        cpu_speed = f"{reference['cpu_s'] / row['cpu_s']:.2f}x" if reference else "-"
+        cpu_speed = f"{reference['cpu_s'] / row['cpu_s']:.2f}x" if reference and row["cpu_s"] else "-"
         memory = f"{row['peak_rss_bytes'] / reference['peak_rss_bytes']:.2f}x" if reference else "-"
         compile_s = f"{row['analysis']['compile_s']:.0f}" if "analysis" in row else "-"
         table_rows.append([f"{'PyTorch (transformers)' if variant == 'torch' else 'distil ' + variant}", dtype,
-                           chunk, f"{row['median_s']:.2f}", f"{row['cpu_s']:.1f}", f"{row['tokens_per_s']:,.0f}",
+                           chunk, f"{row['median_s']:.2f}", f"{row['cpu_s']:.1f}" if row["cpu_s"] else "-",
+                           f"{row['tokens_per_s']:,.0f}",
                            speed, cpu_speed, benchlib.gib(row["peak_rss_bytes"]), memory, f"{100 * row['mfu']:.1f}%",
                            compile_s, f"{row['first_step']['loss']:.4f}"])
     return benchlib.markdown_table(
@@ -287,7 +322,8 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     if args.worker:
         spec = json.loads(args.worker)
-        result = torch_worker(spec) if spec["variant"] == "torch" else jax_worker(spec)
+        worker = {"torch": torch_worker, "trainer": trainer_worker}.get(spec["variant"], jax_worker)
+        result = worker(spec)
         benchlib.report({**result, "spec": spec})
         return
 
@@ -326,7 +362,8 @@ def main(argv=None) -> None:
                     spec["vocab_tile_size"] = (config.loss.vocab_tile_size if args.tile is None else args.tile)
                 print(f"[{size}] round {round_index + 1}: {variant} ...", flush=True)
                 result = benchlib.run_worker(__file__, spec)
-                print(f"  {result['median_s']:.2f} s/step ({result['cpu_s']:.2f} CPU s), "
+                cpu = f"{result['cpu_s']:.2f} CPU s" if result["cpu_s"] else "CPU s not measured"
+                print(f"  {result['median_s']:.2f} s/step ({cpu}), "
                       f"{benchlib.gib(result['peak_rss_bytes'])} GiB", flush=True)
                 rounds = rows[variant]["rounds"] if variant in rows else []
                 rounds.append({k: result[k] for k in ("median_s", "cpu_s", "times_s", "peak_rss_bytes")})
@@ -334,7 +371,7 @@ def main(argv=None) -> None:
                     rows[variant] = result
                 rows[variant]["rounds"] = rounds
         for variant, row in rows.items():
-            row.update(tokens_per_s=tokens / row["median_s"],
+            row.update(tokens_per_s=row.get("real_tokens_per_step", tokens) / row["median_s"],
                        peak_rss_bytes=max(r["peak_rss_bytes"] for r in row["rounds"]))
         results["sizes"][size] = {"flops_per_step": flops, "tokens_per_step": tokens, "rows": rows,
                                   "title": (f"### {size}: batch {shape['batch']} x {shape['length']} "

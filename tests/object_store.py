@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import io
 import os
+import secrets
 import shutil
 import sys
 from pathlib import Path
@@ -41,7 +42,7 @@ class _Upload(io.BytesIO):
     def close(self):
         if not self.closed:
             self._target.parent.mkdir(parents=True, exist_ok=True)
-            partial = self._target.with_name(f".{self._target.name}.upload-{os.getpid()}")
+            partial = self._target.with_name(f".{self._target.name}.upload-{os.getpid()}-{secrets.token_hex(4)}")
             partial.write_bytes(self.getvalue())
             os.replace(partial, self._target)
             PUBLISHED.append(self._target.as_posix())

@@ -44,3 +44,19 @@ def test_the_benchmarked_step_is_the_step_that_trains():
         _, metrics = compiled(state, teacher_params, sharding.make_global_batch(batch, batch_sharding))
     metrics = jax.device_get(metrics)
     assert np.isfinite(float(metrics["loss"])) and float(metrics["real_tokens"]) == np.prod(info["shape"])
+
+
+def test_the_trainer_row_times_distil_distill_itself():
+    """bench_step's `trainer` row runs `distil distill` (train_and_evaluate, its input pipeline and metrics) at the
+    size's shape and reads the step time and real tokens from the trainer's own log."""
+    import math
+
+    import bench_step
+
+    spec = {"size": "runlocal", "variant": "trainer", "steps": 2, "warmup": 1, **bench_step.VARIANTS["trainer"]}
+    spec.update(vocab_chunk_size=bench_step.DEFAULT_CHUNK, vocab_tile_size=0)
+    row = bench_step.trainer_worker(spec)
+    shape = bench_step.SIZES["runlocal"]
+    assert len(row["times_s"]) == 2 and all(time > 0 for time in row["times_s"])
+    assert 0 < row["real_tokens_per_step"] <= shape["batch"] * shape["length"]
+    assert math.isfinite(row["first_step"]["loss"])

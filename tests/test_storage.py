@@ -138,19 +138,21 @@ def test_staged_folder_uploads_index_last_and_resumes_from_the_bucket(bucket, tm
 def quick_lease(monkeypatch):
     monkeypatch.setattr(run_scaffold.LeaseLock, "lease_seconds", 1.5)
     monkeypatch.setattr(run_scaffold.LeaseLock, "renew_seconds", 0.2)
-    monkeypatch.setattr(run_scaffold.LeaseLock, "settle_seconds", 0.2)
+    monkeypatch.setattr(run_scaffold.LeaseLock, "settle_seconds", 0.5)
 
 
 def test_lease_refuses_a_live_holder_and_is_released(bucket, quick_lease):
     holder = run_scaffold.workdir_lock("gs://b/run", "distill")
     assert isinstance(holder, run_scaffold.LeaseLock)
     holder.acquire()
-    started = time.monotonic()
-    with pytest.raises(run_scaffold.WorkdirInUse, match=r"gs://b/run: in use by distil distill \(host .*, pid "
-                                                        rf"{os.getpid()}, since"):
-        run_scaffold.LeaseLock("gs://b/run", "distill").acquire()
-    assert time.monotonic() - started < 1.5  # seen renewed within a renewal interval, not after the lease
-    holder.release()
+    try:
+        started = time.monotonic()
+        with pytest.raises(run_scaffold.WorkdirInUse, match=r"gs://b/run: in use by distil distill \(host .*, pid "
+                                                            rf"{os.getpid()}, since"):
+            run_scaffold.LeaseLock("gs://b/run", "distill").acquire()
+        assert time.monotonic() - started < 1.5  # seen renewed within a renewal interval, not after the lease
+    finally:
+        holder.release()
     assert not storage.location("gs://b/run/run.lock").exists()
     second = run_scaffold.LeaseLock("gs://b/run", "xnli")
     second.acquire()
@@ -181,20 +183,23 @@ def test_two_starting_together_one_wins_and_a_takeover_is_noticed(bucket, quick_
             outcomes[index] = str(err)
 
     threads = [threading.Thread(target=take, args=(index,)) for index in range(2)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert sorted(outcome == "held" for outcome in outcomes.values()) == [False, True], outcomes
-    winner = locks[[index for index, outcome in outcomes.items() if outcome == "held"][0]]
-    intruder = {"command": "distil distill", "host": "h", "pid": 2, "since": "now", "token": "x",
-                "renewed": time.time()}
-    storage.write_object(winner.path, json.dumps(intruder).encode())
-    deadline = time.monotonic() + 3
-    while not winner.lost and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert winner.lost
-    winner.release()
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert sorted(outcome == "held" for outcome in outcomes.values()) == [False, True], outcomes
+        winner = locks[[index for index, outcome in outcomes.items() if outcome == "held"][0]]
+        intruder = {"command": "distil distill", "host": "h", "pid": 2, "since": "now", "token": "x",
+                    "renewed": time.time()}
+        storage.write_object(winner.path, json.dumps(intruder).encode())
+        deadline = time.monotonic() + 3
+        while not winner.lost and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert winner.lost
+    finally:
+        for lock in locks:  # no renewal thread outlives the fake store
+            lock.release()
     assert storage.location("gs://b/run/run.lock").exists()  # the intruder's lease is not ours to delete
 
 
@@ -275,3 +280,32 @@ def test_urls_where_a_local_path_is_needed_are_refused(tmp_path, capsys):
     assert cli.main(["distill", "--config", "distilmbert:runlocal", "--workdir", str(tmp_path / "w"),
                      "--config.data.corpus=http://example.com/corpus"]) == 2
     assert "config.data.corpus=http://example.com/corpus: http:// is not a storage" in capsys.readouterr().err
+
+
+def test_remote_inputs_are_read_from_local_copies_and_recorded_as_given(bucket, tmp_path):
+    """`run.local_inputs`: every path key a reader needs locally (teacher checkpoint, tokenizer, corpus; XNLI's train
+    and eval data) is replaced by its cached copy in the config the trainer reads; the config the run records keeps
+    the URLs; tfds' data_dir and xnli's init are left to their own readers."""
+    from distil.config import load_config
+    from distil.data.embedded import embedded_wordpiece_vocab
+
+    for key, content in {"models/teacher/config.json": "{}", "vocab.txt": embedded_wordpiece_vocab().read_text(),
+                         "corpus/en.txt": "one line\n", "xnli/dev-en.tsv": "x\n", "mnli/train.jsonl": "{}\n"}.items():
+        target = bucket.local(f"gs://b/{key}")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(content)
+    distill = load_config("distilmbert:runlocal", ["teacher.checkpoint=gs://b/models/teacher",
+                                                   "tokenizer=gs://b/vocab.txt", "data.corpus=gs://b/corpus",
+                                                   "data.tfds_data_dir=gs://b/tfds"])
+    local = run_scaffold.local_inputs("distill", distill)
+    assert Path(local.teacher.checkpoint, "config.json").read_text() == "{}"
+    assert Path(local.tokenizer).read_text() == embedded_wordpiece_vocab().read_text()
+    assert Path(local.data.corpus, "en.txt").read_text() == "one line\n"
+    assert local.data.tfds_data_dir == "gs://b/tfds" and distill.teacher.checkpoint == "gs://b/models/teacher"
+    assert all(str(tmp_path / "cache") in value for value in (local.teacher.checkpoint, local.tokenizer,
+                                                               local.data.corpus))
+    xnli = load_config("distilmbert_xnli:runlocal", ["init=gs://b/run", "eval.path=gs://b/xnli",
+                                                     "train.path=gs://b/mnli/train.jsonl"])
+    local = run_scaffold.local_inputs("xnli", xnli)
+    assert local.init == "gs://b/run" and Path(local.eval.path, "dev-en.tsv").read_text() == "x\n"
+    assert Path(local.train.path).read_text() == "{}\n" and xnli.train.path == "gs://b/mnli/train.jsonl"

@@ -267,11 +267,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     if is_prepared(pipeline.corpus_path(config)) and not trimming:  # (a trimmed run: against the trimmed tokenizer)
         check_prepared(pipeline.corpus_path(config), tokenizer_path, config.data.max_length)
     with open_run(workdir, "distill", recorded) as run:
+        run.report(log)
         if run.finished:
-            log(run.finished_message())
             return read_json(workdir / SUMMARY_FILE, "summary")
-        if run.changes:
-            log(f"{run.status} with changed settings: " + "; ".join(run.changes))
         summary = _train(config, workdir, run, objective, tokenizer_path, tokenizer, teacher_config, student_config,
                          started)
         if "stopped_at" not in summary:

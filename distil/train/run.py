@@ -353,16 +353,17 @@ class LeaseLock:
 
     def _renew(self) -> None:
         while not self._stop.wait(self.renew_seconds):
-            lease = self._read()
-            if lease is not None and lease.get("token") != self.token:
-                self.lost = True
-                print(f"distil: {self.path.parent}: the workdir lease was taken over by {_holder(lease)}; this run "
-                      "no longer holds its workdir", file=sys.stderr, flush=True)
-                return
             try:
+                lease = self._read()
+                if lease is not None and lease.get("token") != self.token:
+                    self.lost = True
+                    print(f"distil: {self.path.parent}: the workdir lease was taken over by {_holder(lease)}; this "
+                          "run no longer holds its workdir", file=sys.stderr, flush=True)
+                    return
                 self._write()
-            except OSError as err:  # a transient store error: the next renewal tries again
-                print(f"distil: {self.path}: lease renewal failed ({err})", file=sys.stderr, flush=True)
+            except Exception as err:  # a store's transient error (any type: tf.io.gfile's are not OSError)
+                print(f"distil: {self.path}: lease renewal failed ({type(err).__name__}: {err}); trying again in "
+                      f"{self.renew_seconds:g} s", file=sys.stderr, flush=True)
 
     def announce(self) -> None:
         """The lease already names its holder."""
@@ -423,6 +424,14 @@ class Run:
         if isinstance(self._lock, LeaseLock) and self._lock.lost:
             raise TrainingError(f"{self.workdir}: another run took over this workdir's lease; stopped without "
                                 "writing more (one run per workdir)")
+
+    def report(self, log) -> None:
+        """Says what opening the workdir found: a finished run (where its results are; nothing will be written) or the
+        settings that changed since the run started."""
+        if self.finished:
+            log(self.finished_message())
+        elif self.changes:
+            log(f"{self.status} with changed settings: " + "; ".join(self.changes))
 
     def extensions(self) -> list[dict]:
         return list(self.record.get("history", []))

@@ -42,6 +42,22 @@ def frozen_paths(params: nnx.State) -> set[tuple]:
     return frozen
 
 
+def zero_frozen(tree: nnx.State, frozen: set[tuple]) -> nnx.State:
+    """`tree` (gradients or optimizer updates of the parameters) with its leaves at `frozen` paths zero. Both are
+    zeroed: a zero gradient alone still lets AdamW's weight decay shrink a frozen table, which transformers never
+    touches (`requires_grad=False`)."""
+    if not frozen:
+        return tree
+
+    def zero(path, leaf):
+        if path not in frozen:
+            return leaf
+        return leaf.replace(jnp.zeros_like(leaf.get_value())) if isinstance(leaf, nnx.Variable) else \
+            jnp.zeros_like(leaf)
+
+    return nnx.map_state(zero, tree)
+
+
 def make_train_step(
     student_graphdef: nnx.GraphDef,
     teacher_graphdef: nnx.GraphDef | None,
@@ -102,12 +118,10 @@ def make_train_step(
         zero_grads = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), state.params)
         zero_terms = {term: jnp.zeros((), jnp.float32) for term in totals}
         (grads, term_sums), _ = jax.lax.scan(accumulate, (zero_grads, zero_terms), (batch, jnp.arange(accum)))
-        if frozen:
-            grads = nnx.map_state(lambda path, g: jnp.zeros_like(g) if path in frozen else g, grads)
-        grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, state.params)
+        grads = jax.tree.map(lambda g, p: g.astype(p.dtype), zero_frozen(grads, frozen), state.params)
         grad_norm = optax.tree.norm(grads)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
+        params = optax.apply_updates(state.params, zero_frozen(updates, frozen))
 
         term_means = {term: term_sums[term] / jnp.maximum(totals[term], 1.0) for term in totals}
         real_tokens = batch["attention_mask"].astype(jnp.float32).sum()

@@ -55,7 +55,7 @@ from distil.train.metrics import MetricsWriter, Progress
 from distil.train.run import (CHECKPOINT_DIR, RESULTS_FILE, SEED_DIR, SEED_RESULTS_FILE, local_inputs, open_run,
                               read_json, resolve_config)
 from distil.train.state import TrainState, create_train_state, learning_rate_schedule, make_optimizer
-from distil.train.step import frozen_paths
+from distil.train.step import frozen_paths, zero_frozen
 from distil.train.tensorboard import ProfileWindow
 from distil.train.trainer import (check_optimizer, configured_device_count, describe_analysis, host_params, log,
                                   mesh_from_config, mesh_size, optimizer_settings, step_analysis,
@@ -322,10 +322,9 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, le
         dropout_key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
         (loss, (accuracy, examples)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch,
                                                                                        dropout_key)
-        if frozen:
-            grads = nnx.map_state(lambda path, g: jnp.zeros_like(g) if path in frozen else g, grads)
+        grads = zero_frozen(grads, frozen)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
+        params = optax.apply_updates(state.params, zero_frozen(updates, frozen))
         metrics = {"loss": loss, "accuracy": accuracy, "grad_norm": optax.tree.norm(grads),
                    "learning_rate": learning_rate(state.step), "examples": examples,
                    "real_tokens": (batch["attention_mask"] * batch["weights"][:, None]).sum()}
@@ -447,11 +446,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     log(f"  {num_examples} training pairs ({truncated} cut to config.max_length={config.max_length}); {num_steps} "
         f"steps of {config.batch_size}; English dev at steps {shown}; seeds {tuple(config.seeds)}")
     with open_run(workdir, "xnli", recorded) as run:
+        run.report(log)
         if run.finished:
-            log(run.finished_message())
             return read_json(workdir / RESULTS_FILE, "XNLI results")
-        if run.changes:
-            log(f"{run.status} with changed settings: " + "; ".join(run.changes))
         # Mesh, optimizer, the steps (jitted once, for every seed).
         mesh, rules = mesh_from_config(config)
         settings = optimizer_settings(config.optimizer, num_steps)
