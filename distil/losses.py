@@ -33,12 +33,13 @@ RELATIONS = ("query", "key", "value")
 _COSINE_EPS = 1e-12
 
 
-def _f32(x) -> jax.Array:
+def as_float32(x) -> jax.Array:
+    """Every loss computes in float32, whatever the model's dtype (also `distil.vocabulary_losses`)."""
     return jnp.asarray(x).astype(jnp.float32)
 
 
 def _teacher(x) -> jax.Array:
-    return jax.lax.stop_gradient(_f32(x))
+    return jax.lax.stop_gradient(as_float32(x))
 
 
 def _check_same_shape(student, teacher, what: str):
@@ -46,8 +47,9 @@ def _check_same_shape(student, teacher, what: str):
         raise ValueError(f"student and teacher {what} differ in shape: {student.shape} vs {teacher.shape}")
 
 
-def _check_weights(weights, shape, what: str = "weights") -> jax.Array:
-    weights = _f32(weights)
+def check_weights(weights, shape, what: str = "weights") -> jax.Array:
+    """Per-position weights as float32 [batch, length]; another shape is a ValueError naming `what`."""
+    weights = as_float32(weights)
     if weights.shape != tuple(shape):
         raise ValueError(f"{what} must be [batch, length] = {list(shape)}, got {list(weights.shape)}")
     return weights
@@ -78,9 +80,9 @@ def soft_cross_entropy(student_logits, teacher_logits, weights, temperature: flo
     """
     if isinstance(temperature, (int, float)) and not temperature > 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
-    student_logits, teacher_logits = _f32(student_logits), _teacher(teacher_logits)
+    student_logits, teacher_logits = as_float32(student_logits), _teacher(teacher_logits)
     _check_same_shape(student_logits, teacher_logits, "logits")
-    weights = _check_weights(weights, student_logits.shape[:2])
+    weights = check_weights(weights, student_logits.shape[:2])
     student_log_probs = jax.nn.log_softmax(student_logits / temperature, axis=-1)
     teacher_log_probs = jax.nn.log_softmax(teacher_logits / temperature, axis=-1)
     per_position = _kl_over_last_axis(teacher_log_probs, student_log_probs) * (temperature**2)  # [batch, length]
@@ -94,7 +96,7 @@ def masked_lm(student_logits, mlm_labels) -> Loss:
     sum = Σ_targets -log softmax(s)[label]; count = number of targets (torch's CrossEntropyLoss(ignore_index=-100)
     mean is sum / count).
     """
-    student_logits = _f32(student_logits)
+    student_logits = as_float32(student_logits)
     mlm_labels = jnp.asarray(mlm_labels)
     if mlm_labels.shape != student_logits.shape[:2]:
         raise ValueError(f"mlm_labels must be [batch, length] = {list(student_logits.shape[:2])}, "
@@ -113,9 +115,9 @@ def hidden_cosine(student_hidden, teacher_hidden, weights) -> Loss:
     attention mask here even with `restrict_ce_to_mask`). Cosine as torch's CosineEmbeddingLoss (target 1), whose
     mean over the selected positions is sum / count; count = Σ weights.
     """
-    student_hidden, teacher_hidden = _f32(student_hidden), _teacher(teacher_hidden)
+    student_hidden, teacher_hidden = as_float32(student_hidden), _teacher(teacher_hidden)
     _check_same_shape(student_hidden, teacher_hidden, "hidden states")
-    weights = _check_weights(weights, student_hidden.shape[:2])
+    weights = check_weights(weights, student_hidden.shape[:2])
     dot = (student_hidden * teacher_hidden).sum(-1)
     norms = jnp.sqrt(((student_hidden**2).sum(-1) + _COSINE_EPS) * ((teacher_hidden**2).sum(-1) + _COSINE_EPS))
     return ((1.0 - dot / norms) * weights).sum(), weights.sum()
@@ -127,9 +129,9 @@ def logits_mse(student_logits, teacher_logits, weights) -> Loss:
     student_logits, teacher_logits: [batch, length, vocab]; weights: [batch, length] (the same selection as `ce`).
     sum = Σ_positions weights · Σ_v (s - t)²; count = Σ weights.
     """
-    student_logits, teacher_logits = _f32(student_logits), _teacher(teacher_logits)
+    student_logits, teacher_logits = as_float32(student_logits), _teacher(teacher_logits)
     _check_same_shape(student_logits, teacher_logits, "logits")
-    weights = _check_weights(weights, student_logits.shape[:2])
+    weights = check_weights(weights, student_logits.shape[:2])
     return (((student_logits - teacher_logits) ** 2).sum(-1) * weights).sum(), weights.sum()
 
 
@@ -170,7 +172,7 @@ class HiddenProjection(nnx.Module):
         )
 
     def __call__(self, student_hidden: jax.Array) -> jax.Array:
-        return self.linear(_f32(student_hidden))  # [..., teacher_width]
+        return self.linear(as_float32(student_hidden))  # [..., teacher_width]
 
 
 def hidden_mse(
@@ -192,15 +194,15 @@ def hidden_mse(
     means over layers, i.e. num_pairs times this (fold that into the loss weight if it matters).
     """
     pairs = _layer_pairs(layer_map, len(student_hiddens), len(teacher_hiddens), "hidden state")
-    weights = _check_weights(weights, student_hiddens[0].shape[:2])
+    weights = check_weights(weights, student_hiddens[0].shape[:2])
     total = jnp.zeros((), jnp.float32)
     for student_index, teacher_index in pairs:
-        student_hidden = _f32(student_hiddens[student_index])  # [batch, length, student_width]
+        student_hidden = as_float32(student_hiddens[student_index])  # [batch, length, student_width]
         teacher_hidden = _teacher(teacher_hiddens[teacher_index])  # [batch, length, teacher_width]
         if callable(projection):
-            student_hidden = _f32(projection(student_hidden))
+            student_hidden = as_float32(projection(student_hidden))
         elif projection is not None:
-            student_hidden = student_hidden @ _f32(projection)  # a plain [student_width, teacher_width] kernel
+            student_hidden = student_hidden @ as_float32(projection)  # a plain [student_width, teacher_width] kernel
         _check_same_shape(student_hidden, teacher_hidden,
                           f"hidden states (student {student_index} -> teacher {teacher_index}; "
                           f"a narrower student needs a projection)")
@@ -228,12 +230,12 @@ def attention_kl(
     """
     pairs = _layer_pairs(layer_map, len(student_attention_probs), len(teacher_attention_probs), "attention layer")
     heads = student_attention_probs[0].shape[1]
-    weights = _check_weights(weights, (student_attention_probs[0].shape[0], student_attention_probs[0].shape[2]),
+    weights = check_weights(weights, (student_attention_probs[0].shape[0], student_attention_probs[0].shape[2]),
                              "weights (over queries)")
     tiny = jnp.finfo(jnp.float32).tiny
     total = jnp.zeros((), jnp.float32)
     for student_index, teacher_index in pairs:
-        student_probs = _f32(student_attention_probs[student_index])
+        student_probs = as_float32(student_attention_probs[student_index])
         teacher_probs = _teacher(teacher_attention_probs[teacher_index])
         if student_probs.shape[1] != teacher_probs.shape[1]:
             raise ValueError(
@@ -301,12 +303,12 @@ def minilm_relations(
         raise ValueError(f"relations must be a non-empty subset of {RELATIONS}, got {tuple(relations)}")
     if len(student_qkv) != 3 or len(teacher_qkv) != 3:
         raise ValueError("student_qkv and teacher_qkv must each be a (query, key, value) triple")
-    query_mask = _check_weights(attention_mask, student_qkv[0].shape[:2], "attention_mask")
+    query_mask = check_weights(attention_mask, student_qkv[0].shape[:2], "attention_mask")
     key_mask = query_mask > 0
     total = jnp.zeros((), jnp.float32)
     for name in relations:
         index = RELATIONS.index(name)
-        student_vectors, teacher_vectors = _f32(student_qkv[index]), _teacher(teacher_qkv[index])
+        student_vectors, teacher_vectors = as_float32(student_qkv[index]), _teacher(teacher_qkv[index])
         if student_vectors.shape[:2] != teacher_vectors.shape[:2]:
             raise ValueError(f"student and teacher {name} differ in [batch, length]: "
                              f"{student_vectors.shape[:2]} vs {teacher_vectors.shape[:2]}")

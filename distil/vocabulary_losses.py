@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from distil.data.masking import IGNORE_INDEX
-from distil.losses import Loss, _check_weights, _f32
+from distil.losses import Loss, as_float32, check_weights
 
 
 VOCABULARY_TERMS = ("ce", "mlm", "mse")
@@ -102,8 +102,8 @@ def vocabulary_losses(
             raise ValueError(f"student and teacher vocabularies differ: {student_decoder[0].shape[0]} vs "
                              f"{teacher_decoder[0].shape[0]}")
     zeros = jnp.zeros((batch, length), jnp.float32)
-    ce_weights = _check_weights(ce_weights, (batch, length), "ce_weights") if "ce" in terms else zeros
-    mse_weights = _check_weights(mse_weights, (batch, length), "mse_weights") if "mse" in terms else zeros
+    ce_weights = check_weights(ce_weights, (batch, length), "ce_weights") if "ce" in terms else zeros
+    mse_weights = check_weights(mse_weights, (batch, length), "mse_weights") if "mse" in terms else zeros
     if "mlm" in terms:
         mlm_labels = jnp.asarray(mlm_labels)
         if mlm_labels.shape != (batch, length):
@@ -112,7 +112,7 @@ def vocabulary_losses(
         mlm_labels = jnp.full((batch, length), IGNORE_INDEX, jnp.int32)
     if not needs_teacher:  # placeholders the tile functions never read
         teacher_hidden, teacher_decoder = student_hidden, student_decoder
-    coefficient_vector = jnp.stack([_f32(coefficients[term]) for term in terms])
+    coefficient_vector = jnp.stack([as_float32(coefficients[term]) for term in terms])
 
     if batch % batch_shards or student_decoder[0].shape[0] % vocab_shards:
         raise ValueError(f"batch_shards={batch_shards} and vocab_shards={vocab_shards} must divide the batch ({batch}) "
