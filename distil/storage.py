@@ -35,9 +35,9 @@ _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 # Schemes etils.epath reads and writes (its own list); any other URL is refused by name.
 REMOTE_SCHEMES = ("gs", "s3")
 CACHE_VARIABLE = "DISTIL_CACHE"
-_RECORD_PREFIX = ".distil-"
 _COPY_RECORD = ".distil-copy.json"  # in a local copy: the objects it was copied from (name -> [size, mtime])
 _UPLOAD_RECORD = ".distil-upload.json"  # in a staged folder: the local files last uploaded (name -> [size, mtime_ns])
+_RECORDS = (_COPY_RECORD, _UPLOAD_RECORD)  # the cache's own files, never uploaded
 
 if TYPE_CHECKING:
     from etils import epath
@@ -121,7 +121,7 @@ def upload_folder(local: str | os.PathLike, remote: Location, *, last: Iterable[
     `unchanged` (what an earlier call returned) are not sent again. Returns name -> [size, mtime_ns] of every file."""
     local = Path(local)
     last = tuple(last)
-    files = sorted(path for path in local.rglob("*") if path.is_file() and not path.name.startswith(_RECORD_PREFIX))
+    files = sorted(path for path in local.rglob("*") if path.is_file() and path.name not in _RECORDS)
     ordered = [path for path in files if path.relative_to(local).as_posix() not in last]
     ordered += [local / name for name in last if (local / name).is_file()]
     sent = {}
