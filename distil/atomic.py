@@ -210,7 +210,7 @@ def _names(names: list[str], limit: int = 6) -> str:
 def foreign_files(folder: str | os.PathLike) -> list[str]:
     """Entries of an existing `folder` that distil did not write (all of them when it has no manifest)."""
     folder = storage.location(folder)
-    entries = sorted(entry.name for entry in folder.iterdir())
+    entries = [entry.name for entry in storage.entries(folder)]
     listed = _read_manifest(folder)
     owned = set() if listed is None else {MANIFEST, *listed}
     return [name for name in entries if name not in owned]

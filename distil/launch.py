@@ -197,8 +197,8 @@ def _open_root(root: Path) -> run_scaffold.WorkdirLock:
     """The sweep root, locked for this sweep: new, empty, or a sweep root already (its sweep.json)."""
     make_output_folder(root, "sweep root")
     if not (root / SWEEP_RECORD).exists():
-        own = {LOCK_FILE, *(entry.name for entry in root.iterdir() if is_temporary(entry.name))}
-        foreign = sorted(entry.name for entry in root.iterdir() if entry.name not in own)
+        names = [entry.name for entry in storage.entries(root)]
+        foreign = [name for name in names if name != LOCK_FILE and not is_temporary(name)]
         if foreign:
             raise OutputError(f"{root}: holds files distil did not write for a sweep ({', '.join(foreign[:6])}; no "
                               f"{SWEEP_RECORD}); choose a new or empty --workdir")

@@ -105,6 +105,16 @@ def read_json(path: str | os.PathLike, what: str = "", *, error: type[Exception]
     return value
 
 
+def entries(folder: str | os.PathLike) -> list:
+    """What `folder` holds (paths), sorted by name; nothing when it does not exist. On an object store a folder is a
+    prefix that exists only while an object lies under it, and listing an empty one fails."""
+    folder = location(folder)
+    try:
+        return sorted(folder.iterdir(), key=lambda entry: entry.name)
+    except FileNotFoundError:
+        return []
+
+
 # --------------------------------------------------------------------------------------------------- writing
 
 
@@ -213,7 +223,7 @@ def staged(path: str | os.PathLike, *, last: Iterable[str] = ()) -> Iterator[Pat
         return
     remote = location(path)
     folder = cache_folder(remote)
-    if remote.is_dir() and any(remote.iterdir()):
+    if entries(remote):
         local_copy(remote, "the folder")  # what the bucket holds need not be sent back
         _write_json(folder / _UPLOAD_RECORD, _local_files(folder, _read_record(folder / _COPY_RECORD)))
     folder.mkdir(parents=True, exist_ok=True)

@@ -7,7 +7,9 @@ bucket.
 - no append (`open(..., "a")` fails);
 - no atomic rename: `rename`/`replace` copy and delete, as `tf.io.gfile` and gcsfs do on GCS, and each call is
   recorded in `RENAMES` so a test can show distil's own files never need one;
-- no locks (nothing to call).
+- no locks (nothing to call);
+- no folders: a "folder" is a prefix that exists while an object lies under it; `mkdir` does nothing (as gcsfs),
+  and listing a prefix that holds nothing fails with FileNotFoundError.
 Operating-system calls on a `gs://` string are not routed: a code path that took the URL for a local path would
 create a folder named `gs:` in the working directory, which the tests check for.
 
@@ -76,14 +78,21 @@ class FakeObjectStore(epath_backend.Backend):
             return _Upload(target, False) if "b" in mode else _TextUpload(target)
         return open(target, mode)
 
+    def _holds_objects(self, local: Path) -> bool:
+        return local.is_dir() and any(entry.is_file() for entry in local.rglob("*"))
+
     def exists(self, path):
-        return self.local(path).exists()
+        local = self.local(path)
+        return local.is_file() or self._holds_objects(local)
 
     def isdir(self, path):
-        return self.local(path).is_dir()
+        return self._holds_objects(self.local(path))
 
     def listdir(self, path):
-        return sorted(os.listdir(self.local(path)))
+        local = self.local(path)
+        if not self._holds_objects(local):
+            raise FileNotFoundError(f"{path}: no object under this prefix")
+        return sorted(entry.name for entry in local.iterdir() if entry.is_file() or self._holds_objects(entry))
 
     def glob(self, path):
         local = self.local(path)
@@ -91,13 +100,14 @@ class FakeObjectStore(epath_backend.Backend):
 
     def walk(self, top, *, top_down=True, on_error=None):
         for root, dirs, files in os.walk(self.local(top), topdown=top_down, onerror=on_error):
+            dirs[:] = [name for name in dirs if self._holds_objects(Path(root, name))]
             yield self.remote(Path(root), top), dirs, files
 
     def makedirs(self, path, *, exist_ok=False, mode=None):
-        self.local(path).mkdir(parents=True, exist_ok=exist_ok)
+        """Nothing: a prefix needs no creating."""
 
     def mkdir(self, path, *, exist_ok=False, mode=None):
-        self.local(path).mkdir(exist_ok=exist_ok)
+        """Nothing: a prefix needs no creating."""
 
     def rmtree(self, path):
         shutil.rmtree(self.local(path))
@@ -156,7 +166,8 @@ if __name__ == "__main__":
     import json
 
     # What was renamed, for the test to read after the process ends.
-    atexit.register(lambda: Path(root, f"renames-{os.getpid()}.json").write_text(json.dumps(RENAMES)))
+    atexit.register(lambda: (Path(root).mkdir(parents=True, exist_ok=True),
+                             Path(root, f"renames-{os.getpid()}.json").write_text(json.dumps(RENAMES))))
     from distil.cli import main
 
     sys.argv = ["distil", *argv]

@@ -458,14 +458,14 @@ class Run:
 def _own_entries(folder) -> set[str]:
     """What a workdir holds before its run.json: the lock, and temporaries of distil's atomic writes (a starting
     run's own, or those of one that started a moment earlier)."""
-    return {LOCK_FILE, *(entry.name for entry in folder.iterdir() if is_temporary(entry.name))}
+    return {LOCK_FILE, *(entry.name for entry in storage.entries(folder) if is_temporary(entry.name))}
 
 
 def _refuse_foreign(workdir: Path) -> None:
     """A workdir without run.json must hold nothing but what a starting run leaves (its lock, our temporaries)."""
     if (workdir / RUN_FILE).exists():
         return
-    foreign = sorted(entry.name for entry in workdir.iterdir() if entry.name not in _own_entries(workdir))
+    foreign = [entry.name for entry in storage.entries(workdir) if entry.name not in _own_entries(workdir)]
     if foreign:
         shown = ", ".join(foreign[:6]) + (f" and {len(foreign) - 6} more" if len(foreign) > 6 else "")
         raise OutputError(f"{workdir}: holds files distil did not write for a run ({shown}; no {RUN_FILE}); "
@@ -578,7 +578,7 @@ def check_output_folder(folder: str | os.PathLike, names: Iterable[str], what: s
     if foreign:
         shown = ", ".join(foreign[:6]) + (f" and {len(foreign) - 6} more" if len(foreign) > 6 else "")
         raise OutputError(f"{folder}: holds files distil did not write ({shown}); choose a new or empty {what}")
-    listed = sorted(set(names) | set(entry.name for entry in folder.iterdir() if entry.name not in (MANIFEST,)
+    listed = sorted(set(names) | set(entry.name for entry in storage.entries(folder) if entry.name != MANIFEST
                                      and not entry.name.startswith(".")))
     write_text_atomically(folder / MANIFEST, json.dumps({"written_by": "distil", "files": listed}, indent=1) + "\n")
     return folder
