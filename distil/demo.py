@@ -1,11 +1,14 @@
-"""The demo: the whole pipeline at laptop scale on the embedded default data (see configs/demo.py).
+"""The demo: the whole pipeline at laptop scale on embedded data (see configs/demo.py).
 
     run_demo(config, workdir)
 
 1. teacher/: MLM pre-training of a small BERT (`distil.train.distill` with no teacher; it binarises the corpus);
-2. student/: the DistilBERT recipe from that teacher;
+2. student/: the DistilBERT recipe from that teacher; student-mlm/ and student-random/: the ablations (the MLM term
+   alone from the same teacher layers; the recipe from random weights), same steps and rows;
 3. xnli-teacher/, xnli-student/: zero-shot XNLI of both (`distil.train.xnli`);
-4. report.md with loss curves (loss_curves.png), the XNLI table of both beside the model card's rows
+4. evaluation.json: held-out masked-token accuracy of the four models and of the unigram baseline on the same fixed
+   masks (`distil.evaluation`), fill-mask examples of the exported student; report.md whose first table is that
+   evaluation, with loss curves (loss_curves.png), the XNLI table of both beside the model card's rows
    (xnli_results.{json,md,png}), the student's speed-up over the teacher measured here, and what the full recipe needs
    (its memory dry run and the launch commands).
 The demo's workdir is a run of its own (distil.train.run): locked while it runs, of one demo config, and final once
@@ -27,11 +30,13 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from distil import hf, report
+from distil import evaluation, hf, report
 from distil.atomic import write_atomically, write_text_atomically
 from distil.config import ConfigError, load_config
+from distil.data.embedded import embedded_corpus_dir
 from distil.models import parameter_count
 from distil.sweep_report import LOSS_TERMS
+from distil.tokenization import load_tokenizer
 from distil.train import distill, xnli
 from distil.train.metrics import read_metrics
 from distil.train.run import (DEMO_FILE, DRY_RUN_FILE, LOSS_CURVES_FILE, METRICS_FILE, REPORT_FILE, RESULTS_FILE,
@@ -62,9 +67,10 @@ def _stage(name: str, folder: Path, run) -> float:
 
 
 def check_config(config: ml_collections.ConfigDict) -> None:
-    for key in ("teacher_steps", "student_steps", "speed_batch"):
-        if not isinstance(config[key], int) or config[key] < 1:
-            raise ConfigError(f"config.{key} must be an integer >= 1, got {config[key]!r}")
+    for key in ("teacher_steps", "student_steps", "speed_batch", "eval_seed"):
+        least = 0 if key == "eval_seed" else 1
+        if not isinstance(config[key], int) or config[key] < least:
+            raise ConfigError(f"config.{key} must be an integer >= {least}, got {config[key]!r}")
 
 
 def run_demo(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict:
@@ -83,40 +89,45 @@ def run_demo(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> d
 def _run_stages(config: ml_collections.ConfigDict, workdir: Path) -> dict:
     started = time.perf_counter()
     seed = f"seed={config.seed}"
-    stages = {"teacher": workdir / "teacher", "student": workdir / "student",
-              "xnli-teacher": workdir / "xnli-teacher", "xnli-student": workdir / "xnli-student"}
+    stages = {name: workdir / name for name in ("teacher", *STUDENTS, "xnli-teacher", "xnli-student")}
     teacher_config = load_config("distilmbert:runlocal", [*config.teacher, f"num_steps={config.teacher_steps}", seed])
-    student_config = load_config("distilmbert:runlocal", [
-        *config.student, f"num_steps={config.student_steps}", seed,
-        f"teacher.checkpoint={stages['teacher'] / STUDENT_DIR}"])
+    student_base = [*config.student, f"num_steps={config.student_steps}", seed,
+                    f"teacher.checkpoint={stages['teacher'] / STUDENT_DIR}"]
+    student_configs = {"student": load_config("distilmbert:runlocal", student_base),
+                       "student-mlm": load_config("distilmbert:runlocal", [*student_base, *config.mlm_only]),
+                       "student-random": load_config("distilmbert:runlocal", [*student_base, *config.random_init])}
     xnli_configs = {
         "teacher": load_config("mbert_xnli:runlocal", [*config.xnli, f"init={stages['teacher']}", "name=teacher"]),
         "student": load_config("distilmbert_xnli:runlocal", [*config.xnli, f"init={stages['student']}",
                                                              "name=student"]),
     }
 
-    seconds = {
-        "teacher": _stage("1/4 MLM pre-training of the teacher", stages["teacher"],
-                          lambda: distill.train_and_evaluate(teacher_config, stages["teacher"])),
-        "student": _stage("2/4 distilling the student", stages["student"],
-                          lambda: distill.train_and_evaluate(student_config, stages["student"])),
-    }
+    seconds = {"teacher": _stage("1/4 MLM pre-training of the teacher", stages["teacher"],
+                                 lambda: distill.train_and_evaluate(teacher_config, stages["teacher"]))}
+    for name, what in STUDENTS.items():
+        seconds[name] = _stage(f"2/4 {what}", stages[name],
+                               lambda: distill.train_and_evaluate(student_configs[name], stages[name]))
     for model in ("teacher", "student"):
         stage = stages[f"xnli-{model}"]
         seconds[f"xnli-{model}"] = _stage(f"3/4 XNLI of the {model}", stage,
                                           lambda: xnli.train_and_evaluate(xnli_configs[model], stage))
 
-    _log("4/4 report")
+    _log("4/4 held-out evaluation and report")
+    tick = time.perf_counter()
+    heldout = heldout_evaluation(config, teacher_config, {name: stages[name] / STUDENT_DIR
+                                                          for name in ("teacher", *STUDENTS)})
+    write_text_atomically(workdir / EVALUATION_FILE, json.dumps(heldout, indent=2) + "\n")
+    seconds["evaluation"] = time.perf_counter() - tick
     runs = [report.read_results(stages["xnli-teacher"]), report.read_results(stages["xnli-student"])]
     report.write_files(runs, workdir, RESULTS_FILE.removesuffix(".json"), {"runs": runs})
-    plot_loss_curves({name: read_metrics(stages[name] / METRICS_FILE) for name in ("teacher", "student")},
+    plot_loss_curves({name: read_metrics(stages[name] / METRICS_FILE) for name in ("teacher", *STUDENTS)},
                      workdir / LOSS_CURVES_FILE)
     teacher_folder, student_folder = (stages[name] / STUDENT_DIR for name in ("teacher", "student"))
     speed = measure_speedup(teacher_folder, student_folder, batch=config.speed_batch)
     summary = {
         "workdir": str(workdir), "seconds": seconds, "speed": speed,
-        "teacher": read_json(stages["teacher"] / SUMMARY_FILE, "summary"),
-        "student": read_json(stages["student"] / SUMMARY_FILE, "summary"),
+        **{name: read_json(stages[name] / SUMMARY_FILE, "summary") for name in ("teacher", *STUDENTS)},
+        "heldout": heldout,
         "xnli": {run["model"]: run["test"] for run in runs},
         "dry_run": full_recipe_dry_run(workdir / DRY_RUN_FILE),
     }
@@ -126,6 +137,50 @@ def _run_stages(config: ml_collections.ConfigDict, workdir: Path) -> dict:
     return summary
 
 
+# The distillation stages after the teacher: folder -> what it is (the report's rows, in this order).
+STUDENTS = {"student": "distilling the student (the recipe, from teacher layers)",
+            "student-mlm": "ablation: the same student trained with the MLM term alone",
+            "student-random": "ablation: the recipe into the same shape from random weights"}
+EVALUATION_FILE = "evaluation.json"  # held-out masked-token accuracy, unigram baseline, fill-mask examples
+# The first table's rows: evaluation.json key -> label.
+MODELS = {"teacher": "teacher (4 layers, MLM pre-training)",
+          "student": "**distilled student** (2 layers, teacher layers 0 and 3 + 5·ce + 2·mlm + 1·cos)",
+          "student-mlm": "MLM-only student (same init, steps and rows; alpha_ce = alpha_cos = 0)",
+          "student-random": "random-init student (same shape and recipe, random weights)"}
+
+
+def heldout_evaluation(config: ml_collections.ConfigDict, teacher_config: ml_collections.ConfigDict,
+                       folders: dict[str, Path]) -> dict:
+    """Masked-token accuracy of each exported model on the held-out lines (config.heldout) with the same fixed
+    uniform 15% masks, the unigram baseline on them (most frequent token of each language's training lines), the
+    student's retention of the teacher's accuracy, and fill-mask examples (transformers' pipeline on the exported
+    student, one held-out sentence per language with one single-token word masked, top-3)."""
+    tokenizer = load_tokenizer(teacher_config.tokenizer)
+    lines = evaluation.read_lines(config.heldout)
+    masks = evaluation.heldout_masks(tokenizer, lines, seed=config.eval_seed,
+                                     max_length=teacher_config.data.max_length)
+    corpus = teacher_config.data.corpus  # the baseline counts the teacher's training lines (a folder of <lang>.txt)
+    train_lines = evaluation.read_lines(embedded_corpus_dir() if corpus == "embedded" else corpus, list(lines))
+    out = {"languages": list(lines), "lines": {lang: len(texts) for lang, texts in lines.items()},
+           "unigram": evaluation.unigram_accuracy(masks, evaluation.unigram_predictions(tokenizer, train_lines))}
+    out["targets"] = out["unigram"]["targets"]
+    out["unigram"] = out["unigram"]["accuracy"]
+    out["models"] = {name: evaluation.masked_accuracy(folder, masks)["accuracy"] for name, folder in folders.items()}
+    teacher = out["models"]["teacher"]
+    out["retention"] = {key: evaluation.retention(value, teacher[key])
+                        for key, value in out["models"]["student"].items()}
+    examples = []
+    for lang in config.fill_mask_languages:
+        for index, text in enumerate(lines.get(lang, [])):
+            masked, word = evaluation.mask_one_word(tokenizer, text, seed=config.eval_seed + index)
+            if masked and len(text) < 160:
+                examples.append({"language": lang, "text": masked, "answer": word})
+                break
+    answers = evaluation.fill_mask(folders["student"], [example["text"] for example in examples], top_k=3)
+    out["fill_mask"] = [{**example, "top3": result["answers"]} for example, result in zip(examples, answers)]
+    return out
+
+
 def plot_loss_curves(metrics: dict[str, list[dict]], path: Path) -> None:
     """One panel per stage: every logged loss term against the step."""
     import matplotlib
@@ -133,13 +188,14 @@ def plot_loss_curves(metrics: dict[str, list[dict]], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axes = plt.subplots(1, len(metrics), figsize=(6 * len(metrics), 4))
+    figure, axes = plt.subplots(1, len(metrics), figsize=(5 * len(metrics), 4))
     for ax, (name, rows) in zip(np.atleast_1d(axes), metrics.items()):
         steps = [row["step"] for row in rows]
         for term in LOSS_TERMS:
             if term in rows[0]:
                 ax.plot(steps, [row[term] for row in rows], label=term)
-        ax.set_title(f"{name}: {'MLM pre-training' if name == 'teacher' else 'distillation'}")
+        kind = {"teacher": "MLM pre-training", "student-mlm": "MLM only"}.get(name, "distillation")
+        ax.set_title(f"{name}: {kind}")
         ax.set_xlabel("step")
         ax.set_yscale("log")
         ax.legend()
@@ -191,34 +247,54 @@ def full_recipe_dry_run(cache: Path) -> str:
 
 
 def to_markdown(summary: dict, workdir: Path) -> str:
-    teacher, student, speed = summary["teacher"], summary["student"], summary["speed"]
+    teacher, speed = summary["teacher"], summary["speed"]
     # The XNLI report's sections, one level down (its title is this section's).
     xnli_table = "\n".join(f"#{line}" if line.startswith("## ") else line
                            for line in (workdir / RESULTS_FILE).with_suffix(".md").read_text(
                                encoding="utf-8").splitlines()[1:])
     averages = {model: 100 * sum(test.values()) / len(test) for model, test in summary["xnli"].items()}
     near_chance = all(abs(average - 100 / 3) < 3 for average in averages.values())
-    final_t, final_s = teacher["final"], student["final"]
+    heldout = summary["heldout"]
+    stage_rows = [
+        f"| 1. MLM pre-training (teacher) | teacher/ | {teacher['steps']} | "
+        f"mlm {teacher['final']['mlm']:.3f} | {summary['seconds']['teacher']:.0f} |"]
+    for name in STUDENTS:
+        final = summary[name]["final"]
+        stage_rows.append(f"| 2. {MODELS[name].replace('**', '')} | {name}/ | {summary[name]['steps']} | "
+                          + ", ".join(f"{term} {final[term]:.3f}" for term in ("ce", "mlm", "cos") if term in final)
+                          + f" | {summary['seconds'][name]:.0f} |")
     lines = [
         "# distil demo",
         "",
-        "The whole pipeline at laptop scale on the embedded data: a small BERT pre-trained with MLM on 15 languages "
-        "(~150K tokens), distilled into a 2-layer DistilBERT with the DistilBERT recipe, both fine-tuned on 1,000 "
-        "English MultiNLI pairs and evaluated zero-shot on the 15 XNLI languages. **At this size the numbers are far "
-        "below the model card's** (a few minutes of CPU, a corpus ten thousand times smaller than Wikipedia); they "
-        "show the pipeline working end to end, not the method's quality.",
+        "The whole pipeline at laptop scale on embedded data: a small BERT pre-trained with MLM on 15 languages "
+        f"(~{teacher['steps']} updates of ~1,000 tokens), distilled into a 2-layer DistilBERT with the DistilBERT "
+        "recipe, set beside the DistilBERT paper's ablations in miniature, then fine-tuned on 1,000 English MultiNLI "
+        "pairs and evaluated zero-shot on the 15 XNLI languages. **At this size the numbers are far below the model "
+        "card's** (a few minutes of CPU, a corpus ten thousand times smaller than Wikipedia).",
+        "",
+        "## Held-out masked-token accuracy (%)",
+        "",
+        heldout_markdown(heldout),
+        "",
+        "## Fill-mask: the exported student on held-out sentences",
+        "",
+        "transformers' `fill-mask` pipeline on `student/student` (offline), one held-out sentence per language with "
+        "one word (a single token of the vocabulary) masked; top-3 answers with their probabilities.",
+        "",
+        "| language | sentence | masked word | top-3 |",
+        "|---|---|---|---|",
+        *(f"| {ex['language']} | {ex['text'].replace('|', '/')} | {ex['answer']} | "
+          + ", ".join(f"`{answer['token']}` {answer['score']:.2f}" for answer in ex["top3"]) + " |"
+          for ex in heldout["fill_mask"]),
         "",
         "## What ran",
         "",
-        "| stage | folder | steps | final loss | seconds |",
+        "| stage | folder | steps | final training loss | seconds |",
         "|---|---|---:|---|---:|",
-        f"| 1. MLM pre-training (teacher) | teacher/ | {teacher['steps']} | mlm {final_t['mlm']:.3f} | "
-        f"{summary['seconds']['teacher']:.0f} |",
-        f"| 2. distillation (student) | student/ | {student['steps']} | "
-        + ", ".join(f"{term} {final_s[term]:.3f}" for term in ("ce", "mlm", "cos") if term in final_s)
-        + f" | {summary['seconds']['student']:.0f} |",
+        *stage_rows,
         f"| 3. XNLI, teacher | xnli-teacher/ | | | {summary['seconds']['xnli-teacher']:.0f} |",
         f"| 3. XNLI, student | xnli-student/ | | | {summary['seconds']['xnli-student']:.0f} |",
+        f"| 4. held-out evaluation | evaluation.json | | | {summary['seconds']['evaluation']:.0f} |",
         "",
         f"Stages reused from an earlier run show 0 seconds. Total {summary['total_seconds']:.0f} s.",
         "",
@@ -242,7 +318,7 @@ def to_markdown(summary: dict, workdir: Path) -> str:
         "Average test accuracy over the 15 languages: "
         + ", ".join(f"{model} {average:.1f}%" for model, average in averages.items())
         + (". **Both are at chance (33.3% for three classes), as expected here**: models this small, pre-trained "
-           "on ~150K tokens and fine-tuned on 1,000 English pairs, do not learn NLI; the table shows the 15 "
+           "on ~1.5M tokens and fine-tuned on 1,000 English pairs, do not learn NLI; the table shows the 15 "
            "languages read, evaluated and set beside the model card, which a full run fills in." if near_chance
            else "."),
         "",
@@ -280,3 +356,37 @@ def to_markdown(summary: dict, workdir: Path) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def heldout_markdown(heldout: dict) -> str:
+    """The report's first table: per language and overall, every model's held-out masked-token accuracy, the
+    unigram baseline on the same masks, and the distilled student's retention of the teacher's accuracy."""
+    keys = [*heldout["languages"], "overall"]
+    header = "| model | " + " | ".join(keys) + " |\n|---|" + "---:|" * len(keys)
+    rows = [f"| {MODELS[name]} | " + " | ".join(f"{100 * accuracy[key]:.1f}" for key in keys) + " |"
+            for name, accuracy in heldout["models"].items()]
+    rows.append("| unigram baseline (each language's most frequent training token) | "
+                + " | ".join(f"{100 * heldout['unigram'][key]:.1f}" for key in keys) + " |")
+    rows.append("| retention: distilled / teacher | "
+                + " | ".join("-" if heldout["retention"][key] is None else f"{heldout['retention'][key]:.2f}"
+                             for key in keys) + " |")
+    models, unigram, targets = heldout["models"], heldout["unigram"]["overall"], heldout["targets"]["overall"]
+    overall = {name: accuracy["overall"] for name, accuracy in models.items()}
+    ratio = overall["teacher"] / unigram if unigram else float("nan")
+    retained = "-" if heldout["retention"]["overall"] is None else f"{heldout['retention']['overall']:.0%}"
+    comparisons = []
+    for name, label in (("student-mlm", "the MLM-only student"), ("student-random", "the random-init student")):
+        # Two standard errors of a difference of two accuracies on `targets` tokens: below it, noise.
+        p = (overall["student"] + overall[name]) / 2
+        noise = 2 * (2 * p * (1 - p) / max(targets, 1)) ** 0.5
+        gap = overall["student"] - overall[name]
+        verdict = ("above" if gap > noise else "below" if gap < -noise else "level with (within noise)")
+        comparisons.append(f"{verdict} {label} ({100 * gap:+.2f} points, {round(gap * targets):+d} tokens; "
+                           f"2 standard errors: {100 * noise:.2f} points)")
+    text = (f"{sum(heldout['lines'].values())} held-out lines ({heldout['lines'][keys[0]]} per language, never "
+            f"trained on), {targets:,} masked tokens: a fixed uniform 15% of each line's tokens (as BERT's own "
+            "pre-training picks them), every one replaced by [MASK], the same masks for every model. "
+            f"Teacher: **{ratio:.1f}x** the unigram baseline overall. Distilled student: **{retained}** of the "
+            f"teacher's accuracy, {' and '.join(comparisons)}: the DistilBERT paper's ablations in miniature "
+            "(without the distillation terms; without the teacher-layer initialisation).")
+    return "\n".join([text, "", header, *rows])

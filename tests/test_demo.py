@@ -1,5 +1,8 @@
-"""The demo end to end on the embedded data (every stage shortened): report.md, XNLI of both models in the 15
-languages, a student that transformers' fill-mask pipeline loads offline, and a rerun that reuses every stage."""
+"""The demo end to end on the embedded data (every stage shortened): report.md whose first table is the held-out
+masked-token accuracy of the teacher, the distilled student and both ablations beside the unigram baseline, XNLI of
+both models in the 15 languages, a student that transformers' fill-mask pipeline loads offline, and a rerun that
+reuses every stage. Learning is not asserted here (a few steps cannot learn); the full `distil demo` is measured in
+the README."""
 
 from __future__ import annotations
 
@@ -18,10 +21,26 @@ def test_demo_runs_every_stage_and_reuses_them(tmp_path, capsys):
     workdir = tmp_path / "demo"
     assert cli.main(["demo", "--workdir", str(workdir), *SHORT]) == 0
     report = (workdir / "report.md").read_text()
-    for section in ("# distil demo", "## What ran", "## Sizes and speed", "## XNLI", "## What the full recipe needs",
+    for section in ("# distil demo", "## Held-out masked-token accuracy", "unigram baseline", "retention",
+                    "## Fill-mask", "## What ran", "## Sizes and speed", "## XNLI", "## What the full recipe needs",
                     "far below the model card", "DistilmBERT", "loss_curves.png"):
         assert section in report, section
     assert "per device" in report  # the full recipe's memory dry run
+    assert report.index("## Held-out masked-token accuracy") < report.index("## What ran")  # the first table
+    heldout = json.loads((workdir / "evaluation.json").read_text())
+    keys = [*heldout["languages"], "overall"]
+    assert set(heldout["languages"]) == set(xnli_languages()) and heldout["targets"]["overall"] > 1000
+    assert list(heldout["models"]) == ["teacher", "student", "student-mlm", "student-random"]
+    for accuracy in [*heldout["models"].values(), heldout["unigram"]]:
+        assert set(accuracy) == set(keys) and all(0 <= accuracy[key] <= 1 for key in keys)
+    assert 0 < heldout["unigram"]["overall"] < 0.2  # a real baseline: right sometimes, mostly wrong
+    teacher, student = heldout["models"]["teacher"], heldout["models"]["student"]
+    for key in keys:
+        assert heldout["retention"][key] == (student[key] / teacher[key] if teacher[key] else None)
+    assert len(heldout["fill_mask"]) >= 3
+    for example in heldout["fill_mask"]:
+        assert example["text"].count("[MASK]") == 1 and len(example["top3"]) == 3
+        assert f"| {example['answer']} |" in report
     for name in ("loss_curves.png", "xnli_results.png", "xnli_results.md"):
         assert (workdir / name).stat().st_size > 0, name
     results = json.loads((workdir / "xnli_results.json").read_text())["runs"]
@@ -30,7 +49,9 @@ def test_demo_runs_every_stage_and_reuses_them(tmp_path, capsys):
         assert set(run["test"]) == set(xnli_languages()) and all(0 <= v <= 1 for v in run["test"].values())
     summary = json.loads((workdir / "demo.json").read_text())
     assert summary["speed"]["student"]["layers"] == 2 and summary["speed"]["teacher"]["layers"] == 4
-    assert summary["teacher"]["steps"] == 6 and summary["student"]["steps"] == 4
+    assert summary["teacher"]["steps"] == 6
+    assert all(summary[name]["steps"] == 4 for name in ("student", "student-mlm", "student-random"))
+    assert summary["student-mlm"]["final"].keys() >= {"mlm"} and "ce" not in summary["student-mlm"]["final"]
 
     fill_mask = transformers.pipeline("fill-mask", model=str(workdir / "student" / "student"))
     predictions = fill_mask("Paris is the [MASK] of France.")
@@ -47,6 +68,6 @@ def test_demo_runs_every_stage_and_reuses_them(tmp_path, capsys):
     (workdir / "run.json").write_text(json.dumps({**record, "status": "running"}))
     (workdir / "report.md").unlink()
     assert cli.main(["demo", "--workdir", str(workdir), *SHORT]) == 0
-    assert capsys.readouterr().out.count("(finished earlier)") == 4 and (workdir / "report.md").is_file()
+    assert capsys.readouterr().out.count("(finished earlier)") == 6 and (workdir / "report.md").is_file()
     assert cli.main(["demo", "--workdir", str(workdir), *SHORT, "--config.student_steps=5"]) == 2
     assert "config.student_steps: 4 -> 5" in capsys.readouterr().err

@@ -1,0 +1,158 @@
+"""Held-out masked-token accuracy of a saved model folder on fixed masks, its unigram baseline, and fill-mask top-k.
+
+The demo's first table comes from here: does a model predict masked tokens of lines it never trained on better than
+a model that ignores context? The training loss cannot say (it is on training lines, with the recipe's masking,
+which favours rare tokens), so the evaluation is its own:
+
+* masks: uniform over the real tokens of each held-out line, as BERT's own pre-training picks them (not the
+  DistilBERT recipe's count^-0.7 weighting): round(15%) of a line's non-special tokens, at least one, drawn without
+  replacement from a generator seeded by (seed, line index), and every picked position replaced by [MASK]
+  (predicting it from the rest of the line; the 10% kept / 10% random of training would only blur the measure).
+  The masks depend on the tokenizer, the lines and the seed only, so every model of the same vocabulary is scored on
+  exactly the same positions (`heldout_masks`).
+* accuracy: argmax of the MLM logits at a masked position equals the original token, counted per language and
+  over all masked positions of all languages ("overall" = micro average).
+* unigram baseline: the same masks answered with the most frequent token of that language's training lines (special
+  tokens excluded), i.e. the best a model can do without reading the context. Per language because a model sees
+  which language it reads; this is the stronger of the two unigram baselines (a pooled one would guess "." or "," in
+  Chinese too).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from distil.tokenization import special_token_ids
+
+
+def read_lines(folder: str | os.PathLike, languages: Sequence[str] | None = None) -> dict[str, list[str]]:
+    """{language: non-empty lines of folder/<language>.txt}, for the given languages or every file there."""
+    folder = Path(folder)
+    languages = languages or sorted(path.stem for path in folder.glob("*.txt"))
+    return {lang: [line.strip() for line in (folder / f"{lang}.txt").read_text(encoding="utf-8").splitlines()
+                   if line.strip()] for lang in languages}
+
+
+def heldout_masks(tokenizer, lines: Mapping[str, Sequence[str]], *, seed: int = 0, mask_prop: float = 0.15,
+                  max_length: int = 128) -> dict[str, dict[str, np.ndarray]]:
+    """Per language: `input_ids` [n, max_length] with [MASK] at the picked positions, `labels` (the original id
+    there, -100 elsewhere; `distil.data.masking.IGNORE_INDEX`) and `attention_mask`, all int32. Lines are encoded as
+    [CLS] line [SEP], truncated to max_length. Fixed: the same tokenizer, lines and seed give the same masks."""
+    from distil.data.masking import IGNORE_INDEX
+
+    special = special_token_ids(tokenizer)
+    specials = {special.pad, special.unk, special.cls, special.sep, special.mask}
+    out = {}
+    for lang_index, (lang, texts) in enumerate(lines.items()):
+        input_ids = np.full((len(texts), max_length), special.pad, np.int32)
+        labels = np.full_like(input_ids, IGNORE_INDEX)
+        attention = np.zeros_like(input_ids)
+        for row, text in enumerate(texts):
+            ids = [special.cls, *_encode_plain(tokenizer, text)[:max_length - 2], special.sep]
+            input_ids[row, :len(ids)] = ids
+            attention[row, :len(ids)] = 1
+            candidates = [i for i, token in enumerate(ids) if token not in specials]  # [UNK] is no target either
+            if not candidates:
+                continue
+            rng = np.random.default_rng((seed, lang_index, row))
+            count = max(1, round(mask_prop * len(candidates)))
+            picked = rng.choice(candidates, size=min(count, len(candidates)), replace=False)
+            labels[row, picked] = input_ids[row, picked]
+            input_ids[row, picked] = special.mask
+        out[lang] = {"input_ids": input_ids, "labels": labels, "attention_mask": attention}
+    return out
+
+
+def _encode_plain(tokenizer, text: str) -> list[int]:
+    """Token ids of `text` without [CLS]/[SEP], whatever the tokenizer's post-processor adds."""
+    return tokenizer.encode(text, add_special_tokens=False).ids
+
+
+def unigram_predictions(tokenizer, train_lines: Mapping[str, Sequence[str]]) -> dict[str, int]:
+    """{language: its most frequent non-special token id in `train_lines`} (ties: the smaller id)."""
+    special = special_token_ids(tokenizer)
+    specials = [special.pad, special.unk, special.cls, special.sep, special.mask]
+    out = {}
+    for lang, texts in train_lines.items():
+        counts = np.zeros(tokenizer.get_vocab_size(), np.int64)
+        for text in texts:
+            np.add.at(counts, np.asarray(_encode_plain(tokenizer, text), np.int64), 1)
+        counts[specials] = -1
+        out[lang] = int(np.argmax(counts))
+    return out
+
+
+def _summarise(correct: dict[str, int], total: dict[str, int]) -> dict:
+    result = {lang: correct[lang] / max(total[lang], 1) for lang in total}
+    result["overall"] = sum(correct.values()) / max(sum(total.values()), 1)
+    return {"accuracy": result, "targets": {**total, "overall": sum(total.values())}}
+
+
+def unigram_accuracy(masks: Mapping[str, Mapping[str, np.ndarray]], predictions: Mapping[str, int]) -> dict:
+    """The unigram baseline on `masks`: {"accuracy": {lang..., "overall"}, "targets": {lang..., "overall"}}."""
+    correct, total = {}, {}
+    for lang, batch in masks.items():
+        targets = batch["labels"][batch["labels"] >= 0]
+        correct[lang], total[lang] = int((targets == predictions[lang]).sum()), int(targets.size)
+    return _summarise(correct, total)
+
+
+def masked_accuracy(model_or_folder, masks: Mapping[str, Mapping[str, np.ndarray]], *, batch_size: int = 64) -> dict:
+    """Masked-token accuracy of a model (a distil model, or an exported folder `distil.hf.load_pretrained` reads)
+    on `masks`: {"accuracy": {lang..., "overall"}, "targets": {lang..., "overall"}}."""
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from distil import hf
+
+    model = hf.load_pretrained(model_or_folder) if isinstance(model_or_folder, (str, os.PathLike)) else model_or_folder
+
+    @nnx.jit
+    def predict(model, input_ids, attention_mask):
+        return jnp.argmax(model(input_ids, attention_mask).logits, axis=-1)
+
+    correct, total = {}, {}
+    for lang, batch in masks.items():
+        labels = batch["labels"]
+        predicted = []
+        for start in range(0, len(labels), batch_size):  # padded to full batches: one compiled shape
+            ids, mask = (np.asarray(batch[key][start:start + batch_size]) for key in ("input_ids", "attention_mask"))
+            pad = batch_size - len(ids)
+            ids, mask = (np.pad(array, ((0, pad), (0, 0))) for array in (ids, mask))
+            mask[len(ids) - pad:, 0] = 1  # padding rows attend to one position (no all-masked softmax)
+            predicted.append(np.asarray(predict(model, jnp.asarray(ids), jnp.asarray(mask)))[:batch_size - pad])
+        predicted = np.concatenate(predicted)
+        where = labels >= 0
+        correct[lang], total[lang] = int((predicted[where] == labels[where]).sum()), int(where.sum())
+    return _summarise(correct, total)
+
+
+def fill_mask(folder: str | os.PathLike, texts: Sequence[str], *, top_k: int = 3) -> list[dict]:
+    """transformers' fill-mask pipeline on an exported folder (offline): for each text with one [MASK], its
+    top_k answers as [{"token": str, "score": float}]. The independent path: what a user of the folder sees."""
+    import transformers
+
+    pipe = transformers.pipeline("fill-mask", model=str(folder), top_k=top_k)
+    return [{"text": text, "answers": [{"token": answer["token_str"], "score": float(answer["score"])}
+                                       for answer in pipe(text)]} for text in texts]
+
+
+def mask_one_word(tokenizer, text: str, *, seed: int = 0) -> tuple[str, str]:
+    """(text with one whole word replaced by [MASK], that word): a word that is a single token of the vocabulary
+    and not punctuation, picked by a seeded generator, so the fill-mask examples have one right answer."""
+    words = text.split()
+    candidates = [i for i, word in enumerate(words)
+                  if word.isalpha() and len(_encode_plain(tokenizer, word)) == 1]
+    if not candidates:
+        return "", ""
+    index = candidates[np.random.default_rng(seed).integers(len(candidates))]
+    return " ".join([*words[:index], "[MASK]", *words[index + 1:]]), words[index]
+
+
+def retention(student: float, teacher: float) -> float | None:
+    """student / teacher: the share of the teacher's accuracy the student keeps (None when the teacher's is 0)."""
+    return student / teacher if teacher else None

@@ -1,0 +1,101 @@
+"""distil.evaluation against independent computations: the masks by hand-worked rules, the unigram baseline by a
+Counter, and the masked-token accuracy of an exported folder by transformers' BertForMaskedLM (torch) on the same
+masks."""
+
+from __future__ import annotations
+
+import collections
+
+import numpy as np
+import pytest
+import torch
+import transformers
+
+from distil import evaluation
+from distil.data.embedded import embedded_corpus_file, embedded_wordpiece_vocab
+from distil.data.masking import IGNORE_INDEX
+from distil.tokenization import load_tokenizer, special_token_ids
+
+LANGUAGES = ("en", "fr", "zh")
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return load_tokenizer(embedded_wordpiece_vocab())
+
+
+@pytest.fixture(scope="module")
+def lines():
+    return {lang: embedded_corpus_file(lang).read_text(encoding="utf-8").splitlines()[:12] for lang in LANGUAGES}
+
+
+def test_masks_are_uniform_fixed_and_only_on_real_tokens(tokenizer, lines):
+    special = special_token_ids(tokenizer)
+    masks = evaluation.heldout_masks(tokenizer, lines, seed=3, max_length=32)
+    again = evaluation.heldout_masks(tokenizer, lines, seed=3, max_length=32)
+    other = evaluation.heldout_masks(tokenizer, lines, seed=4, max_length=32)
+    for lang, texts in lines.items():
+        batch = masks[lang]
+        assert all(np.array_equal(batch[key], again[lang][key]) for key in batch)  # fixed
+        assert not np.array_equal(batch["labels"], other[lang]["labels"])  # the seed decides them
+        for row, text in enumerate(texts):
+            ids = [special.cls, *tokenizer.encode(text, add_special_tokens=False).ids[:30], special.sep]
+            assert batch["attention_mask"][row].sum() == len(ids)
+            candidates = [i for i, t in enumerate(ids) if t not in (special.cls, special.sep, special.unk)]
+            picked = np.flatnonzero(batch["labels"][row] != IGNORE_INDEX)
+            assert len(picked) == max(1, round(0.15 * len(candidates)))
+            assert set(picked) <= set(candidates)
+            assert (batch["labels"][row, picked] == np.array(ids)[picked]).all()
+            assert (batch["input_ids"][row, picked] == special.mask).all()  # every target is [MASK]
+            rest = [i for i in range(len(ids)) if i not in set(picked)]
+            assert (batch["input_ids"][row, rest] == np.array(ids)[rest]).all()
+
+
+def test_unigram_baseline_against_a_counter(tokenizer, lines):
+    masks = evaluation.heldout_masks(tokenizer, lines)
+    predictions = evaluation.unigram_predictions(tokenizer, lines)
+    correct = total = 0
+    for lang, texts in lines.items():
+        counts = collections.Counter(t for text in texts for t in tokenizer.encode(text, add_special_tokens=False).ids)
+        counts.pop(special_token_ids(tokenizer).unk, None)
+        top = max(counts.values())
+        assert predictions[lang] == min(t for t, c in counts.items() if c == top)
+        labels = masks[lang]["labels"][masks[lang]["labels"] != IGNORE_INDEX]
+        correct, total = correct + int((labels == predictions[lang]).sum()), total + labels.size
+    result = evaluation.unigram_accuracy(masks, predictions)
+    assert result["accuracy"]["overall"] == pytest.approx(correct / total) and result["targets"]["overall"] == total
+
+
+def test_masked_accuracy_matches_transformers(tokenizer, lines, tmp_path):
+    torch.manual_seed(0)
+    config = transformers.BertConfig(vocab_size=tokenizer.get_vocab_size(), hidden_size=32, num_hidden_layers=2,
+                                     num_attention_heads=2, intermediate_size=64, max_position_embeddings=64)
+    model = transformers.BertForMaskedLM(config).eval()
+    model.save_pretrained(tmp_path)
+    masks = evaluation.heldout_masks(tokenizer, lines, max_length=64)
+    # A random model is never right; relabel every other target with torch's own answer so the expected accuracy
+    # is about one half and depends on every position lining up.
+    expected_correct, expected_total = 0, 0
+    for batch in masks.values():
+        with torch.no_grad():
+            logits = model(input_ids=torch.tensor(batch["input_ids"], dtype=torch.long),
+                           attention_mask=torch.tensor(batch["attention_mask"], dtype=torch.long)).logits
+        answers = logits.argmax(-1).numpy()
+        rows, cols = np.nonzero(batch["labels"] != IGNORE_INDEX)
+        relabel = np.arange(len(rows)) % 2 == 0
+        batch["labels"][rows[relabel], cols[relabel]] = answers[rows[relabel], cols[relabel]]
+        labels = batch["labels"]
+        expected_correct += int((answers[labels != IGNORE_INDEX] == labels[labels != IGNORE_INDEX]).sum())
+        expected_total += int((labels != IGNORE_INDEX).sum())
+    result = evaluation.masked_accuracy(tmp_path, masks, batch_size=8)  # 12 lines: a padded last batch
+    assert result["targets"]["overall"] == expected_total
+    assert result["accuracy"]["overall"] == pytest.approx(expected_correct / expected_total)
+    assert 0.4 < result["accuracy"]["overall"] < 0.7
+    assert evaluation.retention(0.3, 0.4) == pytest.approx(0.75)
+
+
+def test_mask_one_word_masks_a_single_token_word(tokenizer):
+    text, word = evaluation.mask_one_word(tokenizer, "Paris is the capital of France .", seed=1)
+    assert text.count("[MASK]") == 1 and word.isalpha()
+    assert text.replace("[MASK]", word) == "Paris is the capital of France ."
+    assert len(tokenizer.encode(word, add_special_tokens=False).ids) == 1
