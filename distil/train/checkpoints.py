@@ -35,8 +35,13 @@ class ResumeError(ValueError):
 
 
 def make_manager(directory: str | Path, *, every_steps: int, keep: int, async_save: bool) -> ocp.CheckpointManager:
+    """Saves at multiples of `every_steps` (and when asked, `force`). Not orbax's default initial save at a fresh
+    run's first step: its host copy of the state overlapped the second step's temporaries and set the trainer's
+    peak memory (`distil bench step --variants trainer` at full size: 8.04 GiB peak RSS with it, 5.11 without)."""
+    policies = ocp.checkpoint_managers
     options = ocp.CheckpointManagerOptions(
-        save_interval_steps=every_steps,
+        save_decision_policy=policies.AnySavePolicy([policies.FixedIntervalPolicy(every_steps),
+                                                     policies.PreemptionCheckpointingPolicy()]),
         max_to_keep=keep,
         enable_async_checkpointing=async_save,
         create=True,
@@ -47,9 +52,8 @@ def make_manager(directory: str | Path, *, every_steps: int, keep: int, async_sa
 
 def save(manager: ocp.CheckpointManager, step: int, state, iterator, settings: Mapping[str, Any], *,
          force: bool = False) -> bool:
-    """Saves if `step` is a save step (or `force`); returns whether a save was started. The save steps are the
-    multiples of `every_steps`, and the first step of a fresh run (orbax's initial-save policy, kept: a run
-    preempted early resumes from it)."""
+    """Saves if `step` is a save step, a multiple of `every_steps` (or `force`); returns whether a save was
+    started."""
     return manager.save(
         step,
         args=ocp.args.Composite(
