@@ -191,6 +191,11 @@ def refuse_overlap(source: str | os.PathLike, destination: str | os.PathLike) ->
         raise OutputError(f"{destination}: contains the source folder {source}, which replacing it would delete")
 
 
+def manifest_text(files: Iterable[str]) -> str:
+    """The `MANIFEST` of a folder whose files (`files`) distil wrote."""
+    return json.dumps({"written_by": "distil", "files": list(files)}, indent=1) + "\n"
+
+
 def _read_manifest(folder: Path) -> list[str] | None:
     try:
         manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
@@ -235,9 +240,10 @@ def check_replaceable_folder(folder: str | os.PathLike, what: str = "folder") ->
     command calls it before any long work. Returns the folder (a symbolic link resolved to its target)."""
     if storage.is_remote(folder):
         folder = _make_remote_folder(storage.location(folder).parent, "parent folder") / storage.location(folder).name
-        if folder.is_dir() and foreign_files(folder):
-            raise OutputError(f"{folder}: holds files distil did not write ({_names(foreign_files(folder))}); choose a "
-                              f"new or empty {what}, or remove them (distil replaces a folder as a whole)")
+        foreign = foreign_files(folder)
+        if foreign:
+            raise OutputError(f"{folder}: holds files distil did not write ({_names(foreign)}); choose a new or empty "
+                              f"{what}, or remove them (distil replaces a folder as a whole)")
         return folder
     folder = Path(folder)
     if folder.is_symlink():
@@ -284,10 +290,10 @@ def write_folder_atomically(folder: str | os.PathLike, write: Callable[[Path], o
     try:
         os.chmod(staging, 0o777 & ~_umask())
         # The manifest comes first: it proves a leftover staging folder is ours.
-        write_text_atomically(staging / MANIFEST, json.dumps({"written_by": "distil", "files": []}) + "\n")
+        write_text_atomically(staging / MANIFEST, manifest_text([]))
         write(staging)
         files = sorted(entry.name for entry in staging.iterdir() if entry.name != MANIFEST)
-        write_text_atomically(staging / MANIFEST, json.dumps({"written_by": "distil", "files": files}, indent=1) + "\n")
+        write_text_atomically(staging / MANIFEST, manifest_text(files))
         for entry in staging.iterdir():  # some writers (safetensors) create files 0600
             os.chmod(entry, (0o777 if entry.is_dir() else 0o666) & ~_umask())
             _fsync(entry)
@@ -319,8 +325,7 @@ def _write_remote_folder(folder, write: Callable[[Path], object]):
         staging = Path(staging_name)
         write(staging)
         files = sorted(entry.name for entry in staging.iterdir() if entry.name != MANIFEST)
-        (staging / MANIFEST).write_text(json.dumps({"written_by": "distil", "files": files}, indent=1) + "\n",
-                                        encoding="utf-8")
+        (staging / MANIFEST).write_text(manifest_text(files), encoding="utf-8")
         storage.upload_folder(staging, folder, last=(MANIFEST,))
     for name in sorted(old_files - set(files)):
         stale = folder / name

@@ -79,9 +79,9 @@ def _location(text: str) -> str:
 
 def _path(text: str) -> str:
     """A local path argument (`_location`'s expansion; a URL refused with the commands that take one)."""
-    from distil.storage import is_url
+    from distil.storage import is_remote
 
-    if is_url(text):
+    if is_remote(text):
         raise argparse.ArgumentTypeError(
             f"{text}: this argument takes a local path (a bucket mounted with gcsfuse is one); object-store URLs are "
             "read and written by distill, xnli and sweep (--workdir and their config paths), prepare and report")
@@ -399,9 +399,10 @@ def cmd_sweep(args) -> int:
     if args.launcher == "print":
         print(launch.print_points(sweep, root))
         return 0
-    if not storage.is_remote(root) and not Path(root).is_absolute():  # the hosts resolve a relative path elsewhere (home, submit dir, container)
-        raise ValueError(f"--workdir {root}: the {args.launcher} launcher needs an absolute path that every host "
-                         "sees (a shared file system or a mounted bucket)")
+    # The hosts would resolve a relative path elsewhere (home, submit dir, container).
+    if not storage.is_remote(root) and not Path(root).is_absolute():
+        raise ValueError(f"--workdir {root}: the {args.launcher} launcher needs a bucket URL (gs://BUCKET/PATH) or an "
+                         "absolute path that every host sees (a shared file system or a mounted bucket)")
     if args.launcher == "tpu":
         print(launch.tpu_commands(sweep, root, tpu=args.tpu, zone=args.zone))
     elif args.launcher == "xpk":

@@ -203,7 +203,7 @@ def expand_path(text: str) -> str:
     URL (gs://, s3://) is kept as it is, once its scheme is one distil can use (`distil.storage`)."""
     from distil import storage
 
-    if text and storage.is_url(text):
+    if text and storage.is_remote(text):
         try:
             storage.check_url(text)
         except storage.StorageError as err:

@@ -22,19 +22,21 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 
 import numpy as np
 
+from distil.data import text as text_sources
 from distil.tokenization import special_token_ids
 
 
 def read_lines(folder: str | os.PathLike, languages: Sequence[str] | None = None) -> dict[str, list[str]]:
-    """{language: non-empty lines of folder/<language>.txt}, for the given languages or every file there."""
-    folder = Path(folder)
-    languages = languages or sorted(path.stem for path in folder.glob("*.txt"))
-    return {lang: [line.strip() for line in (folder / f"{lang}.txt").read_text(encoding="utf-8").splitlines()
-                   if line.strip()] for lang in languages}
+    """{language: non-blank lines (stripped) of folder/<language>.txt}, for the given languages or every file there
+    (read as the training corpus is, `distil.data.text.language_files`)."""
+    files = text_sources.language_files(folder)
+    missing = sorted(set(languages or ()) - set(files))
+    if missing:
+        raise text_sources.TextSourceError(f"{folder}: no <lang>.txt for {missing}; it has {sorted(files)}")
+    return {lang: list(files[lang]) for lang in (languages or files)}
 
 
 def heldout_masks(tokenizer, lines: Mapping[str, Sequence[str]], *, seed: int = 0, mask_prop: float = 0.15,

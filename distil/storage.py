@@ -49,13 +49,10 @@ class StorageError(ValueError):
     """A path distil cannot read or write where it is; the message names it."""
 
 
-def is_url(text: str | os.PathLike) -> bool:
-    return bool(_URL.match(os.fspath(text)))
-
-
 def is_remote(path: str | os.PathLike) -> bool:
-    """True for an object-store location (`gs://bucket/...`); False for a local path (a gcsfuse mount is local)."""
-    return is_url(path)
+    """True for a URL (`gs://bucket/...`; a scheme distil cannot use is refused by `location`), False for a local
+    path (a gcsfuse mount is local)."""
+    return bool(_URL.match(os.fspath(path)))
 
 
 def check_url(text: str, what: str = "path") -> None:
@@ -70,7 +67,7 @@ def check_url(text: str, what: str = "path") -> None:
 
 def location(path: str | os.PathLike) -> Location:
     """The path type for `path`: `pathlib.Path` locally, `etils.epath.Path` on an object store."""
-    if isinstance(path, Path) or not is_url(path):
+    if isinstance(path, Path) or not is_remote(path):
         return Path(path)
     check_url(os.fspath(path))
     from etils import epath

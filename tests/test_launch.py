@@ -151,7 +151,7 @@ def test_xpk_commands_survive_the_yaml_xpk_writes(capsys):
     assert cli.main(["sweep", str(SWEEP), "--launcher", "xpk", "--workdir", "/gcs/t"]) == 2
     assert "--launcher xpk needs --docker-image" in capsys.readouterr().err
     assert cli.main(["sweep", str(SWEEP), "--launcher", "tpu", "--workdir", "runs/t"]) == 2
-    assert "needs an absolute path that every host sees" in capsys.readouterr().err
+    assert "needs a bucket URL (gs://BUCKET/PATH) or an absolute path that every host sees" in capsys.readouterr().err
 
 
 def _xpk_container_yaml(command: str, *, gpu: bool) -> str:

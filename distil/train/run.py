@@ -571,7 +571,7 @@ def _share_status(status: str | None, message: str) -> tuple[str, str]:
 def check_output_folder(folder: str | os.PathLike, names: Iterable[str], what: str) -> Path:
     """A folder that commands rewrite file by file (`distil report --out`): new, empty, or holding nothing but files
     distil wrote there earlier (`MANIFEST` of atomic.py lists them). Returns it, created."""
-    from distil.atomic import MANIFEST, foreign_files
+    from distil.atomic import MANIFEST, foreign_files, manifest_text
 
     folder = make_output_folder(folder, what)
     foreign = [name for name in foreign_files(folder) if name not in _own_entries(folder)]
@@ -580,5 +580,5 @@ def check_output_folder(folder: str | os.PathLike, names: Iterable[str], what: s
         raise OutputError(f"{folder}: holds files distil did not write ({shown}); choose a new or empty {what}")
     listed = sorted(set(names) | set(entry.name for entry in storage.entries(folder) if entry.name != MANIFEST
                                      and not entry.name.startswith(".")))
-    write_text_atomically(folder / MANIFEST, json.dumps({"written_by": "distil", "files": listed}, indent=1) + "\n")
+    write_text_atomically(folder / MANIFEST, manifest_text(listed))
     return folder

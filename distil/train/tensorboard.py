@@ -58,16 +58,19 @@ def tag_for(name: str) -> str:
 
 
 class _ObjectRecordWriter:
-    """tensorboardX's record-writer interface for an object: the bytes so far, uploaded whole at each flush."""
+    """tensorboardX's record-writer interface for an object: the bytes so far, uploaded whole at a flush that has
+    new ones (tensorboardX's writer thread flushes every `FLUSH_SECONDS`, events or not)."""
 
     def __init__(self, path: str):
-        self.path, self.buffer = storage.location(path), io.BytesIO()
+        self.path, self.buffer, self._uploaded = storage.location(path), io.BytesIO(), -1
 
     def write(self, data: bytes) -> None:
         self.buffer.write(data)
 
     def flush(self) -> None:
-        storage.write_object(self.path, self.buffer.getvalue())
+        if self.buffer.tell() != self._uploaded:
+            storage.write_object(self.path, self.buffer.getvalue())
+            self._uploaded = self.buffer.tell()
 
     def close(self) -> None:
         self.flush()
