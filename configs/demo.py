@@ -1,9 +1,13 @@
 """The demo: the whole pipeline at laptop scale on embedded data (`distil demo`, the README's first command; about
 6 min on 2 idle CPU cores).
 
-    distil demo [--workdir runs/demo] [--config.teacher_steps=200 ...]
+    distil demo [--workdir runs/demo] [--config.teacher.num_steps=200 --config.student.optimizer.eps=1e-6 ...]
 
-Stages (each in its own folder of the workdir, reused when finished, resumed when interrupted):
+Stages (each in its own folder of the workdir, reused when finished, resumed when interrupted). Each stage's config
+is a section of this one, so `--config.SECTION.KEY=VALUE` reaches any of its fields: config.teacher and
+config.student are whole `distilmbert:runlocal` configs with the demo's changes, config.student_mlm and
+config.student_random are changes to config.student (so an override of config.student reaches all three students),
+config.xnli is the `runlocal` XNLI config both models are fine-tuned with.
   1. teacher/        MLM pre-training of a small BERT (4 layers, width 128) on the demo corpus (below):
                      `distil distill --config distilmbert:runlocal` with no teacher;
   2. student/        the reference recipe (5·ce + 2·mlm + 1·cos, T = 2) into a 2-layer DistilBERT initialised from
@@ -48,45 +52,73 @@ teacher and the evaluation; with the recipe's count^-0.7 masking the distilled s
 accuracy, uniform 98%), and lr 1e-3 for 400 updates (the recipe's 5e-4 is for ~100K updates).
 """
 
+from pathlib import Path
+
 import ml_collections
 
-from distil.config import parse_arg
+from distil.config import import_file, parse_arg
 from distil.data.embedded import embedded_dir
 
 DEMO_CORPUS = embedded_dir() / "demo-corpus"
+_CONFIGS = Path(__file__).parent
+distill_config = import_file(_CONFIGS / "distilmbert.py", "config").get_config  # each stage is a distill config
+xnli_config = import_file(_CONFIGS / "_xnli.py", "config").xnli_config
 
-# Overrides of distilmbert:runlocal shared by every distillation stage: the demo corpus, packed rows of 128 tokens
-# (one compiled shape), 8 rows (~1,000 tokens) per update.
-_DATA = (f"data.corpus={DEMO_CORPUS / 'train'}", "batching.composition=packed", "batching.global_batch=8",
-         "batching.micro_batches=1", "masking.group_size=2", "batching.pad_to_multiple=128",
-         "checkpoint.every_steps=200", "log_every_steps=25")
-_WIDTH = ("hidden_size=128", "num_hidden_layers=4", "num_attention_heads=4", "intermediate_size=512")
+
+def _demo_data(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """What every distillation stage shares: the demo corpus, packed rows of 128 tokens (one compiled shape), 8 rows
+    (~1,000 tokens) per update."""
+    config.data.corpus = str(DEMO_CORPUS / "train")
+    config.batching.composition = "packed"
+    config.batching.global_batch = 8
+    config.batching.micro_batches = 1
+    config.batching.pad_to_multiple = 128
+    config.masking.group_size = 2
+    config.masking.mlm_smoothing = 0.0  # uniform masking: BERT's own, the held-out evaluation's (above)
+    config.checkpoint.every_steps = 200
+    config.log_every_steps = 25
+    return config
 
 
 def get_config(arg=None):
     parse_arg(arg)  # no variants
+
     config = ml_collections.ConfigDict()
-    config.seed = 0
-    config.teacher_steps = 1500
-    config.student_steps = 400
-    config.teacher = (*_DATA, "teacher.source=none", "student.init=random", "student.family=bert",
-                      *(f"student.{field}" for field in _WIDTH), "loss.alpha_ce=0.0", "loss.alpha_cos=0.0",
-                      "loss.alpha_mlm=1.0", "optimizer.learning_rate=5e-3", "optimizer.eps=1e-3",
-                      "masking.mlm_smoothing=0.0", "masking.mlm_mask_prop=0.3")
-    # The students: the recipe's loss, init and Adam from teacher layers 0 and 3, uniform masking, lr 1e-3 (above).
-    config.student = (*_DATA, "teacher.source=checkpoint", "student.teacher_layers=(0, 3)",
-                      "masking.mlm_smoothing=0.0", "optimizer.learning_rate=1e-3")
-    # Ablations, each added to config.student: the MLM term alone (the same init, steps, rows and masks), and the
-    # recipe from random weights of the same shape (the student's: DistilBERT, 2 layers of the teacher's width).
-    config.mlm_only = ("loss.alpha_ce=0.0", "loss.alpha_cos=0.0", "loss.alpha_mlm=1.0")
-    config.random_init = ("student.init=random", "student.family=distilbert",
-                          *(f"student.{field}" for field in _WIDTH if not field.startswith("num_hidden")),
-                          "student.num_hidden_layers=2")
-    # Held-out evaluation (distil/evaluation.py): lines never trained on, fixed uniform 15% masks from this seed.
+    # 1. The teacher: MLM pre-training of a small BERT (4 layers, width 128); its settings are explained above.
+    config.teacher = teacher = _demo_data(distill_config("runlocal"))
+    teacher.teacher.source = "none"
+    teacher.student.init = "random"
+    teacher.student.family = "bert"
+    teacher.student.update(hidden_size=128, num_hidden_layers=4, num_attention_heads=4, intermediate_size=512)
+    teacher.loss.update(alpha_ce=0.0, alpha_cos=0.0, alpha_mlm=1.0)
+    teacher.optimizer.learning_rate = 5e-3
+    teacher.optimizer.eps = 1e-3
+    teacher.masking.mlm_mask_prop = 0.3
+    teacher.num_steps = 1500
+
+    # 2. The student: the recipe's loss, init (teacher layers 0 and 3; teacher.checkpoint is set to the teacher
+    # stage's export when the demo runs) and Adam, with uniform masking and lr 1e-3 for 400 updates (above).
+    config.student = student = _demo_data(distill_config("runlocal"))
+    student.teacher.source = "checkpoint"
+    student.student.teacher_layers = (0, 3)
+    student.optimizer.learning_rate = 1e-3
+    student.num_steps = 400
+    # The ablations: changes to config.student, so each differs from the distilled student in these fields alone
+    # (the same steps, rows, seed and so the same masks). student-mlm: the MLM term alone from the same init;
+    # student-random: the recipe into the same shape (DistilBERT, 2 layers of the teacher's width) from random weights.
+    config.student_mlm = ml_collections.ConfigDict({"loss": {"alpha_ce": 0.0, "alpha_cos": 0.0, "alpha_mlm": 1.0}})
+    config.student_random = ml_collections.ConfigDict({"student": {
+        "init": "random", **{key: teacher.student[key] for key in ("hidden_size", "num_attention_heads",
+                                                                    "intermediate_size")}}})
+
+    # 3. XNLI fine-tuning of the teacher and of the student (configs/_xnli.py runlocal: 1,000 English pairs, 15
+    # languages; `init` is set to each stage's workdir when the demo runs, so config.model, the random model, is unused).
+    config.xnli = xnli_config("bert", "runlocal")
+    config.xnli.seeds = (0,)  # one seed: the demo shows the pipeline; full runs use three
+
+    # 4. Held-out evaluation (distil/evaluation.py): lines never trained on, fixed uniform 15% masks from this seed.
     config.heldout = str(DEMO_CORPUS / "heldout")
     config.eval_seed = 0
     config.fill_mask_languages = ("en", "fr", "de", "es", "ru", "zh")  # one held-out sentence each, top-3 answers
-    # XNLI fine-tuning of both (configs/_xnli.py runlocal: 1,000 English pairs, 2 seeds, 15 languages).
-    config.xnli = ("seeds=(0,)",)  # one seed: the demo shows the pipeline; full runs use three
     config.speed_batch = 32  # sequences of 128 for the teacher/student forward timing
     return config

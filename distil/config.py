@@ -191,6 +191,31 @@ def apply_override(config: ml_collections.ConfigDict, override: str, *, source: 
     node[leaf] = _coerce(_parse_value(value_text), node[leaf], key, source)
 
 
+def with_changes(base: ml_collections.ConfigDict, changes: ml_collections.ConfigDict,
+                 where: str) -> ml_collections.ConfigDict:
+    """A copy of `base` with the fields of `changes` (a partial config of the same shape, e.g. the demo's ablation
+    `loss.alpha_ce = 0.0`) set in it, each fitted to the field it replaces as an override is; a field `base` lacks is
+    an error naming `where` (the changes' own key, e.g. 'config.student_mlm'). The copy is locked."""
+    config = ml_collections.ConfigDict(base.to_dict())
+
+    def apply(node, section, prefix):
+        for key, value in section.items():
+            name = f"{prefix}{key}"
+            if key not in node:
+                raise ConfigError(f"{where}.{name}: no such field in the config it changes (known here: "
+                                  f"{', '.join(sorted(node.keys()))})")
+            if isinstance(value, ml_collections.ConfigDict) != isinstance(node[key], ml_collections.ConfigDict):
+                raise ConfigError(f"{where}.{name}: a section and a field cannot replace each other")
+            if isinstance(value, ml_collections.ConfigDict):
+                apply(node[key], value, f"{name}.")
+            else:
+                node[key] = _coerce(value, node[key], name, Path(where))
+
+    apply(config, changes, "")
+    config.lock()
+    return config
+
+
 def split_overrides(argv: Sequence[str]) -> tuple[list[str], list[str]]:
     """Separates `--config.KEY=VALUE` arguments (overrides) from the rest (for argparse)."""
     overrides = [arg for arg in argv if arg.startswith(OVERRIDE_PREFIX)]

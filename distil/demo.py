@@ -32,7 +32,7 @@ from flax import nnx
 
 from distil import evaluation, hf, report
 from distil.atomic import write_atomically, write_text_atomically
-from distil.config import ConfigError, load_config
+from distil.config import ConfigError, with_changes
 from distil.data.embedded import embedded_corpus_dir
 from distil.models import parameter_count
 from distil.sweep_report import LOSS_TERMS
@@ -67,7 +67,7 @@ def _stage(name: str, folder: Path, run) -> float:
 
 
 def check_config(config: ml_collections.ConfigDict) -> None:
-    for key in ("teacher_steps", "student_steps", "speed_batch", "eval_seed"):
+    for key in ("speed_batch", "eval_seed"):
         least = 0 if key == "eval_seed" else 1
         if not isinstance(config[key], int) or config[key] < least:
             raise ConfigError(f"config.{key} must be an integer >= {least}, got {config[key]!r}")
@@ -86,31 +86,36 @@ def run_demo(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> d
         return summary
 
 
+def stage_configs(config: ml_collections.ConfigDict, workdir: Path) -> dict[str, ml_collections.ConfigDict]:
+    """Each stage's folder name -> its config (the demo config's sections, wired to the workdir: the students'
+    teacher is the teacher stage's export, XNLI starts from each model's stage)."""
+    student = with_changes(config.student, ml_collections.ConfigDict(
+        {"teacher": {"checkpoint": str(workdir / "teacher" / STUDENT_DIR)}}), "config.student")
+    return {
+        "teacher": with_changes(config.teacher, ml_collections.ConfigDict(), "config.teacher"),
+        "student": student,
+        "student-mlm": with_changes(student, config.student_mlm, "config.student_mlm"),
+        "student-random": with_changes(student, config.student_random, "config.student_random"),
+        **{f"xnli-{model}": with_changes(config.xnli, ml_collections.ConfigDict(
+            {"init": str(workdir / model), "name": model}), "config.xnli") for model in ("teacher", "student")},
+    }
+
+
 def _run_stages(config: ml_collections.ConfigDict, workdir: Path) -> dict:
     started = time.perf_counter()
-    seed = f"seed={config.seed}"
     stages = {name: workdir / name for name in ("teacher", *STUDENTS, "xnli-teacher", "xnli-student")}
-    teacher_config = load_config("distilmbert:runlocal", [*config.teacher, f"num_steps={config.teacher_steps}", seed])
-    student_base = [*config.student, f"num_steps={config.student_steps}", seed,
-                    f"teacher.checkpoint={stages['teacher'] / STUDENT_DIR}"]
-    student_configs = {"student": load_config("distilmbert:runlocal", student_base),
-                       "student-mlm": load_config("distilmbert:runlocal", [*student_base, *config.mlm_only]),
-                       "student-random": load_config("distilmbert:runlocal", [*student_base, *config.random_init])}
-    xnli_configs = {
-        "teacher": load_config("mbert_xnli:runlocal", [*config.xnli, f"init={stages['teacher']}", "name=teacher"]),
-        "student": load_config("distilmbert_xnli:runlocal", [*config.xnli, f"init={stages['student']}",
-                                                             "name=student"]),
-    }
+    configs = stage_configs(config, workdir)
+    teacher_config = configs["teacher"]
 
     seconds = {"teacher": _stage("1/4 MLM pre-training of the teacher", stages["teacher"],
                                  lambda: distill.train_and_evaluate(teacher_config, stages["teacher"]))}
     for name, what in STUDENTS.items():
         seconds[name] = _stage(f"2/4 {what}", stages[name],
-                               lambda: distill.train_and_evaluate(student_configs[name], stages[name]))
+                               lambda: distill.train_and_evaluate(configs[name], stages[name]))
     for model in ("teacher", "student"):
         stage = stages[f"xnli-{model}"]
         seconds[f"xnli-{model}"] = _stage(f"3/4 XNLI of the {model}", stage,
-                                          lambda: xnli.train_and_evaluate(xnli_configs[model], stage))
+                                          lambda: xnli.train_and_evaluate(configs[f"xnli-{model}"], stage))
 
     _log("4/4 held-out evaluation and report")
     tick = time.perf_counter()

@@ -80,21 +80,60 @@ def test_split_overrides():
     assert split_overrides(["demo", "--config.a=1", "--workdir", "x"]) == (["--config.a=1"], ["demo", "--workdir", "x"])
 
 
-def test_demo_config_names_the_embedded_data():
+def test_demo_config_names_the_embedded_data(tmp_path):
     from distil.data.embedded import embedded_dir
+    from distil.demo import stage_configs
 
     demo = load_config("demo")
-    teacher = load_config("distilmbert:runlocal", demo.teacher)  # the demo's stages are overrides of runlocal
+    stages = stage_configs(demo, tmp_path)
+    teacher, student = stages["teacher"], stages["student"]
     corpus = embedded_dir() / "demo-corpus"
-    assert teacher.data.corpus == str(corpus / "train") and demo.heldout == str(corpus / "heldout")
+    assert teacher.data.corpus == student.data.corpus == str(corpus / "train")
+    assert demo.heldout == str(corpus / "heldout")
     assert teacher.teacher.source == "none" and teacher.student.family == "bert"
     # BERT's own uniform masking (configs/demo.py says why), twice the recipe's share of targets
     assert teacher.masking.mlm_mask_prop == 0.3 and teacher.masking.mlm_smoothing == 0.0
-    student = load_config("distilmbert:runlocal", demo.student)
     assert student.teacher.source == "checkpoint" and tuple(student.student.teacher_layers) == (0, 3)
-    ablation = load_config("distilmbert:runlocal", [*demo.student, *demo.mlm_only])
-    assert (ablation.loss.alpha_ce, ablation.loss.alpha_cos, ablation.loss.alpha_mlm) == (0.0, 0.0, 1.0)
-    assert ablation.student.init == student.student.init == "teacher_layers"
+    assert student.teacher.checkpoint == str(tmp_path / "teacher" / "student")
+    # Each ablation differs from the distilled student in its own fields alone.
+    flat = {name: _flatten(stages[name].to_dict()) for name in ("student", "student-mlm", "student-random")}
+    assert {key for key in flat["student"] if flat["student-mlm"][key] != flat["student"][key]} == {
+        "loss.alpha_ce", "loss.alpha_cos", "loss.alpha_mlm"}
+    assert (stages["student-mlm"].loss.alpha_ce, stages["student-mlm"].loss.alpha_mlm) == (0.0, 1.0)
+    assert {key for key in flat["student"] if flat["student-random"][key] != flat["student"][key]} == {
+        "student.init", "student.hidden_size", "student.intermediate_size"}
+    random_student = stages["student-random"].student
+    assert (random_student.family, random_student.num_hidden_layers, random_student.hidden_size) == ("distilbert", 2,
+                                                                                                   128)
+    # An override of config.student reaches all three students; one of an ablation only that one.
+    changed = stage_configs(load_config("demo", ["--config.student.num_steps=7",
+                                                 "--config.student_mlm.loss.alpha_mlm=2"]), tmp_path)
+    assert [changed[name].num_steps for name in ("student", "student-mlm", "student-random")] == [7, 7, 7]
+    assert [changed[name].loss.alpha_mlm for name in ("student", "student-mlm", "student-random")] == [2.0, 2.0, 2.0]
+    assert changed["xnli-student"].init == str(tmp_path / "student") and changed["xnli-teacher"].name == "teacher"
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in tree.items():
+        out.update(_flatten(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value})
+    return out
+
+
+def test_with_changes_names_a_field_the_base_lacks():
+    import ml_collections
+
+    from distil.config import with_changes
+
+    base = ml_collections.ConfigDict({"loss": {"alpha_ce": 5.0}, "steps": 3})
+    changed = with_changes(base, ml_collections.ConfigDict({"loss": {"alpha_ce": 1}}), "config.ablation")
+    assert changed.loss.alpha_ce == 1.0 and isinstance(changed.loss.alpha_ce, float) and base.loss.alpha_ce == 5.0
+    with pytest.raises(ConfigError, match=r"config.ablation.loss.alfa_ce: no such field .*known here: alpha_ce"):
+        with_changes(base, ml_collections.ConfigDict({"loss": {"alfa_ce": 0.0}}), "config.ablation")
+    with pytest.raises(ConfigError, match=r"config.ablation.steps: a section and a field"):
+        with_changes(base, ml_collections.ConfigDict({"steps": {"a": 1}}), "config.ablation")
+    with pytest.raises(ConfigError, match=r"cannot set it to 'many'"):
+        with_changes(base, ml_collections.ConfigDict({"steps": "many"}), "config.ablation")
 
 
 def test_shipped_configs_live_at_the_top_of_the_checkout():

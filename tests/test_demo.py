@@ -15,9 +15,9 @@ from distil import cli
 from distil.data.embedded import embedded_dir
 from distil.data.nli import xnli_languages
 
-SHORT = ["--config.teacher_steps=6", "--config.student_steps=4", "--config.speed_batch=4",
-         "--config.xnli=('num_steps=3', 'seeds=(0,)', 'train.max_examples=64', 'eval.batch_size=512', "
-         "\"eval.languages=('en','de','zh')\")"]
+SHORT = ["--config.teacher.num_steps=6", "--config.student.num_steps=4", "--config.speed_batch=4",
+         "--config.xnli.num_steps=3", "--config.xnli.train.max_examples=64", "--config.xnli.eval.batch_size=512",
+         "--config.xnli.eval.languages=('en','de','zh')"]
 LANGUAGES = {"en", "de", "zh"}  # XNLI in three languages here (every language: tests/test_xnli.py)
 
 
@@ -85,5 +85,5 @@ def test_demo_runs_every_stage_and_reuses_them(tmp_path, capsys):
     (workdir / "report.md").unlink()
     assert cli.main(["demo", "--workdir", str(workdir), *short]) == 0
     assert capsys.readouterr().out.count("(finished earlier)") == 6 and (workdir / "report.md").is_file()
-    assert cli.main(["demo", "--workdir", str(workdir), *SHORT, "--config.student_steps=5"]) == 2
-    assert "config.student_steps: 4 -> 5" in capsys.readouterr().err
+    assert cli.main(["demo", "--workdir", str(workdir), *SHORT, "--config.student.num_steps=5"]) == 2
+    assert "config.student.num_steps: 4 -> 5" in capsys.readouterr().err

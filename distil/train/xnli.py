@@ -54,7 +54,8 @@ from distil.train import checkpoints
 from distil.train.metrics import MetricsWriter, Progress
 from distil.train.run import (CHECKPOINT_DIR, RESULTS_FILE, SEED_DIR, SEED_RESULTS_FILE, local_inputs, open_run,
                               read_json, resolve_config)
-from distil.train.state import TrainState, create_train_state, learning_rate_schedule, make_optimizer
+from distil.train.state import (TrainState, abstract_train_state, create_train_state, learning_rate_schedule,
+                                make_optimizer)
 from distil.train.step import frozen_paths, zero_frozen
 from distil.train.tensorboard import ProfileWindow
 from distil.train.trainer import (check_optimizer, configured_device_count, describe_analysis, host_params, log,
@@ -353,22 +354,57 @@ def evaluate(eval_step, params, eval_set: EvalSet, *, global_batch: int, pad_to_
     return {language: (int(correct[index]), int(count[index])) for index, language in enumerate(eval_set.languages)}
 
 
-def compile_steps(graphdef, state, state_shardings, *, tx, learning_rate, frozen, batch_shardings, example_batch,
-                  eval_shardings, num_languages, replicated) -> dict:
-    """{"train": the train step jitted with explicit shardings and donated state, compiled ahead (its memory and
-    FLOPs logged), "eval": the eval step jitted (compiled per padded length on first use), "analysis": ...}."""
-    train_step = make_train_step(graphdef, tx, learning_rate, frozen=frozen)
-    jitted = jax.jit(train_step, in_shardings=(state_shardings, batch_shardings),
-                     out_shardings=(state_shardings, replicated), donate_argnums=0)
-    abstract_batch = {name: jax.ShapeDtypeStruct(array.shape, jnp.int32, sharding=batch_shardings[name])
+@dataclasses.dataclass
+class XnliSteps:
+    """The fine-tuning steps, built once for every seed (as `distil.train.assembly` builds distill's): the model's
+    structure, the optimizer, where the state and the batches live, the train step compiled ahead (its memory and
+    FLOPs in `analysis`) and the eval step jitted (compiled per padded length on first use)."""
+
+    graphdef: nnx.GraphDef
+    tx: optax.GradientTransformation
+    state_shardings: TrainState
+    batch_sharding: jax.sharding.NamedSharding  # [batch, length]; make_global_batch fits it to other ranks
+    train: object
+    eval: object
+    analysis: dict
+
+
+def batch_shardings(batch: dict, batch_sharding: jax.sharding.NamedSharding) -> dict:
+    """Each array of `batch` split along its first axis as `batch_sharding` splits [batch, length]."""
+    return {name: jax.sharding.NamedSharding(batch_sharding.mesh, jax.P(*tuple(batch_sharding.spec)[: array.ndim]))
+            for name, array in batch.items()}
+
+
+def build_steps(config, model_config: ModelConfig, pretrained: dict[str, np.ndarray], num_steps: int, *,
+                example_batch: dict, eval_example: dict, num_languages: int, mesh, rules) -> XnliSteps:
+    """The steps for `model_config` started from `pretrained`, compiled against the abstract state (every seed's has
+    the same shapes and shardings), before any seed's state exists."""
+    settings = optimizer_settings(config.optimizer, num_steps)
+    tx = make_optimizer(settings)
+    build, init_params = _initializer(model_config, seed=0)
+    abstract_pretrained = {key: jax.ShapeDtypeStruct(value.shape, value.dtype) for key, value in pretrained.items()}
+    state, state_shardings = abstract_train_state(init_params, (abstract_pretrained,), tx, seed=0, mesh=mesh,
+                                                  rules=rules)
+    with sharding.activation_rules(mesh, rules):
+        graphdef = nnx.graphdef(nnx.eval_shape(build))
+    frozen = frozen_paths(state.params) if model_config.sinusoidal_pos_embds else set()
+    batch_sharding = sharding.batch_sharding(mesh, rules)
+    replicated = jax.sharding.NamedSharding(mesh, jax.P())
+    train_shardings = batch_shardings(example_batch, batch_sharding)
+    jitted = jax.jit(make_train_step(graphdef, tx, learning_rate_schedule(settings), frozen=frozen),
+                     in_shardings=(state_shardings, train_shardings), out_shardings=(state_shardings, replicated),
+                     donate_argnums=0)
+    abstract_batch = {name: jax.ShapeDtypeStruct(array.shape, jnp.int32, sharding=train_shardings[name])
                       for name, array in example_batch.items()}
     begun = time.perf_counter()
-    compiled = jitted.lower(state, abstract_batch).compile()
+    with sharding.activation_rules(mesh, rules):
+        compiled = jitted.lower(state, abstract_batch).compile()
     analysis = step_analysis(compiled)
     log(f"compiled the train step in {time.perf_counter() - begun:.1f}s: {describe_analysis(analysis)}")
-    eval_step = jax.jit(make_eval_step(graphdef, num_languages), in_shardings=(state_shardings.params, eval_shardings),
+    eval_step = jax.jit(make_eval_step(graphdef, num_languages),
+                        in_shardings=(state_shardings.params, batch_shardings(eval_example, batch_sharding)),
                         out_shardings=(replicated, replicated))
-    return {"train": compiled, "eval": eval_step, "analysis": analysis}
+    return XnliSteps(graphdef, tx, state_shardings, batch_sharding, compiled, eval_step, analysis)
 
 
 # -------------------------------------------------------------------------------------------- state and seeds
@@ -449,22 +485,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
         run.report(log)
         if run.finished:
             return read_json(workdir / RESULTS_FILE, "XNLI results")
-        # Mesh, optimizer, the steps (jitted once, for every seed).
+        # Mesh and the steps (compiled once, for every seed).
         mesh, rules = mesh_from_config(config)
-        settings = optimizer_settings(config.optimizer, num_steps)
-        tx = make_optimizer(settings)
-        batch_sharding = sharding.batch_sharding(mesh, rules)  # [batch, length]; make_global_batch fits other ranks
-        example_batch = take_rows(train, np.zeros(config.batch_size, np.int64))
-
-        def shardings_like(batch: dict) -> dict:
-            return {name: jax.sharding.NamedSharding(mesh, jax.P(*tuple(batch_sharding.spec)[: array.ndim]))
-                    for name, array in batch.items()}
-
-        batch_shardings = shardings_like(example_batch)
         eval_sets = {split: EvalSet.pool({language: evals[split, language] for language in languages}, languages)
                      for split in ("dev", "test")}
         selection_set = EvalSet.pool({"en": evals["dev", "en"]}, languages)  # the only rows selection ever reads
         replicated = jax.sharding.NamedSharding(mesh, jax.P())
+        steps = build_steps(config, model_config, start.pretrained, num_steps,
+                            example_batch=take_rows(train, np.zeros(config.batch_size, np.int64)),
+                            eval_example=take_rows(selection_set.encoded, np.zeros(1, np.int64)),
+                            num_languages=len(languages), mesh=mesh, rules=rules)
+        batch_sharding = steps.batch_sharding
         train_settings = {
             "init": str(start.folder) if start.folder else "random", "model": dataclasses.asdict(model_config),
             "train_data": fingerprint(train), "max_length": config.max_length, "batch_size": config.batch_size,
@@ -472,7 +503,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
         }
         eval_settings = {"eval_data": fingerprint(*evals.values()), "languages": list(languages),
                          "selection_steps": selection_steps}
-        compiled = {}
 
         def run_seed(seed: int) -> dict:
             seed_dir = workdir / SEED_DIR.format(seed=seed)
@@ -486,17 +516,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
             with sharding.activation_rules(mesh, rules):
                 build, init_params = _initializer(model_config, seed)
                 placed = _place(start.pretrained, build, mesh, rules)
-                state, state_shardings = create_train_state(init_params, (placed,), tx, seed=seed, mesh=mesh,
+                state, state_shardings = create_train_state(init_params, (placed,), steps.tx, seed=seed, mesh=mesh,
                                                             rules=rules)
-                graphdef = nnx.graphdef(nnx.eval_shape(build))
-                if not compiled:
-                    frozen = frozen_paths(state.params) if model_config.sinusoidal_pos_embds else set()
-                    compiled.update(compile_steps(
-                        graphdef, state, state_shardings, tx=tx, learning_rate=learning_rate_schedule(settings),
-                        frozen=frozen, batch_shardings=batch_shardings, example_batch=example_batch,
-                        eval_shardings=shardings_like(take_rows(selection_set.encoded, np.zeros(1, np.int64))),
-                        num_languages=len(languages), replicated=replicated))
-                train_step, eval_step = compiled["train"], compiled["eval"]
+                train_step, eval_step, graphdef = steps.train, steps.eval, steps.graphdef
 
                 def accuracies_on(eval_set: EvalSet, params) -> dict[str, tuple[int, int]]:
                     return evaluate(eval_step, params, eval_set, global_batch=config.eval.batch_size,
@@ -603,7 +625,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
             "eval_examples": {split: {language: len(evals[split, language]["labels"]) for language in languages}
                               for split in ("dev", "test")},
             "tokenizer": str(tokenizer_path), "max_length": config.max_length, "steps": num_steps,
-            "step_analysis": compiled.get("analysis"), "seconds": time.perf_counter() - started,
+            "step_analysis": steps.analysis, "seconds": time.perf_counter() - started,
         }
         if jax.process_index() == 0:
             report.write_files([results], workdir, RESULTS_FILE.removesuffix(".json"), results)
