@@ -6,7 +6,8 @@
 Stages (each in its own folder of the workdir, reused when finished, resumed when interrupted). Each stage's config
 is a section of this one, so `--config.SECTION.KEY=VALUE` reaches any of its fields: config.teacher and
 config.student are whole `distilmbert:runlocal` configs with the demo's changes, config.student_mlm and
-config.student_random are changes to config.student (so an override of config.student reaches all three students),
+config.student_random are changes to config.student (student-mlm-random takes both; an override of config.student
+reaches all four students),
 config.xnli is the `runlocal` XNLI config both models are fine-tuned with.
   1. teacher/        MLM pre-training of a small BERT (4 layers, width 128) on the demo corpus (below):
                      `distil distill --config distilmbert:runlocal` with no teacher;
@@ -16,9 +17,11 @@ config.xnli is the `runlocal` XNLI config both models are fine-tuned with.
                      (alpha_ce = alpha_cos = 0, alpha_mlm = 1) for the same steps, rows, seed and so the same masks;
      student-random/ the other ablation of the DistilBERT paper: the same student shape and recipe (5·ce + 2·mlm +
                      1·cos, same steps and rows) from random weights instead of teacher layers;
+     student-mlm-random/  both changes: the same shape trained with MLM alone from random weights, i.e. the small
+                     model pre-trained directly, with no teacher (same steps, rows and masks);
   3. xnli-teacher/, xnli-student/   zero-shot XNLI: fine-tune on the embedded English MultiNLI sample, evaluate the
                      15 languages (`distil xnli`);
-  4. evaluation.json: held-out masked-token accuracy of the four models and of a unigram baseline on the same fixed
+  4. evaluation.json: held-out masked-token accuracy of the five models and of a unigram baseline on the same fixed
      masks (distil/evaluation.py), fill-mask examples of the exported student; report.md (+ loss curves, XNLI bars,
      the student's speed-up measured in this process, the full recipe's memory dry run) and xnli_results.json.
 Both models use the embedded corpus' 8,000-token WordPiece (distil/data/embedded/wordpiece-8k): mBERT's 119,547

@@ -3,10 +3,11 @@
     run_demo(config, workdir)
 
 1. teacher/: MLM pre-training of a small BERT (`distil.train.distill` with no teacher; it binarises the corpus);
-2. student/: the DistilBERT recipe from that teacher; student-mlm/ and student-random/: the ablations (the MLM term
-   alone from the same teacher layers; the recipe from random weights), same steps and rows;
+2. student/: the DistilBERT recipe from that teacher; student-mlm/, student-random/ and student-mlm-random/: the
+   ablations (the MLM term alone from the same teacher layers; the recipe from random weights; the MLM term alone
+   from random weights, i.e. the small model trained without a teacher), same steps and rows;
 3. xnli-teacher/, xnli-student/: zero-shot XNLI of both (`distil.train.xnli`);
-4. evaluation.json: held-out masked-token accuracy of the four models and of the unigram baseline on the same fixed
+4. evaluation.json: held-out masked-token accuracy of the five models and of the unigram baseline on the same fixed
    masks (`distil.evaluation`), fill-mask examples of the exported student; report.md whose first table is that
    evaluation, with loss curves (loss_curves.png), the XNLI table of both beside the model card's rows
    (xnli_results.{json,md,png}), the student's speed-up over the teacher measured here, and what the full recipe needs
@@ -96,6 +97,8 @@ def stage_configs(config: ml_collections.ConfigDict, workdir: Path) -> dict[str,
         "student": student,
         "student-mlm": with_changes(student, config.student_mlm, "config.student_mlm"),
         "student-random": with_changes(student, config.student_random, "config.student_random"),
+        "student-mlm-random": with_changes(with_changes(student, config.student_mlm, "config.student_mlm"),
+                                           config.student_random, "config.student_random"),
         **{f"xnli-{model}": with_changes(config.xnli, ml_collections.ConfigDict(
             {"init": str(workdir / model), "name": model}), "config.xnli") for model in ("teacher", "student")},
     }
@@ -145,13 +148,15 @@ def _run_stages(config: ml_collections.ConfigDict, workdir: Path) -> dict:
 # The distillation stages after the teacher: folder -> what it is (the report's rows, in this order).
 STUDENTS = {"student": "distilling the student (the recipe, from teacher layers)",
             "student-mlm": "ablation: the same student trained with the MLM term alone",
-            "student-random": "ablation: the recipe into the same shape from random weights"}
+            "student-random": "ablation: the recipe into the same shape from random weights",
+            "student-mlm-random": "no distillation: the same shape trained with MLM alone from random weights"}
 EVALUATION_FILE = "evaluation.json"  # held-out masked-token accuracy, unigram baseline, fill-mask examples
 # The first table's rows: evaluation.json key -> label.
 MODELS = {"teacher": "teacher (4 layers, MLM pre-training)",
           "student": "**distilled student** (2 layers, teacher layers 0 and 3 + 5·ce + 2·mlm + 1·cos)",
           "student-mlm": "MLM-only student (same init, steps and rows; alpha_ce = alpha_cos = 0)",
-          "student-random": "random-init student (same shape and recipe, random weights)"}
+          "student-random": "random-init student (same shape and recipe, random weights)",
+          "student-mlm-random": "no distillation (same shape, MLM alone from random weights)"}
 
 
 def heldout_evaluation(config: ml_collections.ConfigDict, teacher_config: ml_collections.ConfigDict,
@@ -199,7 +204,8 @@ def plot_loss_curves(metrics: dict[str, list[dict]], path: Path) -> None:
         for term in LOSS_TERMS:
             if term in rows[0]:
                 ax.plot(steps, [row[term] for row in rows], label=term)
-        kind = {"teacher": "MLM pre-training", "student-mlm": "MLM only"}.get(name, "distillation")
+        kind = {"teacher": "MLM pre-training", "student-mlm": "MLM only",
+                "student-mlm-random": "MLM only"}.get(name, "distillation")
         ax.set_title(f"{name}: {kind}")
         ax.set_xlabel("step")
         ax.set_yscale("log")
@@ -380,7 +386,8 @@ def heldout_markdown(heldout: dict) -> str:
     ratio = overall["teacher"] / unigram if unigram else float("nan")
     retained = "-" if heldout["retention"]["overall"] is None else f"{heldout['retention']['overall']:.0%}"
     comparisons = []
-    for name, label in (("student-mlm", "the MLM-only student"), ("student-random", "the random-init student")):
+    for name, label in (("student-mlm", "the MLM-only student"), ("student-random", "the random-init student"),
+                        ("student-mlm-random", "the student trained without distillation")):
         # Two standard errors of a difference of two accuracies on `targets` tokens: below it, noise.
         p = (overall["student"] + overall[name]) / 2
         noise = 2 * (2 * p * (1 - p) / max(targets, 1)) ** 0.5
@@ -392,6 +399,6 @@ def heldout_markdown(heldout: dict) -> str:
             f"trained on), {targets:,} masked tokens: a fixed uniform 15% of each line's tokens (as BERT's own "
             "pre-training picks them), every one replaced by [MASK], the same masks for every model. "
             f"Teacher: **{ratio:.1f}x** the unigram baseline overall. Distilled student: **{retained}** of the "
-            f"teacher's accuracy, {' and '.join(comparisons)}: the DistilBERT paper's ablations in miniature "
-            "(without the distillation terms; without the teacher-layer initialisation).")
+            f"teacher's accuracy, {'; '.join(comparisons)}: the DistilBERT paper's ablations in miniature "
+            "(without the distillation terms; without the teacher-layer initialisation; without either).")
     return "\n".join([text, "", header, *rows])

@@ -96,20 +96,25 @@ def test_demo_config_names_the_embedded_data(tmp_path):
     assert student.teacher.source == "checkpoint" and tuple(student.student.teacher_layers) == (0, 3)
     assert student.teacher.checkpoint == str(tmp_path / "teacher" / "student")
     # Each ablation differs from the distilled student in its own fields alone.
-    flat = {name: _flatten(stages[name].to_dict()) for name in ("student", "student-mlm", "student-random")}
+    flat = {name: _flatten(stages[name].to_dict()) for name in ("student", "student-mlm", "student-random",
+                                                                "student-mlm-random")}
     assert {key for key in flat["student"] if flat["student-mlm"][key] != flat["student"][key]} == {
         "loss.alpha_ce", "loss.alpha_cos", "loss.alpha_mlm"}
     assert (stages["student-mlm"].loss.alpha_ce, stages["student-mlm"].loss.alpha_mlm) == (0.0, 1.0)
     assert {key for key in flat["student"] if flat["student-random"][key] != flat["student"][key]} == {
         "student.init", "student.hidden_size", "student.intermediate_size"}
+    assert {key for key in flat["student"] if flat["student-mlm-random"][key] != flat["student"][key]} == {
+        "loss.alpha_ce", "loss.alpha_cos", "loss.alpha_mlm", "student.init", "student.hidden_size",
+        "student.intermediate_size"}
     random_student = stages["student-random"].student
     assert (random_student.family, random_student.num_hidden_layers, random_student.hidden_size) == ("distilbert", 2,
                                                                                                    128)
-    # An override of config.student reaches all three students; one of an ablation only that one.
+    # An override of config.student reaches every student; one of an ablation the students that take it.
     changed = stage_configs(load_config("demo", ["--config.student.num_steps=7",
-                                                 "--config.student_mlm.loss.alpha_mlm=2"]), tmp_path)
-    assert [changed[name].num_steps for name in ("student", "student-mlm", "student-random")] == [7, 7, 7]
-    assert [changed[name].loss.alpha_mlm for name in ("student", "student-mlm", "student-random")] == [2.0, 2.0, 2.0]
+                                                 "--config.student_mlm.loss.alpha_mlm=3"]), tmp_path)
+    students = ("student", "student-mlm", "student-random", "student-mlm-random")
+    assert [changed[name].num_steps for name in students] == [7, 7, 7, 7]
+    assert [changed[name].loss.alpha_mlm for name in students] == [2.0, 3.0, 2.0, 3.0]
     assert changed["xnli-student"].init == str(tmp_path / "student") and changed["xnli-teacher"].name == "teacher"
 
 

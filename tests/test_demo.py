@@ -46,7 +46,7 @@ def test_demo_runs_every_stage_and_reuses_them(tmp_path, capsys):
     heldout = json.loads((workdir / "evaluation.json").read_text())
     keys = [*heldout["languages"], "overall"]
     assert set(heldout["languages"]) == set(xnli_languages()) and heldout["targets"]["overall"] > 100
-    assert list(heldout["models"]) == ["teacher", "student", "student-mlm", "student-random"]
+    assert list(heldout["models"]) == ["teacher", "student", "student-mlm", "student-random", "student-mlm-random"]
     for accuracy in [*heldout["models"].values(), heldout["unigram"]]:
         assert set(accuracy) == set(keys) and all(0 <= accuracy[key] <= 1 for key in keys)
     assert 0 < heldout["unigram"]["overall"] < 0.2  # a real baseline: right sometimes, mostly wrong
@@ -66,8 +66,10 @@ def test_demo_runs_every_stage_and_reuses_them(tmp_path, capsys):
     summary = json.loads((workdir / "demo.json").read_text())
     assert summary["speed"]["student"]["layers"] == 2 and summary["speed"]["teacher"]["layers"] == 4
     assert summary["teacher"]["steps"] == 6
-    assert all(summary[name]["steps"] == 4 for name in ("student", "student-mlm", "student-random"))
-    assert summary["student-mlm"]["final"].keys() >= {"mlm"} and "ce" not in summary["student-mlm"]["final"]
+    assert all(summary[name]["steps"] == 4 for name in ("student", "student-mlm", "student-random",
+                                                         "student-mlm-random"))
+    for name in ("student-mlm", "student-mlm-random"):
+        assert summary[name]["final"].keys() >= {"mlm"} and "ce" not in summary[name]["final"]
 
     fill_mask = transformers.pipeline("fill-mask", model=str(workdir / "student" / "student"))
     predictions = fill_mask("Paris is the [MASK] of France.")
@@ -84,6 +86,6 @@ def test_demo_runs_every_stage_and_reuses_them(tmp_path, capsys):
     (workdir / "run.json").write_text(json.dumps({**record, "status": "running"}))
     (workdir / "report.md").unlink()
     assert cli.main(["demo", "--workdir", str(workdir), *short]) == 0
-    assert capsys.readouterr().out.count("(finished earlier)") == 6 and (workdir / "report.md").is_file()
+    assert capsys.readouterr().out.count("(finished earlier)") == 7 and (workdir / "report.md").is_file()
     assert cli.main(["demo", "--workdir", str(workdir), *SHORT, "--config.student.num_steps=5"]) == 2
     assert "config.student.num_steps: 4 -> 5" in capsys.readouterr().err
