@@ -3,9 +3,9 @@
     run_demo(config, workdir)
 
 1. teacher/: MLM pre-training of a small BERT (`distil.train.distill` with no teacher; it binarises the corpus);
-2. student/: the DistilBERT recipe from that teacher; student-mlm/, student-random/ and student-mlm-random/: the
-   ablations (the MLM term alone from the same teacher layers; the recipe from random weights; the MLM term alone
-   from random weights, i.e. the small model trained without a teacher), same steps and rows;
+2. student/: the DistilBERT recipe from that teacher; student-mlm/, student-random/ and student-scratch/: the
+   ablations (the MLM term alone from the same teacher layers; the recipe from random weights; no teacher at all,
+   the same shape pre-trained as the teacher was), same steps and rows;
 3. xnli-teacher/, xnli-student/: zero-shot XNLI of both (`distil.train.xnli`);
 4. evaluation.json: held-out masked-token accuracy of the five models and of the unigram baseline on the same fixed
    masks (`distil.evaluation`), fill-mask examples of the exported student; report.md whose first table is that
@@ -87,18 +87,27 @@ def run_demo(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> d
         return summary
 
 
+# The fields that make a model's shape in a distill config's `student` section.
+SHAPE_FIELDS = ("family", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+                "max_position_embeddings", "sinusoidal_pos_embds")
+
+
 def stage_configs(config: ml_collections.ConfigDict, workdir: Path) -> dict[str, ml_collections.ConfigDict]:
     """Each stage's folder name -> its config (the demo config's sections, wired to the workdir: the students'
     teacher is the teacher stage's export, XNLI starts from each model's stage)."""
     student = with_changes(config.student, ml_collections.ConfigDict(
         {"teacher": {"checkpoint": str(workdir / "teacher" / STUDENT_DIR)}}), "config.student")
+    random_student = with_changes(student, config.student_random, "config.student_random")
     return {
         "teacher": with_changes(config.teacher, ml_collections.ConfigDict(), "config.teacher"),
         "student": student,
         "student-mlm": with_changes(student, config.student_mlm, "config.student_mlm"),
-        "student-random": with_changes(student, config.student_random, "config.student_random"),
-        "student-mlm-random": with_changes(with_changes(student, config.student_mlm, "config.student_mlm"),
-                                           config.student_random, "config.student_random"),
+        "student-random": random_student,
+        # No teacher at all: the students' shape and updates, pre-trained as the teacher was (its optimizer and
+        # masking: the recipe's Adam eps 1e-6 keeps a model this size on the unigram plateau, configs/demo.py).
+        "student-scratch": with_changes(config.teacher, ml_collections.ConfigDict({
+            "student": {key: random_student.student[key] for key in SHAPE_FIELDS}, "num_steps": student.num_steps}),
+            "config.teacher"),
         **{f"xnli-{model}": with_changes(config.xnli, ml_collections.ConfigDict(
             {"init": str(workdir / model), "name": model}), "config.xnli") for model in ("teacher", "student")},
     }
@@ -149,14 +158,14 @@ def _run_stages(config: ml_collections.ConfigDict, workdir: Path) -> dict:
 STUDENTS = {"student": "distilling the student (the recipe, from teacher layers)",
             "student-mlm": "ablation: the same student trained with the MLM term alone",
             "student-random": "ablation: the recipe into the same shape from random weights",
-            "student-mlm-random": "no distillation: the same shape trained with MLM alone from random weights"}
+            "student-scratch": "no teacher: the same shape and updates pre-trained with MLM as the teacher was"}
 EVALUATION_FILE = "evaluation.json"  # held-out masked-token accuracy, unigram baseline, fill-mask examples
 # The first table's rows: evaluation.json key -> label.
 MODELS = {"teacher": "teacher (4 layers, MLM pre-training)",
           "student": "**distilled student** (2 layers, teacher layers 0 and 3 + 5·ce + 2·mlm + 1·cos)",
           "student-mlm": "MLM-only student (same init, steps and rows; alpha_ce = alpha_cos = 0)",
           "student-random": "random-init student (same shape and recipe, random weights)",
-          "student-mlm-random": "no distillation (same shape, MLM alone from random weights)"}
+          "student-scratch": "no teacher (same shape and updates, MLM pre-training as the teacher's)"}
 
 
 def heldout_evaluation(config: ml_collections.ConfigDict, teacher_config: ml_collections.ConfigDict,
@@ -205,7 +214,7 @@ def plot_loss_curves(metrics: dict[str, list[dict]], path: Path) -> None:
             if term in rows[0]:
                 ax.plot(steps, [row[term] for row in rows], label=term)
         kind = {"teacher": "MLM pre-training", "student-mlm": "MLM only",
-                "student-mlm-random": "MLM only"}.get(name, "distillation")
+                "student-scratch": "MLM pre-training"}.get(name, "distillation")
         ax.set_title(f"{name}: {kind}")
         ax.set_xlabel("step")
         ax.set_yscale("log")
@@ -387,7 +396,7 @@ def heldout_markdown(heldout: dict) -> str:
     retained = "-" if heldout["retention"]["overall"] is None else f"{heldout['retention']['overall']:.0%}"
     comparisons = []
     for name, label in (("student-mlm", "the MLM-only student"), ("student-random", "the random-init student"),
-                        ("student-mlm-random", "the student trained without distillation")):
+                        ("student-scratch", "the same shape pre-trained without a teacher")):
         # Two standard errors of a difference of two accuracies on `targets` tokens: below it, noise.
         p = (overall["student"] + overall[name]) / 2
         noise = 2 * (2 * p * (1 - p) / max(targets, 1)) ** 0.5

@@ -46,7 +46,7 @@ def test_demo_runs_every_stage_and_reuses_them(tmp_path, capsys):
     heldout = json.loads((workdir / "evaluation.json").read_text())
     keys = [*heldout["languages"], "overall"]
     assert set(heldout["languages"]) == set(xnli_languages()) and heldout["targets"]["overall"] > 100
-    assert list(heldout["models"]) == ["teacher", "student", "student-mlm", "student-random", "student-mlm-random"]
+    assert list(heldout["models"]) == ["teacher", "student", "student-mlm", "student-random", "student-scratch"]
     for accuracy in [*heldout["models"].values(), heldout["unigram"]]:
         assert set(accuracy) == set(keys) and all(0 <= accuracy[key] <= 1 for key in keys)
     assert 0 < heldout["unigram"]["overall"] < 0.2  # a real baseline: right sometimes, mostly wrong
@@ -67,8 +67,8 @@ def test_demo_runs_every_stage_and_reuses_them(tmp_path, capsys):
     assert summary["speed"]["student"]["layers"] == 2 and summary["speed"]["teacher"]["layers"] == 4
     assert summary["teacher"]["steps"] == 6
     assert all(summary[name]["steps"] == 4 for name in ("student", "student-mlm", "student-random",
-                                                         "student-mlm-random"))
-    for name in ("student-mlm", "student-mlm-random"):
+                                                         "student-scratch"))
+    for name in ("student-mlm", "student-scratch"):
         assert summary[name]["final"].keys() >= {"mlm"} and "ce" not in summary[name]["final"]
 
     fill_mask = transformers.pipeline("fill-mask", model=str(workdir / "student" / "student"))
