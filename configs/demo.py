@@ -53,7 +53,7 @@ Why the teacher stage's settings (measured on 2 CPU cores, held-out accuracy fro
 * What holds the teacher back (measured at 600 updates: held-out accuracy 1.6-3.9% whatever the change, 3.4%
   unchanged): it is still in MLM's early plateau. Its answers use 5-10 distinct tokens per language (",", "the",
   "的", "##a"), and it gets 0-1% of the masked word-piece continuations (53% of the targets), which need the
-  neighbouring tokens. Counted from train/, a bigram model that reads the left neighbour gets 12.0% of the same
+  neighbouring tokens. Counted from train/, a bigram model that reads the left neighbour gets 12.1% of the same
   masks and one that reads both 24.4% (experiments/demo_ngram_baselines.py), so the data hold far more than the
   teacher learns in this time. None of these left the plateau in 600 updates: English only (13 passes over its
   lines), unpacked rows, no dropout, Adam b2 0.999, eps 1e-4 (collapses at lr 5e-3), eps 1e-3 for the embedding

@@ -171,19 +171,21 @@ MODELS = {"teacher": "teacher (4 layers, MLM pre-training)",
 def heldout_evaluation(config: ml_collections.ConfigDict, teacher_config: ml_collections.ConfigDict,
                        folders: dict[str, Path]) -> dict:
     """Masked-token accuracy of each exported model on the held-out lines (config.heldout) with the same fixed
-    uniform 15% masks, the unigram baseline on them (most frequent token of each language's training lines), the
-    student's retention of the teacher's accuracy, and fill-mask examples (transformers' pipeline on the exported
-    student, one held-out sentence per language with one single-token word masked, top-3)."""
+    uniform 15% masks, the unigram baseline on them (most frequent token of each language's training lines), bigram
+    counts on them for scale (what the neighbouring tokens alone give), the student's retention of the teacher's
+    accuracy, and fill-mask examples (transformers' pipeline on the exported student, one held-out sentence per
+    language with one single-token word masked, top-3)."""
     tokenizer = load_tokenizer(teacher_config.tokenizer)
     lines = evaluation.read_lines(config.heldout)
     masks = evaluation.heldout_masks(tokenizer, lines, seed=config.eval_seed,
                                      max_length=teacher_config.data.max_length)
     corpus = teacher_config.data.corpus  # the baseline counts the teacher's training lines (a folder of <lang>.txt)
     train_lines = evaluation.read_lines(embedded_corpus_dir() if corpus == "embedded" else corpus, list(lines))
+    unigram_answers = evaluation.unigram_predictions(tokenizer, train_lines)
+    unigram = evaluation.unigram_accuracy(masks, unigram_answers)
     out = {"languages": list(lines), "lines": {lang: len(texts) for lang, texts in lines.items()},
-           "unigram": evaluation.unigram_accuracy(masks, evaluation.unigram_predictions(tokenizer, train_lines))}
-    out["targets"] = out["unigram"]["targets"]
-    out["unigram"] = out["unigram"]["accuracy"]
+           "targets": unigram["targets"], "unigram": unigram["accuracy"],
+           "bigram": evaluation.bigram_accuracy(tokenizer, masks, train_lines, unigram_answers)["accuracy"]}
     out["models"] = {name: evaluation.masked_accuracy(folder, masks)["accuracy"] for name, folder in folders.items()}
     teacher = out["models"]["teacher"]
     out["retention"] = {key: evaluation.retention(value, teacher[key])
@@ -380,13 +382,16 @@ def to_markdown(summary: dict, workdir: Path) -> str:
 
 def heldout_markdown(heldout: dict) -> str:
     """The report's first table: per language and overall, every model's held-out masked-token accuracy, the
-    unigram baseline on the same masks, and the distilled student's retention of the teacher's accuracy."""
+    unigram baseline and bigram counts on the same masks, and the distilled student's retention of the teacher's
+    accuracy."""
     keys = [*heldout["languages"], "overall"]
     header = "| model | " + " | ".join(keys) + " |\n|---|" + "---:|" * len(keys)
     rows = [f"| {MODELS[name]} | " + " | ".join(f"{100 * accuracy[key]:.1f}" for key in keys) + " |"
             for name, accuracy in heldout["models"].items()]
     rows.append("| unigram baseline (each language's most frequent training token) | "
                 + " | ".join(f"{100 * heldout['unigram'][key]:.1f}" for key in keys) + " |")
+    rows.append("| bigram counts, for scale (both unmasked neighbours, counted in the training lines; no training) | "
+                + " | ".join(f"{100 * heldout['bigram'][key]:.1f}" for key in keys) + " |")
     rows.append("| retention: distilled / teacher | "
                 + " | ".join("-" if heldout["retention"][key] is None else f"{heldout['retention'][key]:.2f}"
                              for key in keys) + " |")
@@ -407,7 +412,9 @@ def heldout_markdown(heldout: dict) -> str:
     text = (f"{sum(heldout['lines'].values())} held-out lines ({heldout['lines'][keys[0]]} per language, never "
             f"trained on), {targets:,} masked tokens: a fixed uniform 15% of each line's tokens (as BERT's own "
             "pre-training picks them), every one replaced by [MASK], the same masks for every model. "
-            f"Teacher: **{ratio:.1f}x** the unigram baseline overall. Distilled student: **{retained}** of the "
+            f"Teacher: **{ratio:.1f}x** the unigram baseline overall; counting bigrams of the same training lines "
+            f"gives {100 * heldout['bigram']['overall']:.1f}% with no training, so a model below that does not yet "
+            f"read its neighbours as well as counting does. Distilled student: **{retained}** of the "
             f"teacher's accuracy, {'; '.join(comparisons)}: the DistilBERT paper's ablations in miniature "
             "(without the distillation terms; without the teacher-layer initialisation; without either).")
     return "\n".join([text, "", header, *rows])

@@ -16,6 +16,8 @@ which favours rare tokens), so the evaluation is its own:
   tokens excluded), i.e. the best a model can do without reading the context. Per language because a model sees
   which language it reads; this is the stronger of the two unigram baselines (a pooled one would guess "." or "," in
   Chinese too).
+* bigram counts: for scale, what the neighbouring tokens alone give on the same masks from counts of the same
+  training lines, with no training (`bigram_accuracy`); a model that learnt to read its context beats it.
 """
 
 from __future__ import annotations
@@ -86,6 +88,42 @@ def unigram_predictions(tokenizer, train_lines: Mapping[str, Sequence[str]]) -> 
         counts[specials] = -1
         out[lang] = int(np.argmax(counts))
     return out
+
+
+def bigram_accuracy(tokenizer, masks: Mapping[str, Mapping[str, np.ndarray]],
+                    train_lines: Mapping[str, Sequence[str]], fallback: Mapping[str, int]) -> dict:
+    """A count model on `masks`, for scale: what local context alone gives, with no training. Each masked token is
+    answered with the x maximising count(left, x) x count(x, right) in that language's training lines (left / right:
+    the unmasked neighbours; a line's start and end count as neighbours; ties go to the more frequent pair with
+    the left neighbour); with one neighbour masked or unseen, the other side's most frequent pair; with neither,
+    `fallback` (the unigram answer). {"accuracy": {lang..., "overall"}, "targets": ...} as `unigram_accuracy`."""
+    special = special_token_ids(tokenizer)
+    start, end = -1, -2  # line boundaries in the count tables
+    correct, total = {}, {}
+    for lang, batch in masks.items():
+        after, before = {}, {}  # left id -> {next id: count}; right id -> {previous id: count}
+        for text in train_lines[lang]:
+            ids = [start, *_encode_plain(tokenizer, text), end]
+            for left, right in zip(ids, ids[1:]):
+                after.setdefault(left, {})[right] = after.setdefault(left, {}).get(right, 0) + 1
+                before.setdefault(right, {})[left] = before.setdefault(right, {}).get(left, 0) + 1
+        hits = count = 0
+        for row, labels in enumerate(batch["labels"]):
+            ids, length = batch["input_ids"][row], int(batch["attention_mask"][row].sum())
+            for position in np.flatnonzero(labels >= 0):
+                left = start if position == 1 else int(ids[position - 1])
+                right = end if position == length - 2 else int(ids[position + 1])
+                nexts = after.get(left, {}) if left != special.mask else {}
+                previous = before.get(right, {}) if right != special.mask else {}
+                if nexts and previous:
+                    scores = {x: n * previous.get(x, 0) + n / 1000 for x, n in nexts.items()}
+                else:
+                    scores = nexts or previous
+                answer = max(scores, key=scores.get) if scores else fallback[lang]
+                hits += int(answer == labels[position])
+                count += 1
+        correct[lang], total[lang] = hits, count
+    return _summarise(correct, total)
 
 
 def _summarise(correct: dict[str, int], total: dict[str, int]) -> dict:

@@ -37,7 +37,7 @@ def test_demo_runs_every_stage_and_reuses_them(tmp_path, capsys):
     short = _short_heldout(tmp_path / "heldout")
     assert cli.main(["demo", "--workdir", str(workdir), *short]) == 0
     report = (workdir / "report.md").read_text()
-    for section in ("# distil demo", "## Held-out masked-token accuracy", "unigram baseline", "retention",
+    for section in ("# distil demo", "## Held-out masked-token accuracy", "unigram baseline", "bigram counts", "retention",
                     "## Fill-mask", "## What ran", "## Sizes and speed", "## XNLI", "## What the full recipe needs",
                     "far below the model card", "DistilmBERT", "loss_curves.png"):
         assert section in report, section
@@ -47,9 +47,10 @@ def test_demo_runs_every_stage_and_reuses_them(tmp_path, capsys):
     keys = [*heldout["languages"], "overall"]
     assert set(heldout["languages"]) == set(xnli_languages()) and heldout["targets"]["overall"] > 100
     assert list(heldout["models"]) == ["teacher", "student", "student-mlm", "student-random", "student-scratch"]
-    for accuracy in [*heldout["models"].values(), heldout["unigram"]]:
+    for accuracy in [*heldout["models"].values(), heldout["unigram"], heldout["bigram"]]:
         assert set(accuracy) == set(keys) and all(0 <= accuracy[key] <= 1 for key in keys)
     assert 0 < heldout["unigram"]["overall"] < 0.2  # a real baseline: right sometimes, mostly wrong
+    assert heldout["bigram"]["overall"] > heldout["unigram"]["overall"]  # neighbours say more than frequency
     teacher, student = heldout["models"]["teacher"], heldout["models"]["student"]
     for key in keys:
         assert heldout["retention"][key] == (student[key] / teacher[key] if teacher[key] else None)

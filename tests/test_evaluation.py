@@ -99,3 +99,39 @@ def test_mask_one_word_masks_a_single_token_word(tokenizer):
     assert text.count("[MASK]") == 1 and word.isalpha()
     assert text.replace("[MASK]", word) == "Paris is the capital of France ."
     assert len(tokenizer.encode(word, add_special_tokens=False).ids) == 1
+
+
+def test_bigram_counts_by_hand(tokenizer):
+    """Counts of 6 training lines, answers worked out by hand: both neighbours multiply, one side alone when the
+    other is masked, a line's start and end count as neighbours, the fallback when nothing was seen."""
+    special = special_token_ids(tokenizer)
+    words = ("the", "man", "was", "new", "a", "is", "of", "in")
+    ids = {word: tokenizer.encode(word, add_special_tokens=False).ids for word in words}
+    assert all(len(piece) == 1 for piece in ids.values())  # each a single token of the vocabulary
+    token = {word: piece[0] for word, piece in ids.items()}
+    train = {"en": ["the man was"] * 3 + ["the new was", "a man is", "the new of"]}
+    # (line, masked positions (1 = the first word), the answer by hand)
+    cases = [
+        ("the man was", [2], ["man"]),  # the _ was: man 3x3 against new 2x1
+        ("the new of", [2], ["new"]),  # the _ of: new 2x1 against man 3x0 (the left side alone would say man)
+        ("the new was", [1], ["the"]),  # <s> _ new: only 'the' both starts a line and comes before 'new'
+        ("a man is", [3], ["was"]),  # man _ </s>: was 3x4 against is 1x1 (wrong here: the gold is 'is')
+        ("the man was", [2, 3], ["man", "was"]),  # the _ _: 'the' alone, then the line's end alone
+        ("in in in", [2], ["a"]),  # 'in' never seen: the fallback
+    ]
+    length = 8
+    batch = {key: np.zeros((len(cases), length), np.int32) for key in ("input_ids", "attention_mask")}
+    batch["labels"] = np.full((len(cases), length), IGNORE_INDEX, np.int32)
+    expected_hits = 0
+    for row, (text, positions, answers) in enumerate(cases):
+        line = [special.cls, *[token[word] for word in text.split()], special.sep]
+        batch["attention_mask"][row, :len(line)] = 1
+        batch["input_ids"][row, :len(line)] = line
+        for position, answer in zip(positions, answers):
+            batch["labels"][row, position] = line[position]
+            batch["input_ids"][row, position] = special.mask
+            expected_hits += token[answer] == line[position]
+    result = evaluation.bigram_accuracy(tokenizer, {"en": batch}, train, fallback={"en": token["a"]})
+    assert result["targets"]["overall"] == 7
+    assert expected_hits == 5  # man, new, the, man, was right; was-for-is and a-for-in wrong
+    assert result["accuracy"]["en"] == pytest.approx(expected_hits / 7)
