@@ -37,8 +37,8 @@ def test_demo_runs_every_stage_and_reuses_them(tmp_path, capsys):
     short = _short_heldout(tmp_path / "heldout")
     assert cli.main(["demo", "--workdir", str(workdir), *short]) == 0
     report = (workdir / "report.md").read_text()
-    for section in ("# distil demo", "## Held-out masked-token accuracy", "unigram baseline", "bigram counts", "retention",
-                    "## Fill-mask", "## What ran", "## Sizes and speed", "## XNLI", "## What the full recipe needs",
+    for section in ("# distil demo", "## Held-out masked-token accuracy", "unigram baseline", "bigram counts",
+                    "retention", "## Fill-mask", "## What ran", "## Sizes and speed", "## XNLI", "## What the full recipe needs",
                     "far below the model card", "DistilmBERT", "loss_curves.png"):
         assert section in report, section
     assert "per device" in report  # the full recipe's memory dry run
