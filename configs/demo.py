@@ -61,9 +61,8 @@ Why the teacher stage's settings (measured on 2 CPU cores, held-out accuracy fro
   Trainable positions initialised as sinusoids (scaled to the embeddings' size) start faster (4.3% at 600 updates,
   still answering frequent tokens) but end level (4.6% at 1,500 with 50% masking, as without). A 4,000-token
   WordPiece of train/ instead of the 8,000 one: 4.2% against a unigram baseline of 2.6% on its own masks (1.6x,
-  1,500 updates), a worse ratio. Measured: the
-  teacher reaches 2.1x the unigram baseline's held-out accuracy, not the 3x issue 23 asks for (the README's demo
-  section has the full table).
+  1,500 updates), a worse ratio. Measured: the teacher reaches 2.1x the unigram baseline's held-out accuracy, not
+  the 3x issue 23 asks for (the README's demo section has the full table).
 
 Why the students' settings: the recipe's loss (5·ce + 2·mlm + 1·cos, T = 2), initialisation (teacher layers 0 and
 3) and Adam (eps 1e-6), with two changes measured on the held-out masks: uniform masking (mlm_smoothing 0, as the
