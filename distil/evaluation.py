@@ -22,6 +22,7 @@ which favours rare tokens), so the evaluation is its own:
 
 from __future__ import annotations
 
+import collections
 import os
 from collections.abc import Mapping, Sequence
 
@@ -101,12 +102,13 @@ def bigram_accuracy(tokenizer, masks: Mapping[str, Mapping[str, np.ndarray]],
     start, end = -1, -2  # line boundaries in the count tables
     correct, total = {}, {}
     for lang, batch in masks.items():
-        after, before = {}, {}  # left id -> {next id: count}; right id -> {previous id: count}
+        after = collections.defaultdict(collections.Counter)  # left id -> Counter of the ids that follow it
+        before = collections.defaultdict(collections.Counter)  # right id -> Counter of the ids before it
         for text in train_lines[lang]:
             ids = [start, *_encode_plain(tokenizer, text), end]
             for left, right in zip(ids, ids[1:]):
-                after.setdefault(left, {})[right] = after.setdefault(left, {}).get(right, 0) + 1
-                before.setdefault(right, {})[left] = before.setdefault(right, {}).get(left, 0) + 1
+                after[left][right] += 1
+                before[right][left] += 1
         hits = count = 0
         for row, labels in enumerate(batch["labels"]):
             ids, length = batch["input_ids"][row], int(batch["attention_mask"][row].sum())
