@@ -22,7 +22,7 @@ LANGUAGES = {"en", "de", "zh"}  # XNLI in three languages here (every language: 
 
 
 def _short_heldout(folder: Path) -> list[str]:
-    """The first 12 held-out lines of each language (the evaluation of four models on all 900 lines is the full
+    """The first 12 held-out lines of each language (the evaluation of five models on all 900 lines is the full
     demo's; here it would be a third of the test's time)."""
     source = embedded_dir() / "demo-corpus" / "heldout"
     folder.mkdir()
@@ -38,8 +38,8 @@ def test_demo_runs_every_stage_and_reuses_them(tmp_path, capsys):
     assert cli.main(["demo", "--workdir", str(workdir), *short]) == 0
     report = (workdir / "report.md").read_text()
     for section in ("# distil demo", "## Held-out masked-token accuracy", "unigram baseline", "bigram counts",
-                    "retention", "## Fill-mask", "## What ran", "## Sizes and speed", "## XNLI", "## What the full recipe needs",
-                    "far below the model card", "DistilmBERT", "loss_curves.png"):
+                    "retention", "## Fill-mask", "## What ran", "## Sizes and speed", "## XNLI",
+                    "## What the full recipe needs", "far below the model card", "DistilmBERT", "loss_curves.png"):
         assert section in report, section
     assert "per device" in report  # the full recipe's memory dry run
     assert report.index("## Held-out masked-token accuracy") < report.index("## What ran")  # the first table
