@@ -130,6 +130,26 @@ def test_two_runs_started_together_one_runs_the_other_is_refused(tmp_path):
     assert [row["step"] for row in read_metrics(workdir / "metrics.jsonl")] == list(range(1, 41))
 
 
+def test_a_refused_run_waits_for_the_holders_name(tmp_path):
+    """A holder names itself a moment after taking the lock (`announce`): a run refused in that moment waits for
+    the name; with no name at all (a finished run's rerun writes none), it says so after the wait."""
+    import threading
+
+    holder = run_scaffold.WorkdirLock(tmp_path, "distill")
+    holder.acquire()  # flock: a second descriptor of this process is refused as another process would be
+    try:
+        with pytest.raises(run_scaffold.WorkdirInUse, match=r"in use by another process \(it has not written its "
+                                                           r"name yet\)"):
+            run_scaffold.WorkdirLock(tmp_path, "xnli").acquire()
+        late = threading.Timer(0.3, holder.announce)
+        late.start()
+        with pytest.raises(run_scaffold.WorkdirInUse, match=rf"in use by distil distill \(host .*, pid {os.getpid()}"):
+            run_scaffold.WorkdirLock(tmp_path, "xnli").acquire()
+        late.join()
+    finally:
+        holder.release()
+
+
 def test_a_killed_holder_holds_nothing(tmp_path):
     """flock dies with its process: a lock file left by SIGKILL blocks nobody (no stale lock to clean up)."""
     code = ("import sys, time; from pathlib import Path; from distil.train.run import WorkdirLock; "

@@ -235,6 +235,9 @@ def read_json(path, what: str) -> dict:
 # ------------------------------------------------------------------------------------------------------- lock
 
 
+NAME_WAIT_SECONDS = 2.0  # how long a refused run waits for the holder's name (a finished run's rerun never writes one)
+
+
 class WorkdirLock:
     """An exclusive `flock` on `folder/run.lock` that the holding process keeps until `release()` or its end.
 
@@ -268,13 +271,21 @@ class WorkdirLock:
         os.ftruncate(self._descriptor, 0)
         os.pwrite(self._descriptor, (json.dumps(holder) + "\n").encode(), 0)
 
-    def holder(self) -> str:
-        try:
-            info = json.loads(self.path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            info = None
-        return _holder(info) if isinstance(info, dict) and "pid" in info else \
-            "another process (it has not written its name yet)"
+    def holder(self, wait_seconds: float = NAME_WAIT_SECONDS) -> str:
+        """The holder's name from the lock file. A run that has just taken the lock writes its name a moment later
+        (`announce`, after reading its workdir's record), so a run refused in that moment waits up to
+        `wait_seconds` for it rather than printing no name."""
+        deadline = time.monotonic() + wait_seconds
+        while True:
+            try:
+                info = json.loads(self.path.read_text(encoding="utf-8"))
+            except (OSError, ValueError):  # not written yet, or between the truncation and the write
+                info = None
+            if isinstance(info, dict) and "pid" in info:
+                return _holder(info)
+            if time.monotonic() >= deadline:
+                return "another process (it has not written its name yet)"
+            time.sleep(0.05)
 
     def release(self) -> None:
         if self._descriptor is not None:
