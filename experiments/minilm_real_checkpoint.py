@@ -47,10 +47,12 @@ def main() -> None:
     parser.add_argument("--teacher", required=True, help="the all-MiniLM-L6-v2 Hugging Face folder")
     parser.add_argument("--corpus", required=True, help="a folder holding en.txt (one paragraph a line)")
     parser.add_argument("--out", required=True, help="a new folder for every run and the table")
-    parser.add_argument("--distill-steps", type=int, default=300)
+    parser.add_argument("--distill-steps", type=int, default=600)
     parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--pairs", type=int, default=2000, help="English MultiNLI training pairs (embedded sample)")
+    parser.add_argument("--pairs", type=int, default=3000, help="English MultiNLI training pairs (embedded sample)")
     parser.add_argument("--max-length", type=int, default=64)
+    parser.add_argument("--lr", type=float, default=2e-4, help="XNLI fine-tuning peak learning rate")
+    parser.add_argument("--epochs", type=int, default=4, help="XNLI fine-tuning epochs")
     args = parser.parse_args()
     out, teacher = Path(args.out), Path(args.teacher)
     seconds = {}
@@ -69,7 +71,8 @@ def main() -> None:
 
     xnli = ["--config", "distilmbert_xnli:runlocal", f"--config.seeds=({args.seeds},)",
             "--config.eval.languages=('en',)", f"--config.train.max_examples={args.pairs}",
-            f"--config.max_length={args.max_length}", "--config.export_models=False"]
+            f"--config.max_length={args.max_length}", "--config.export_models=False",
+            f"--config.optimizer.learning_rate={args.lr}", f"--config.num_epochs={args.epochs}"]
     starts = {
         "teacher": [f"--config.init={teacher}", "--config.name=teacher (6 layers)"],
         "distilled": [f"--config.init={out / 'distilled'}", "--config.name=distilled (3 layers)"],
