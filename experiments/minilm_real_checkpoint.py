@@ -87,7 +87,9 @@ def main() -> None:
         seconds[f"xnli {name}"] = distil("xnli", "--workdir", str(out / f"xnli-{name}"), *xnli, *start)
         results[name] = json.loads((out / f"xnli-{name}" / "xnli_results.json").read_text(encoding="utf-8"))
 
-    lines = ["| model | English XNLI test, mean ± std over seeds | per seed | English dev (selection) |",
+    lines = [f"{args.distill_steps} distillation steps; XNLI fine-tuning of every model: {args.pairs} English pairs, "
+             f"length {args.max_length}, lr {args.lr:g}, {args.epochs} epochs, seeds {args.seeds}", "",
+             "| model | English XNLI test, mean ± std over seeds | per seed | English dev (selection) |",
              "|---|---:|---|---:|"]
     for name, result in results.items():
         test = [100 * seed["test"]["en"] for seed in result["seeds"]]
