@@ -168,6 +168,19 @@ MODELS = {"teacher": "teacher (4 layers, MLM pre-training)",
           "student-scratch": "no teacher (same shape and updates, MLM pre-training as the teacher's)"}
 
 
+def heldout_masks_and_baseline(config: ml_collections.ConfigDict, teacher_config: ml_collections.ConfigDict):
+    """What every held-out score is taken on: the teacher's tokenizer, the held-out lines (config.heldout) and their
+    fixed uniform 15% masks (config.eval_seed), the teacher's training lines and the unigram baseline's answer for
+    each language (its most frequent training token)."""
+    tokenizer = load_tokenizer(teacher_config.tokenizer)
+    lines = evaluation.read_lines(config.heldout)
+    masks = evaluation.heldout_masks(tokenizer, lines, seed=config.eval_seed,
+                                     max_length=teacher_config.data.max_length)
+    corpus = teacher_config.data.corpus  # the baseline counts the teacher's training lines (a folder of <lang>.txt)
+    train_lines = evaluation.read_lines(embedded_corpus_dir() if corpus == "embedded" else corpus, list(lines))
+    return tokenizer, lines, masks, train_lines, evaluation.unigram_predictions(tokenizer, train_lines)
+
+
 def heldout_evaluation(config: ml_collections.ConfigDict, teacher_config: ml_collections.ConfigDict,
                        folders: dict[str, Path]) -> dict:
     """Masked-token accuracy of each exported model on the held-out lines (config.heldout) with the same fixed
@@ -175,13 +188,7 @@ def heldout_evaluation(config: ml_collections.ConfigDict, teacher_config: ml_col
     counts on them for scale (what the neighbouring tokens alone give), the student's retention of the teacher's
     accuracy, and fill-mask examples (transformers' pipeline on the exported student, one held-out sentence per
     language with one single-token word masked, top-3)."""
-    tokenizer = load_tokenizer(teacher_config.tokenizer)
-    lines = evaluation.read_lines(config.heldout)
-    masks = evaluation.heldout_masks(tokenizer, lines, seed=config.eval_seed,
-                                     max_length=teacher_config.data.max_length)
-    corpus = teacher_config.data.corpus  # the baseline counts the teacher's training lines (a folder of <lang>.txt)
-    train_lines = evaluation.read_lines(embedded_corpus_dir() if corpus == "embedded" else corpus, list(lines))
-    unigram_answers = evaluation.unigram_predictions(tokenizer, train_lines)
+    tokenizer, lines, masks, train_lines, unigram_answers = heldout_masks_and_baseline(config, teacher_config)
     unigram = evaluation.unigram_accuracy(masks, unigram_answers)
     out = {"languages": list(lines), "lines": {lang: len(texts) for lang, texts in lines.items()},
            "targets": unigram["targets"], "unigram": unigram["accuracy"],

@@ -90,3 +90,55 @@ def test_demo_runs_every_stage_and_reuses_them(tmp_path, capsys):
     assert capsys.readouterr().out.count("(finished earlier)") == 7 and (workdir / "report.md").is_file()
     assert cli.main(["demo", "--workdir", str(workdir), *SHORT, "--config.student.num_steps=5"]) == 2
     assert "config.student.num_steps: 4 -> 5" in capsys.readouterr().err
+
+
+def _flat(config, prefix=""):
+    out = {}
+    for key, value in config.items():
+        if hasattr(value, "items"):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def test_teacher_budget_variants_change_only_what_they_say(tmp_path):
+    """experiments/demo_teacher_budget.py's table names each variant's change: its config is the demo's teacher
+    with exactly those fields changed (through the same `--config.teacher.KEY=VALUE` overrides `distil demo` takes)."""
+    import sys
+
+    from conftest import REPO
+    sys.path.insert(0, str(REPO / "experiments"))
+    import demo_teacher_budget as budget
+
+    from distil.config import load_config
+
+    demo = _flat(load_config("demo").teacher)
+    assert set(budget.VARIANTS) >= {"demo", "updates_6000", "rows_32", "wordpiece_16k"}
+    for name, (_, changes) in budget.VARIANTS.items():
+        variant = _flat(load_config("demo", budget.overrides(name, tmp_path)).teacher)
+        assert {key for key in demo if demo[key] != variant[key]} == set(changes), name
+        for key, value in changes.items():
+            assert variant[key] == (str(tmp_path / budget.WORDPIECE_16K / "vocab.txt")
+                                    if value == budget.WORDPIECE_16K else value), (name, key)
+
+
+def test_teacher_budget_trains_scores_and_reuses_a_variant(tmp_path, monkeypatch):
+    """One variant end to end (6 updates): the demo's teacher trains, is scored on the demo's held-out masks beside
+    the unigram baseline, and a second call reuses the finished workdir with its recorded time."""
+    import sys
+
+    from conftest import REPO
+    sys.path.insert(0, str(REPO / "experiments"))
+    import demo_teacher_budget as budget
+
+    monkeypatch.setitem(budget.VARIANTS, "tiny", ("6 updates", {"num_steps": 6}))
+    result = budget.run_variant("tiny", tmp_path)
+    assert result["updates"] == 6 and result["tokens"] == 6 * 8 * 128
+    assert result["ratio"] == result["accuracy"]["overall"] / result["unigram"]["overall"]
+    assert 0 < result["unigram"]["overall"] < 0.1 and set(result["accuracy"]) == set(result["unigram"])
+    assert json.loads((tmp_path / "tiny" / budget.RESULT_FILE).read_text()) == result
+    again = budget.run_variant("tiny", tmp_path)
+    assert again == result  # the finished run reused: the same model, scores and recorded wall time
+    table = budget.to_markdown([result])
+    assert "| tiny | 6 updates | 6 |" in table and f"**{result['ratio']:.2f}x**" in table
