@@ -2,18 +2,26 @@
 masked-token accuracy of the teacher, the distilled student and both ablations beside the unigram baseline, XNLI of
 both models in the 15 languages, a student that transformers' fill-mask pipeline loads offline, and a rerun that
 reuses every stage. Learning is not asserted here (a few steps cannot learn); the full `distil demo` is measured in
-the README."""
+the README. Also experiments/demo_teacher_budget.py, which trains variants of the demo's teacher stage: each is the
+stage with exactly the change it names, trained and scored on the held-out masks."""
 
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
+import pytest
 import transformers
+from conftest import REPO
 
 from distil import cli
+from distil.config import load_config
 from distil.data.embedded import embedded_dir
 from distil.data.nli import xnli_languages
+
+sys.path.insert(0, str(REPO / "experiments"))
+import demo_teacher_budget as budget  # noqa: E402
 
 SHORT = ["--config.teacher.num_steps=6", "--config.student.num_steps=4", "--config.speed_batch=4",
          "--config.xnli.num_steps=3", "--config.xnli.train.max_examples=64", "--config.xnli.eval.batch_size=512",
@@ -105,14 +113,6 @@ def _flat(config, prefix=""):
 def test_teacher_budget_variants_change_only_what_they_say(tmp_path):
     """experiments/demo_teacher_budget.py's table names each variant's change: its config is the demo's teacher
     with exactly those fields changed (through the same `--config.teacher.KEY=VALUE` overrides `distil demo` takes)."""
-    import sys
-
-    from conftest import REPO
-    sys.path.insert(0, str(REPO / "experiments"))
-    import demo_teacher_budget as budget
-
-    from distil.config import load_config
-
     demo = _flat(load_config("demo").teacher)
     assert set(budget.VARIANTS) >= {"demo", "updates_6000", "rows_32", "wordpiece_16k"}
     for name, (_, changes) in budget.VARIANTS.items():
@@ -126,12 +126,6 @@ def test_teacher_budget_variants_change_only_what_they_say(tmp_path):
 def test_teacher_budget_trains_scores_and_reuses_a_variant(tmp_path, monkeypatch):
     """One variant end to end (6 updates): the demo's teacher trains, is scored on the demo's held-out masks beside
     the unigram baseline, and a second call reuses the finished workdir with its recorded time."""
-    import sys
-
-    from conftest import REPO
-    sys.path.insert(0, str(REPO / "experiments"))
-    import demo_teacher_budget as budget
-
     monkeypatch.setitem(budget.VARIANTS, "tiny", ("6 updates", {"num_steps": 6}))
     result = budget.run_variant("tiny", tmp_path)
     assert result["updates"] == 6 and result["tokens"] == 6 * 8 * 128
@@ -142,3 +136,14 @@ def test_teacher_budget_trains_scores_and_reuses_a_variant(tmp_path, monkeypatch
     assert again == result  # the finished run reused: the same model, scores and recorded wall time
     table = budget.to_markdown([result])
     assert "| tiny | 6 updates | 6 |" in table and f"**{result['ratio']:.2f}x**" in table
+
+
+def test_teacher_budget_refuses_an_unknown_variant(tmp_path, monkeypatch, capsys):
+    """A misspelt variant is refused before anything runs, naming the flag and the known variants."""
+    out = tmp_path / "out"
+    monkeypatch.setattr(sys, "argv", ["demo_teacher_budget.py", "--out", str(out), "--variants", "demo,updates_600"])
+    with pytest.raises(SystemExit) as exit_info:
+        budget.main()
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "--variants: unknown updates_600; known: demo, updates_3000" in err and not out.exists()
