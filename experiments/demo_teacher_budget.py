@@ -34,8 +34,6 @@ from distil.atomic import write_text_atomically
 from distil.config import load_config
 from distil.demo import heldout_masks_and_baseline
 from distil.train import distill
-from distil.train.metrics import read_metrics
-from distil.train.run import RUN_FILE
 
 WORDPIECE_16K = "wordpiece-16k"  # OUT/wordpiece-16k/vocab.txt, trained on the teacher's training lines
 
@@ -86,23 +84,18 @@ def run_variant(name: str, out: Path) -> dict:
     config = load_config("demo", overrides(name, out))
     teacher = config.teacher
     workdir = out / name
-    # A finished workdir is reused as it is (train_and_evaluate refuses one of another config): keep its time.
-    record = workdir / RUN_FILE
-    reused = record.is_file() and json.loads(record.read_text()).get("status") == "finished"
-    started = time.perf_counter()
-    distill.train_and_evaluate(teacher, workdir)
-    seconds = time.perf_counter() - started
-    if reused and (workdir / RESULT_FILE).is_file():
-        seconds = json.loads((workdir / RESULT_FILE).read_text())["seconds"]
+    # The trainer's summary: this run's, or a finished run's as it was (with its own wall time) when reused.
+    summary = distill.train_and_evaluate(teacher, workdir)
+    if "stopped_at" in summary:
+        sys.exit(f"variant {name} stopped at step {summary['stopped_at']}; rerun the same command to resume")
     _, _, masks, _, unigram_answers = heldout_masks_and_baseline(config, teacher)
     accuracy = evaluation.masked_accuracy(workdir / "student", masks)["accuracy"]
     unigram = evaluation.unigram_accuracy(masks, unigram_answers)["accuracy"]
-    losses = [row["loss"] for row in read_metrics(workdir / "metrics.jsonl") if "loss" in row]
-    tokens_per_update = teacher.batching.global_batch * teacher.batching.pad_to_multiple  # packed rows, ~1% padding
+    tokens_per_update = teacher.batching.global_batch * teacher.data.max_length  # packed rows, ~1% padding
     result = {"variant": name, "change": VARIANTS[name][0], "overrides": overrides(name, out),
-              "updates": teacher.num_steps, "tokens": teacher.num_steps * tokens_per_update,
-              "seconds": round(seconds, 1), "final_loss": losses[-1], "accuracy": accuracy, "unigram": unigram,
-              "ratio": accuracy["overall"] / unigram["overall"]}
+              "updates": summary["steps"], "tokens": summary["steps"] * tokens_per_update,
+              "seconds": round(summary["seconds"], 1), "final_loss": summary["final"]["loss"], "accuracy": accuracy,
+              "unigram": unigram, "ratio": accuracy["overall"] / unigram["overall"]}
     write_text_atomically(workdir / RESULT_FILE, json.dumps(result, indent=2) + "\n")
     return result
 

@@ -19,6 +19,7 @@ from distil import cli
 from distil.config import load_config
 from distil.data.embedded import embedded_dir
 from distil.data.nli import xnli_languages
+from distil.train.run import flatten
 
 sys.path.insert(0, str(REPO / "experiments"))
 import demo_teacher_budget as budget  # noqa: E402
@@ -100,23 +101,13 @@ def test_demo_runs_every_stage_and_reuses_them(tmp_path, capsys):
     assert "config.student.num_steps: 4 -> 5" in capsys.readouterr().err
 
 
-def _flat(config, prefix=""):
-    out = {}
-    for key, value in config.items():
-        if hasattr(value, "items"):
-            out.update(_flat(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
 def test_teacher_budget_variants_change_only_what_they_say(tmp_path):
     """experiments/demo_teacher_budget.py's table names each variant's change: its config is the demo's teacher
     with exactly those fields changed (through the same `--config.teacher.KEY=VALUE` overrides `distil demo` takes)."""
-    demo = _flat(load_config("demo").teacher)
+    demo = flatten(load_config("demo").teacher.to_dict())
     assert set(budget.VARIANTS) >= {"demo", "updates_6000", "rows_32", "wordpiece_16k"}
     for name, (_, changes) in budget.VARIANTS.items():
-        variant = _flat(load_config("demo", budget.overrides(name, tmp_path)).teacher)
+        variant = flatten(load_config("demo", budget.overrides(name, tmp_path)).teacher.to_dict())
         assert {key for key in demo if demo[key] != variant[key]} == set(changes), name
         for key, value in changes.items():
             assert variant[key] == (str(tmp_path / budget.WORDPIECE_16K / "vocab.txt")
