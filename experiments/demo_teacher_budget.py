@@ -10,7 +10,13 @@ the demo's 10 minutes on 2 CPU cores. The demo's teacher reaches ~2.1x in its 1,
 asks what would reach 3x: more updates, more rows per update, the optimizer, the masking, the shape, a larger
 vocabulary. A variant is the demo's teacher stage with `--config.teacher.KEY=VALUE` overrides, exactly what
 `distil demo --config.teacher.KEY=VALUE` would train (a 16,000-token WordPiece of the demo's training lines, trained
-here, stands for "a larger vocabulary"; its masks and unigram baseline are its own).
+here, stands for "a larger vocabulary"; its masks and unigram baseline are its own; so are those of the shorter
+packed rows, whose held-out lines are cut at the row length).
+
+What it found (README, "What more budget buys the teacher"): nothing at the demo's 1,500 updates moves the ratio
+off ~2.1x, but the updates do, late: 2.93x at 12,000 and 6.9x at 24,000, when heads start to attend to their
+neighbours (+1, +2, -1) after ~10,000 updates: a phase transition, hours on 2 CPU cores, minutes on a GPU. Every
+variant in turn is hours on 2 cores; pick some with --variants.
 
 Each variant gets OUT/<variant>/ (a `distil distill` workdir; rerunning reuses a finished one) and
 OUT/<variant>/heldout.json; the table goes to OUT/teacher_budget.json and OUT/teacher_budget.md: the variant, its
@@ -54,6 +60,25 @@ VARIANTS = {
     "width_256": ("width 256 (feed-forward 1,024) instead of 128", {"student.hidden_size": 256,
                                                                    "student.intermediate_size": 1024}),
     "wordpiece_16k": ("a 16,000-token WordPiece of the training lines instead of 8,000", {"tokenizer": WORDPIECE_16K}),
+    # Added after the first table (issue 23's fourth GPU session): far more updates, and the same tokens cut another way.
+    "updates_12000": ("8x the updates (12,000)", {"num_steps": 12000}),
+    "updates_24000": ("16x the updates (24,000)", {"num_steps": 24000}),
+    "rows_4_updates_3000": ("the same tokens as 2x the updates of half the rows (3,000 x 4)",
+                            {"batching.global_batch": 4, "num_steps": 3000}),
+    "rows_2_updates_6000": ("the same tokens as 4x the updates of a quarter of the rows (6,000 x 2)",
+                            {"batching.global_batch": 2, "num_steps": 6000}),
+    "rows_of_64": ("packed rows of 64 tokens, 16 per update (its masks: lines cut at 64)",
+                   {"data.max_length": 64, "batching.pad_to_multiple": 64, "batching.global_batch": 16}),
+    "rows_of_32": ("packed rows of 32 tokens, 32 per update (its masks: lines cut at 32)",
+                   {"data.max_length": 32, "batching.pad_to_multiple": 32, "batching.global_batch": 32}),
+    "mask_only": ("every picked token becomes [MASK] (not 80/10/10)",
+                  {"masking.word_mask": 1.0, "masking.word_keep": 0.0, "masking.word_rand": 0.0}),
+    "no_clip": ("no gradient clipping (5.0 in the demo)", {"optimizer.clip_norm": 1e6}),
+    "warmup_0.2": ("20% of the updates warming up (5% in the demo)", {"optimizer.warmup_fraction": 0.2}),
+    "weight_decay_0.01": ("weight decay 0.01 (0 in the demo)", {"optimizer.weight_decay": 0.01}),
+    "ffn_1024": ("feed-forward 1,024 instead of 512", {"student.intermediate_size": 1024}),
+    "heads_1": ("1 attention head instead of 4", {"student.num_attention_heads": 1}),
+    "layers_6": ("6 layers instead of 4", {"student.num_hidden_layers": 6}),
 }
 RESULT_FILE = "heldout.json"
 
