@@ -186,7 +186,8 @@ def heldout_evaluation(config: ml_collections.ConfigDict, teacher_config: ml_col
     """Masked-token accuracy of each exported model on the held-out lines (config.heldout) with the same fixed
     uniform 15% masks, the unigram baseline on them (most frequent token of each language's training lines), bigram
     counts on them for scale (what the neighbouring tokens alone give), the student's retention of the teacher's
-    accuracy, and fill-mask examples (transformers' pipeline on the exported student, one held-out sentence per
+    accuracy, how much attention each head of the teacher and the student puts on each neighbour, and fill-mask
+    examples (transformers' pipeline on the exported student, one held-out sentence per
     language with one single-token word masked, top-3)."""
     tokenizer, lines, masks, train_lines, unigram_answers = heldout_masks_and_baseline(config, teacher_config)
     unigram = evaluation.unigram_accuracy(masks, unigram_answers)
@@ -194,6 +195,9 @@ def heldout_evaluation(config: ml_collections.ConfigDict, teacher_config: ml_col
            "targets": unigram["targets"], "unigram": unigram["accuracy"],
            "bigram": evaluation.bigram_accuracy(tokenizer, masks, train_lines, unigram_answers)["accuracy"]}
     out["models"] = {name: evaluation.masked_accuracy(folder, masks)["accuracy"] for name, folder in folders.items()}
+    # Whether the teacher (and what the student kept of it) reads its neighbours or only the line's words.
+    out["neighbour_attention"] = {name: evaluation.neighbour_attention(folders[name], masks)
+                                  for name in ("teacher", "student")}
     teacher = out["models"]["teacher"]
     out["retention"] = {key: evaluation.retention(value, teacher[key])
                         for key, value in out["models"]["student"].items()}
@@ -424,4 +428,22 @@ def heldout_markdown(heldout: dict) -> str:
             f"read its neighbours as well as counting does. Distilled student: **{retained}** of the "
             f"teacher's accuracy, {'; '.join(comparisons)}: the DistilBERT paper's ablations in miniature "
             "(without the distillation terms; without the teacher-layer initialisation; without either).")
-    return "\n".join([text, "", header, *rows])
+    return "\n".join([text, "", header, *rows, "", neighbour_markdown(heldout["neighbour_attention"])])
+
+
+def neighbour_markdown(attention: dict[str, dict]) -> str:
+    """Which heads of the teacher and the student read a neighbour (evaluation.reading_heads), or, where none does,
+    the most any head puts on one: the sign of a model still reading its lines as bags of words."""
+    parts = []
+    for name, weights in attention.items():
+        heads = evaluation.reading_heads(weights)
+        if heads:
+            parts.append(f"{name}: " + ", ".join(f"layer {h['layer']} head {h['head']} on {h['offset']:+d} "
+                                                 f"({h['weight']:.2f})" for h in heads))
+        else:
+            most = max(value for layer in weights["weights"] for head in layer for value in head)
+            parts.append(f"{name}: none (at most {most:.2f} on one neighbour: a bag of words)")
+    return ("Heads that read a neighbour (at least half of their attention on the token at one offset, "
+            f"{', '.join(f'{o:+d}' for o in next(iter(attention.values()))['offsets'])}, on the held-out lines; "
+            "layers and heads from 0): " + "; ".join(parts) + ". MLM pre-training starts from bags of words; "
+            "the demo's teacher grows such heads after ~10,000 updates (configs/demo.py).")

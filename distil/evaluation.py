@@ -143,34 +143,85 @@ def unigram_accuracy(masks: Mapping[str, Mapping[str, np.ndarray]], predictions:
     return _summarise(correct, total)
 
 
+def _load(model_or_folder):
+    from distil import hf
+
+    return hf.load_pretrained(model_or_folder) if isinstance(model_or_folder, (str, os.PathLike)) else model_or_folder
+
+
+def _padded_batches(masks: Mapping[str, Mapping[str, np.ndarray]], batch_size: int):
+    """(lang, input_ids, attention_mask, rows) per batch of each language's lines, padded to `batch_size`
+    rows so one shape compiles; padding rows attend to one position (no all-masked softmax)."""
+    for lang, batch in masks.items():
+        for start in range(0, len(batch["input_ids"]), batch_size):
+            ids, mask = (np.asarray(batch[key][start:start + batch_size]) for key in ("input_ids", "attention_mask"))
+            rows, pad = len(ids), batch_size - len(ids)
+            ids, mask = (np.pad(array, ((0, pad), (0, 0))) for array in (ids, mask))
+            mask[rows:, 0] = 1
+            yield lang, ids, mask, rows
+
+
 def masked_accuracy(model_or_folder, masks: Mapping[str, Mapping[str, np.ndarray]], *, batch_size: int = 64) -> dict:
     """Masked-token accuracy of a model (a distil model, or an exported folder `distil.hf.load_pretrained` reads)
     on `masks`: {"accuracy": {lang..., "overall"}, "targets": {lang..., "overall"}}."""
     import jax.numpy as jnp
     from flax import nnx
 
-    from distil import hf
-
-    model = hf.load_pretrained(model_or_folder) if isinstance(model_or_folder, (str, os.PathLike)) else model_or_folder
+    model = _load(model_or_folder)
 
     @nnx.jit
     def predict(model, input_ids, attention_mask):
         return jnp.argmax(model(input_ids, attention_mask).logits, axis=-1)
 
+    predicted = {lang: [] for lang in masks}
+    for lang, ids, mask, rows in _padded_batches(masks, batch_size):
+        predicted[lang].append(np.asarray(predict(model, jnp.asarray(ids), jnp.asarray(mask)))[:rows])
     correct, total = {}, {}
     for lang, batch in masks.items():
-        labels = batch["labels"]
-        predicted = []
-        for start in range(0, len(labels), batch_size):  # padded to full batches: one compiled shape
-            ids, mask = (np.asarray(batch[key][start:start + batch_size]) for key in ("input_ids", "attention_mask"))
-            pad = batch_size - len(ids)
-            ids, mask = (np.pad(array, ((0, pad), (0, 0))) for array in (ids, mask))
-            mask[len(ids) - pad:, 0] = 1  # padding rows attend to one position (no all-masked softmax)
-            predicted.append(np.asarray(predict(model, jnp.asarray(ids), jnp.asarray(mask)))[:batch_size - pad])
-        predicted = np.concatenate(predicted)
+        labels, answers = batch["labels"], np.concatenate(predicted[lang])
         where = labels >= 0
-        correct[lang], total[lang] = int((predicted[where] == labels[where]).sum()), int(where.sum())
+        correct[lang], total[lang] = int((answers[where] == labels[where]).sum()), int(where.sum())
     return _summarise(correct, total)
+
+
+def neighbour_attention(model_or_folder, masks: Mapping[str, Mapping[str, np.ndarray]], *,
+                        offsets: Sequence[int] = (-2, -1, 1, 2), batch_size: int = 64) -> dict:
+    """How much of its attention each head puts on the token at each offset from the query, on the lines of
+    `masks` as the model reads them: {"offsets", "weights": [layer][head][offset]}, the mean over every real query
+    token ([CLS] .. [SEP]) whose neighbour at that offset is in its line.
+
+    Why: a model that only knows which words a line holds (a bag of words: every head ~1/length on every token)
+    cannot tell a masked word-piece from its neighbours; heads that read their neighbours (~1 at -1 or +1) are
+    what lets an MLM pass that stage. The demo's teacher grows them only after ~10,000 updates."""
+    import jax.numpy as jnp
+    from flax import nnx
+
+    model = _load(model_or_folder)
+
+    @nnx.jit
+    def attentions(model, input_ids, attention_mask):  # [batch, layers, heads, query, key]
+        return jnp.stack(model(input_ids, attention_mask, output_attentions=True).attentions, axis=1)
+
+    total, count = 0.0, np.zeros(len(offsets))
+    for _, ids, mask, rows in _padded_batches(masks, batch_size):
+        probs, real = np.asarray(attentions(model, jnp.asarray(ids), jnp.asarray(mask)))[:rows], mask[:rows] > 0
+        sums = []
+        for i, offset in enumerate(offsets):
+            query = np.arange(max(0, -offset), ids.shape[1] - max(0, offset))
+            valid = real[:, query] & real[:, query + offset]  # [rows, queries]
+            sums.append(np.einsum("blhq,bq->lh", probs[..., query, query + offset], valid))
+            count[i] += valid.sum()
+        total = total + np.stack(sums, axis=-1)
+    return {"offsets": list(offsets), "weights": (total / np.maximum(count, 1)).tolist()}
+
+
+def reading_heads(attention: dict, *, threshold: float = 0.5) -> list[dict]:
+    """The heads of `neighbour_attention` that put at least `threshold` of their attention on one offset:
+    [{"layer", "head", "offset", "weight"}], strongest first (layers and heads counted from 0)."""
+    weights = np.asarray(attention["weights"])
+    found = [{"layer": int(layer), "head": int(head), "offset": attention["offsets"][i],
+              "weight": float(weights[layer, head, i])} for layer, head, i in zip(*np.nonzero(weights >= threshold))]
+    return sorted(found, key=lambda item: -item["weight"])
 
 
 def fill_mask(folder: str | os.PathLike, texts: Sequence[str], *, top_k: int = 3) -> list[dict]:

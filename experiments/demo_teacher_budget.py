@@ -20,7 +20,8 @@ variant in turn is hours on 2 cores; pick some with --variants.
 
 Each variant gets OUT/<variant>/ (a `distil distill` workdir; rerunning reuses a finished one) and
 OUT/<variant>/heldout.json; the table goes to OUT/teacher_budget.json and OUT/teacher_budget.md: the variant, its
-updates and tokens, its wall time, its final training loss, held-out accuracy and the ratio to unigram. With
+updates and tokens, its wall time, its final training loss, held-out accuracy, the ratio to unigram, and the heads
+that put at least half their attention on one neighbour (distil.evaluation.reading_heads). With
 `--workers N` the variants run as N processes at once (for an accelerator; on 2 CPU cores keep 1, the default, as the
 wall times are then the demo's).
 """
@@ -116,11 +117,12 @@ def run_variant(name: str, out: Path) -> dict:
     _, _, masks, _, unigram_answers = heldout_masks_and_baseline(config, teacher)
     accuracy = evaluation.masked_accuracy(workdir / "student", masks)["accuracy"]
     unigram = evaluation.unigram_accuracy(masks, unigram_answers)["accuracy"]
+    heads = evaluation.reading_heads(evaluation.neighbour_attention(workdir / "student", masks))
     tokens_per_update = teacher.batching.global_batch * teacher.data.max_length  # packed rows, ~1% padding
     result = {"variant": name, "change": VARIANTS[name][0], "overrides": overrides(name, out),
               "updates": summary["steps"], "tokens": summary["steps"] * tokens_per_update,
               "seconds": round(summary["seconds"], 1), "final_loss": summary["final"]["loss"], "accuracy": accuracy,
-              "unigram": unigram, "ratio": accuracy["overall"] / unigram["overall"]}
+              "unigram": unigram, "ratio": accuracy["overall"] / unigram["overall"], "reading_heads": heads}
     write_text_atomically(workdir / RESULT_FILE, json.dumps(result, indent=2) + "\n")
     return result
 
@@ -153,12 +155,14 @@ def run_all(names: list[str], out: Path, workers: int) -> list[dict]:
 
 
 def to_markdown(results: list[dict]) -> str:
-    rows = ["| variant | change | updates | tokens | wall s | final loss | held-out accuracy | unigram | ratio |",
-            "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    rows = ["| variant | change | updates | tokens | wall s | final loss | held-out accuracy | unigram | ratio "
+            "| heads reading a neighbour |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in results:
+        heads = ", ".join(f"L{h['layer']}H{h['head']} {h['offset']:+d} ({h['weight']:.2f})"
+                          for h in r["reading_heads"]) or "none"
         rows.append(f"| {r['variant']} | {r['change']} | {r['updates']:,} | {r['tokens'] / 1e6:.1f}M | "
                     f"{r['seconds']:.0f} | {r['final_loss']:.2f} | {100 * r['accuracy']['overall']:.2f}% | "
-                    f"{100 * r['unigram']['overall']:.2f}% | **{r['ratio']:.2f}x** |")
+                    f"{100 * r['unigram']['overall']:.2f}% | **{r['ratio']:.2f}x** | {heads} |")
     return ("# The demo's teacher: held-out masked-token accuracy against the unigram baseline\n\n"
             "One change at a time to configs/demo.py's teacher stage (`experiments/demo_teacher_budget.py`); "
             "one run each, on the demo's fixed held-out masks. Wall times are this machine's.\n\n"

@@ -11,6 +11,7 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import transformers
 from conftest import REPO
@@ -19,6 +20,7 @@ from distil import cli
 from distil.config import load_config
 from distil.data.embedded import embedded_dir
 from distil.data.nli import xnli_languages
+from distil.demo import neighbour_markdown
 from distil.train.run import flatten
 
 sys.path.insert(0, str(REPO / "experiments"))
@@ -63,6 +65,11 @@ def test_demo_runs_every_stage_and_reuses_them(tmp_path, capsys):
     teacher, student = heldout["models"]["teacher"], heldout["models"]["student"]
     for key in keys:
         assert heldout["retention"][key] == (student[key] / teacher[key] if teacher[key] else None)
+    assert list(heldout["neighbour_attention"]) == ["teacher", "student"]
+    for name, layers in (("teacher", 4), ("student", 2)):  # every layer's every head, at offsets -2, -1, +1, +2
+        weights = np.asarray(heldout["neighbour_attention"][name]["weights"])
+        assert weights.shape == (layers, 4, 4) and ((0 <= weights) & (weights <= 1)).all()
+    assert "Heads that read a neighbour" in report and "teacher: none (at most" in report  # 6 updates: none yet
     assert len(heldout["fill_mask"]) >= 3
     for example in heldout["fill_mask"]:
         assert example["text"].count("[MASK]") == 1 and len(example["top3"]) == 3
@@ -101,6 +108,15 @@ def test_demo_runs_every_stage_and_reuses_them(tmp_path, capsys):
     assert "config.student.num_steps: 4 -> 5" in capsys.readouterr().err
 
 
+def test_neighbour_heads_in_the_report_by_hand():
+    """The report's line on heads that read a neighbour: the heads at or above one half, else the most any puts."""
+    text = neighbour_markdown({
+        "teacher": {"offsets": [-1, 1], "weights": [[[0.9, 0.1], [0.2, 0.5]], [[0.0, 0.0], [0.3, 0.1]]]},
+        "student": {"offsets": [-1, 1], "weights": [[[0.2, 0.3], [0.1, 0.0]]]}})
+    assert "teacher: layer 0 head 0 on -1 (0.90), layer 0 head 1 on +1 (0.50); " in text
+    assert "student: none (at most 0.30 on one neighbour: a bag of words)" in text and "offset, -1, +1," in text
+
+
 def test_teacher_budget_variants_change_only_what_they_say(tmp_path):
     """experiments/demo_teacher_budget.py's table names each variant's change: its config is the demo's teacher
     with exactly those fields changed (through the same `--config.teacher.KEY=VALUE` overrides `distil demo` takes)."""
@@ -126,7 +142,8 @@ def test_teacher_budget_trains_scores_and_reuses_a_variant(tmp_path, monkeypatch
     again = budget.run_variant("tiny", tmp_path)
     assert again == result  # the finished run reused: the same model, scores and recorded wall time
     table = budget.to_markdown([result])
-    assert "| tiny | 6 updates | 6 |" in table and f"**{result['ratio']:.2f}x**" in table
+    assert "| tiny | 6 updates | 6 |" in table and f"**{result['ratio']:.2f}x** | none |" in table
+    assert result["reading_heads"] == []  # 6 updates: no head reads a neighbour yet
 
 
 def test_teacher_budget_refuses_an_unknown_variant(tmp_path, monkeypatch, capsys):

@@ -94,6 +94,47 @@ def test_masked_accuracy_matches_transformers(tokenizer, lines, tmp_path):
     assert evaluation.retention(0.3, 0.4) == pytest.approx(0.75)
 
 
+def test_neighbour_attention_matches_transformers(tokenizer, lines, tmp_path):
+    """Each head's mean attention on the tokens at offsets -2..+2, against transformers' attention probabilities
+    averaged position by position in Python (a wide initialisation, so the heads differ)."""
+    torch.manual_seed(1)
+    config = transformers.BertConfig(vocab_size=tokenizer.get_vocab_size(), hidden_size=32, num_hidden_layers=2,
+                                     num_attention_heads=2, intermediate_size=64, max_position_embeddings=64,
+                                     initializer_range=0.5)
+    model = transformers.BertForMaskedLM(config).eval()
+    model.save_pretrained(tmp_path)
+    model.set_attn_implementation("eager")  # sdpa returns no probabilities
+    masks = evaluation.heldout_masks(tokenizer, lines, max_length=40)
+    offsets = (-2, -1, 1, 2)
+    sums, counts = np.zeros((2, 2, len(offsets))), np.zeros(len(offsets))
+    for batch in masks.values():
+        with torch.no_grad():
+            attentions = model(input_ids=torch.tensor(batch["input_ids"], dtype=torch.long),
+                               attention_mask=torch.tensor(batch["attention_mask"], dtype=torch.long),
+                               output_attentions=True).attentions
+        for row, length in enumerate(batch["attention_mask"].sum(axis=1)):
+            for i, offset in enumerate(offsets):
+                for query in range(length):
+                    if 0 <= query + offset < length:
+                        counts[i] += 1
+                        for layer in range(2):
+                            sums[layer, :, i] += attentions[layer][row, :, query, query + offset].numpy()
+    expected = sums / counts
+    result = evaluation.neighbour_attention(tmp_path, masks, offsets=offsets, batch_size=8)  # a padded last batch
+    assert result["offsets"] == list(offsets)
+    # float32 probabilities (at most 1) from two implementations differ by ~1e-7 each; their means by no more.
+    np.testing.assert_allclose(result["weights"], expected, atol=1e-5)
+    # The entries differ by ~100x the tolerance, so a mix-up of offsets, layers or heads could not pass.
+    assert np.ptp(expected) > 100 * 1e-5
+
+    heads = evaluation.reading_heads({"offsets": [-1, 1], "weights": [[[0.9, 0.0], [0.1, 0.2]],
+                                                                       [[0.0, 0.6], [0.5, 0.5]]]})
+    assert heads == [{"layer": 0, "head": 0, "offset": -1, "weight": 0.9},
+                     {"layer": 1, "head": 0, "offset": 1, "weight": 0.6},
+                     {"layer": 1, "head": 1, "offset": -1, "weight": 0.5},
+                     {"layer": 1, "head": 1, "offset": 1, "weight": 0.5}]
+
+
 def test_mask_one_word_masks_a_single_token_word(tokenizer):
     text, word = evaluation.mask_one_word(tokenizer, "Paris is the capital of France .", seed=1)
     assert text.count("[MASK]") == 1 and word.isalpha()
