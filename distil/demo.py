@@ -186,15 +186,20 @@ def heldout_evaluation(config: ml_collections.ConfigDict, teacher_config: ml_col
     """Masked-token accuracy of each exported model on the held-out lines (config.heldout) with the same fixed
     uniform 15% masks, the unigram baseline on them (most frequent token of each language's training lines), bigram
     counts on them for scale (what the neighbouring tokens alone give), the student's retention of the teacher's
-    accuracy, how much attention each head of the teacher and the student puts on each neighbour, and fill-mask
-    examples (transformers' pipeline on the exported student, one held-out sentence per
-    language with one single-token word masked, top-3)."""
+    accuracy, the distilled student against each ablation on the same targets (evaluation.paired_comparison), how
+    much attention each head of the teacher and the student puts on each neighbour, and fill-mask examples
+    (transformers' pipeline on the exported student, one held-out sentence per language with one single-token word
+    masked, top-3)."""
     tokenizer, lines, masks, train_lines, unigram_answers = heldout_masks_and_baseline(config, teacher_config)
     unigram = evaluation.unigram_accuracy(masks, unigram_answers)
     out = {"languages": list(lines), "lines": {lang: len(texts) for lang, texts in lines.items()},
            "targets": unigram["targets"], "unigram": unigram["accuracy"],
            "bigram": evaluation.bigram_accuracy(tokenizer, masks, train_lines, unigram_answers)["accuracy"]}
-    out["models"] = {name: evaluation.masked_accuracy(folder, masks)["accuracy"] for name, folder in folders.items()}
+    answers = {name: evaluation.masked_answers(folder, masks) for name, folder in folders.items()}
+    out["models"] = {name: evaluation.answers_accuracy(masks, model)["accuracy"] for name, model in answers.items()}
+    # The distilled student against each ablation on the same targets (the report's verdicts).
+    out["paired"] = {name: evaluation.paired_comparison(masks, answers["student"], answers[name])
+                     for name in answers if name not in ("teacher", "student")}
     # Whether the teacher (and what the student kept of it) reads its neighbours or only the line's words.
     out["neighbour_attention"] = {name: evaluation.neighbour_attention(folders[name], masks)
                                   for name in ("teacher", "student")}
@@ -406,20 +411,18 @@ def heldout_markdown(heldout: dict) -> str:
     rows.append("| retention: distilled / teacher | "
                 + " | ".join("-" if heldout["retention"][key] is None else f"{heldout['retention'][key]:.2f}"
                              for key in keys) + " |")
-    models, unigram, targets = heldout["models"], heldout["unigram"]["overall"], heldout["targets"]["overall"]
-    overall = {name: accuracy["overall"] for name, accuracy in models.items()}
-    ratio = overall["teacher"] / unigram if unigram else float("nan")
+    unigram, targets = heldout["unigram"]["overall"], heldout["targets"]["overall"]
+    ratio = heldout["models"]["teacher"]["overall"] / unigram if unigram else float("nan")
     retained = "-" if heldout["retention"]["overall"] is None else f"{heldout['retention']['overall']:.0%}"
     comparisons = []
     for name, label in (("student-mlm", "the MLM-only student"), ("student-random", "the random-init student"),
                         ("student-scratch", "the same shape pre-trained without a teacher")):
-        # Two standard errors of a difference of two accuracies on `targets` tokens: below it, noise.
-        p = (overall["student"] + overall[name]) / 2
-        noise = 2 * (2 * p * (1 - p) / max(targets, 1)) ** 0.5
-        gap = overall["student"] - overall[name]
+        paired = heldout["paired"][name]  # on the same targets: within two standard errors is noise
+        gap, noise = paired["difference"], paired["two_se"]
         verdict = ("above" if gap > noise else "below" if gap < -noise else "level with (within noise)")
-        comparisons.append(f"{verdict} {label} ({100 * gap:+.2f} points, {round(gap * targets):+d} tokens; "
-                           f"2 standard errors: {100 * noise:.2f} points)")
+        comparisons.append(f"{verdict} {label} ({100 * gap:+.2f} points: {paired['first_only']} targets only "
+                           f"the distilled student gets right, {paired['second_only']} only the other; 2 standard "
+                           f"errors of the paired difference: {100 * noise:.2f} points)")
     text = (f"{sum(heldout['lines'].values())} held-out lines ({heldout['lines'][keys[0]]} per language, never "
             f"trained on), {targets:,} masked tokens: a fixed uniform 15% of each line's tokens (as BERT's own "
             "pre-training picks them), every one replaced by [MASK], the same masks for every model. "

@@ -161,9 +161,10 @@ def _padded_batches(masks: Mapping[str, Mapping[str, np.ndarray]], batch_size: i
             yield lang, ids, mask, rows
 
 
-def masked_accuracy(model_or_folder, masks: Mapping[str, Mapping[str, np.ndarray]], *, batch_size: int = 64) -> dict:
-    """Masked-token accuracy of a model (a distil model, or an exported folder `distil.hf.load_pretrained` reads)
-    on `masks`: {"accuracy": {lang..., "overall"}, "targets": {lang..., "overall"}}."""
+def masked_answers(model_or_folder, masks: Mapping[str, Mapping[str, np.ndarray]], *,
+                   batch_size: int = 64) -> dict[str, np.ndarray]:
+    """A model's answer (its most likely token) at every target of `masks`, per language, in the order of
+    `labels[labels >= 0]`. The model: a distil model, or an exported folder `distil.hf.load_pretrained` reads."""
     import jax.numpy as jnp
     from flax import nnx
 
@@ -176,12 +177,41 @@ def masked_accuracy(model_or_folder, masks: Mapping[str, Mapping[str, np.ndarray
     predicted = {lang: [] for lang in masks}
     for lang, ids, mask, rows in _padded_batches(masks, batch_size):
         predicted[lang].append(np.asarray(predict(model, jnp.asarray(ids), jnp.asarray(mask)))[:rows])
+    return {lang: np.concatenate(predicted[lang])[batch["labels"] >= 0] for lang, batch in masks.items()}
+
+
+def answers_accuracy(masks: Mapping[str, Mapping[str, np.ndarray]], answers: Mapping[str, np.ndarray]) -> dict:
+    """The accuracy of `masked_answers`: {"accuracy": {lang..., "overall"}, "targets": {lang..., "overall"}}."""
     correct, total = {}, {}
     for lang, batch in masks.items():
-        labels, answers = batch["labels"], np.concatenate(predicted[lang])
-        where = labels >= 0
-        correct[lang], total[lang] = int((answers[where] == labels[where]).sum()), int(where.sum())
+        targets = batch["labels"][batch["labels"] >= 0]
+        correct[lang], total[lang] = int((answers[lang] == targets).sum()), int(targets.size)
     return _summarise(correct, total)
+
+
+def masked_accuracy(model_or_folder, masks: Mapping[str, Mapping[str, np.ndarray]], *, batch_size: int = 64) -> dict:
+    """Masked-token accuracy of a model on `masks`: {"accuracy": {lang..., "overall"}, "targets": {...}}."""
+    return answers_accuracy(masks, masked_answers(model_or_folder, masks, batch_size=batch_size))
+
+
+def paired_comparison(masks: Mapping[str, Mapping[str, np.ndarray]], first: Mapping[str, np.ndarray],
+                      second: Mapping[str, np.ndarray]) -> dict:
+    """Two models' `masked_answers` on the same targets: {"difference": first's accuracy - second's, "first_only" /
+    "second_only": targets only that one gets right, "targets", "two_se": two standard errors of the difference}.
+
+    Both are scored on the same masked tokens, so only the targets where they disagree make the difference vary:
+    per target d = right(first) - right(second), and the standard error of its mean is
+    sqrt(first_only + second_only - (first_only - second_only)^2 / n) / n (McNemar's view), far below that of two
+    independent accuracies when the models agree on most targets (a student and its ablation from the same
+    teacher layers)."""
+    labels = np.concatenate([batch["labels"][batch["labels"] >= 0] for batch in masks.values()])
+    right_first, right_second = (np.concatenate([answers[lang] for lang in masks]) == labels
+                                 for answers in (first, second))
+    first_only, second_only = int((right_first & ~right_second).sum()), int((~right_first & right_second).sum())
+    n = max(labels.size, 1)
+    spread = max(first_only + second_only - (first_only - second_only) ** 2 / n, 0.0)
+    return {"difference": (first_only - second_only) / n, "first_only": first_only, "second_only": second_only,
+            "targets": int(labels.size), "two_se": 2 * spread ** 0.5 / n}
 
 
 def neighbour_attention(model_or_folder, masks: Mapping[str, Mapping[str, np.ndarray]], *,

@@ -14,9 +14,9 @@ here, stands for "a larger vocabulary"; its masks and unigram baseline are its o
 packed rows, whose held-out lines are cut at the row length).
 
 What it found (README, "What more budget buys the teacher"): nothing at the demo's 1,500 updates moves the ratio
-off ~2.1x, but the updates do, late: 2.93x at 12,000 and 6.9x at 24,000, when heads start to attend to their
-neighbours (+1, +2, -1) after ~10,000 updates: a phase transition, hours on 2 CPU cores, minutes on a GPU. Every
-variant in turn is hours on 2 cores; pick some with --variants.
+off ~2.1x, but the updates do, late: 2.93x at 12,000 and 6.75x at 24,000 (38 min on 2 CPU cores, 6 on an H200),
+when heads start to read their neighbours (+1, +2, -1) after ~10,000 updates: a phase transition. Every variant
+in turn is hours on 2 cores; pick some with --variants.
 
 Each variant gets OUT/<variant>/ (a `distil distill` workdir; rerunning reuses a finished one) and
 OUT/<variant>/heldout.json; the table goes to OUT/teacher_budget.json and OUT/teacher_budget.md: the variant, its
@@ -61,7 +61,7 @@ VARIANTS = {
     "width_256": ("width 256 (feed-forward 1,024) instead of 128", {"student.hidden_size": 256,
                                                                    "student.intermediate_size": 1024}),
     "wordpiece_16k": ("a 16,000-token WordPiece of the training lines instead of 8,000", {"tokenizer": WORDPIECE_16K}),
-    # Added after the first table (issue 23's fourth GPU session): far more updates, and the same tokens cut another way.
+    # Added after the first table: far more updates, and the same tokens cut another way.
     "updates_12000": ("8x the updates (12,000)", {"num_steps": 12000}),
     "updates_24000": ("16x the updates (24,000)", {"num_steps": 24000}),
     "rows_4_updates_3000": ("the same tokens as 2x the updates of half the rows (3,000 x 4)",

@@ -65,6 +65,12 @@ def test_demo_runs_every_stage_and_reuses_them(tmp_path, capsys):
     teacher, student = heldout["models"]["teacher"], heldout["models"]["student"]
     for key in keys:
         assert heldout["retention"][key] == (student[key] / teacher[key] if teacher[key] else None)
+    assert list(heldout["paired"]) == ["student-mlm", "student-random", "student-scratch"]
+    for name, paired in heldout["paired"].items():  # the same targets: the counts give the accuracies' difference
+        assert paired["targets"] == heldout["targets"]["overall"] and paired["two_se"] >= 0
+        assert paired["difference"] == pytest.approx(student["overall"] - heldout["models"][name]["overall"])
+        assert paired["difference"] == (paired["first_only"] - paired["second_only"]) / paired["targets"]
+    assert "2 standard errors of the paired difference" in report
     assert list(heldout["neighbour_attention"]) == ["teacher", "student"]
     for name, layers in (("teacher", 4), ("student", 2)):  # every layer's every head, at offsets -2, -1, +1, +2
         weights = np.asarray(heldout["neighbour_attention"][name]["weights"])

@@ -94,6 +94,24 @@ def test_masked_accuracy_matches_transformers(tokenizer, lines, tmp_path):
     assert evaluation.retention(0.3, 0.4) == pytest.approx(0.75)
 
 
+def test_paired_comparison_by_hand_and_as_a_standard_error():
+    """Two models' answers on the same targets: the targets only one gets right counted by hand, and the two
+    standard errors against the spread of the per-target differences computed directly (NumPy's std)."""
+    masks = {"en": {"labels": np.array([[5, IGNORE_INDEX, 6, 7], [8, 9, IGNORE_INDEX, IGNORE_INDEX]])},
+             "fr": {"labels": np.array([[1, 2, 3, IGNORE_INDEX]])}}
+    # Targets in order: en 5 6 7 8 9, fr 1 2 3.
+    first = {"en": np.array([5, 6, 0, 8, 0]), "fr": np.array([1, 0, 3])}   # right on 5 6 8 1 3
+    second = {"en": np.array([5, 0, 7, 0, 0]), "fr": np.array([1, 2, 0])}  # right on 5 7 1 2
+    result = evaluation.paired_comparison(masks, first, second)
+    assert (result["first_only"], result["second_only"], result["targets"]) == (3, 2, 8)  # 6 8 3 / 7 2
+    assert result["difference"] == pytest.approx(5 / 8 - 4 / 8)
+    d = np.array([0, 1, -1, 1, 0, 0, -1, 1])  # right(first) - right(second), target by target
+    assert result["two_se"] == pytest.approx(2 * d.std() / np.sqrt(d.size))
+    assert evaluation.answers_accuracy(masks, first)["accuracy"] == {"en": 3 / 5, "fr": 2 / 3, "overall": 5 / 8}
+    same = evaluation.paired_comparison(masks, first, first)
+    assert (same["difference"], same["two_se"]) == (0.0, 0.0)
+
+
 def test_neighbour_attention_matches_transformers(tokenizer, lines, tmp_path):
     """Each head's mean attention on the tokens at offsets -2..+2, against transformers' attention probabilities
     averaged position by position in Python (a wide initialisation, so the heads differ)."""
