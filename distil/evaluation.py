@@ -18,6 +18,11 @@ which favours rare tokens), so the evaluation is its own:
   Chinese too).
 * bigram counts: for scale, what the neighbouring tokens alone give on the same masks from counts of the same
   training lines, with no training (`bigram_accuracy`); a model that learnt to read its context beats it.
+* paired comparison: two models scored on the same targets differ only where they disagree, so the noise of their
+  difference is McNemar's, from the targets only one of them gets right (`paired_comparison`), not that of two
+  independent accuracies.
+* heads that read a neighbour: how much attention each head puts on the tokens next to the query
+  (`neighbour_attention`, `reading_heads`); an MLM whose every head spreads evenly reads its lines as bags of words.
 """
 
 from __future__ import annotations
