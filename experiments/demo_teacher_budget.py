@@ -13,7 +13,7 @@ vocabulary. A variant is the demo's teacher stage with `--config.teacher.KEY=VAL
 here, stands for "a larger vocabulary"; its masks and unigram baseline are its own; so are those of the shorter
 packed rows, whose held-out lines are cut at the row length).
 
-What it found (README, "What more budget buys the teacher"): nothing at the demo's 1,500 updates moves the ratio
+What it found (README, "What more budget buys the demo's teacher"): nothing at the demo's 1,500 updates moves the ratio
 off ~2.1x, but the updates do, late: 2.93x at 12,000 and 6.75x at 24,000 (38 min on 2 CPU cores, 6 on an H200),
 when heads start to read their neighbours (+1, +2, -1) after ~10,000 updates: a phase transition. Every variant
 in turn is hours on 2 cores; pick some with --variants.
