@@ -305,10 +305,11 @@ def to_markdown(summary: dict, workdir: Path) -> str:
         "# distil demo",
         "",
         "The whole pipeline at laptop scale on embedded data: a small BERT pre-trained with MLM on 15 languages "
-        f"(~{teacher['steps']} updates of ~1,000 tokens), distilled into a 2-layer DistilBERT with the DistilBERT "
+        f"({teacher['steps']:,} updates of ~1,000 tokens), distilled into a 2-layer DistilBERT with the DistilBERT "
         "recipe, set beside the DistilBERT paper's ablations in miniature, then fine-tuned on 1,000 English MultiNLI "
         "pairs and evaluated zero-shot on the 15 XNLI languages. **At this size the numbers are far below the model "
-        "card's** (a few minutes of CPU, a corpus ten thousand times smaller than Wikipedia).",
+        f"card's** (a teacher of {summary['speed']['teacher']['parameters'] / 1e6:.1f}M parameters, a corpus ten "
+        "thousand times smaller than Wikipedia).",
         "",
         "## Held-out masked-token accuracy (%)",
         "",

@@ -88,6 +88,8 @@ def test_demo_runs_every_stage_and_reuses_them(tmp_path, capsys):
         assert set(run["test"]) == LANGUAGES and all(0 <= v <= 1 for v in run["test"].values())
     summary = json.loads((workdir / "demo.json").read_text())
     assert summary["speed"]["student"]["layers"] == 2 and summary["speed"]["teacher"]["layers"] == 4
+    assert ("(6 updates of ~1,000 tokens)" in report  # the run's own size, not a fixed phrase
+            and f"a teacher of {summary['speed']['teacher']['parameters'] / 1e6:.1f}M parameters" in report)
     assert summary["teacher"]["steps"] == 6
     assert all(summary[name]["steps"] == 4 for name in ("student", "student-mlm", "student-random",
                                                          "student-scratch"))
