@@ -41,21 +41,16 @@ from distil.tokenization import load_tokenizer
 from distil.train import distill, xnli
 from distil.train.metrics import read_metrics
 from distil.train.run import (DEMO_FILE, DRY_RUN_FILE, LOSS_CURVES_FILE, METRICS_FILE, REPORT_FILE, RESULTS_FILE,
-                              RUN_FILE, STUDENT_DIR, SUMMARY_FILE, open_run, read_json)
+                              STUDENT_DIR, SUMMARY_FILE, is_finished, open_run, read_json)
 
 
 def _log(message: str) -> None:
     print(f"distil demo: {message}", flush=True)
 
 
-def _finished(folder: Path) -> bool:
-    record = folder / RUN_FILE
-    return record.is_file() and read_json(record, "run record").get("status") == "finished"
-
-
 def _stage(name: str, folder: Path, run) -> float:
     """Runs a stage (its trainer reuses it when it finished earlier); returns the seconds it took (0 when reused)."""
-    if _finished(folder):
+    if is_finished(folder):
         _log(f"{name}: reusing {folder} (finished earlier)")
         return 0.0
     _log(f"{name} -> {folder}")

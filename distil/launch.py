@@ -48,7 +48,7 @@ from distil import storage
 from distil.atomic import OutputError, is_temporary, make_output_folder, write_text_atomically
 from distil.config import OVERRIDE_PREFIX, ConfigError, import_file, load_config
 from distil.train import run as run_scaffold
-from distil.train.run import LOCK_FILE, RUN_FILE, SWEEP_RECORD, XNLI_DIR
+from distil.train.run import LOCK_FILE, SWEEP_RECORD, XNLI_DIR
 
 LAUNCHERS = ("local", "print", "tpu", "slurm", "xpk")
 Point = dict[str, object]
@@ -185,14 +185,6 @@ def xnli_args(xnli_config: str, workdir: str) -> list[str]:
 # ---------------------------------------------------------------------------------------------------- launchers
 
 
-def _finished(folder: Path) -> bool:
-    record = folder / RUN_FILE
-    try:
-        return record.is_file() and json.loads(record.read_text(encoding="utf-8")).get("status") == "finished"
-    except (OSError, ValueError):
-        return False
-
-
 def _open_root(root: Path) -> run_scaffold.WorkdirLock:
     """The sweep root, locked for this sweep: new, empty, or a sweep root already (its sweep.json)."""
     make_output_folder(root, "sweep root")
@@ -224,7 +216,7 @@ def run_local(sweep: Sweep, root: Path, *, python: str = sys.executable, log: Ca
                 stages.append(("xnli", workdir / XNLI_DIR, xnli_args(sweep.xnli, str(workdir))))
             status = "finished"
             for stage, folder, args in stages:
-                if _finished(folder):
+                if run_scaffold.is_finished(folder):
                     log(f"[{index}/{len(points)}] {point.name}: {stage} finished earlier, skipped")
                     continue
                 log(f"[{index}/{len(points)}] {point.name}: {stage} running in {folder}")

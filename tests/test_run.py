@@ -321,3 +321,14 @@ def test_a_url_where_a_local_folder_is_needed_is_refused_not_made_a_local_folder
     assert cli.main(["demo", "--workdir", "gs://bucket/demo"]) == 2
     assert "argument --workdir: gs://bucket/demo: this argument takes a local path" in capsys.readouterr().err
     assert not (tmp_path / "gs:").exists()
+
+
+def test_is_finished_reads_the_record_and_tolerates_none(tmp_path):
+    """A demo stage or sweep point is reused only when its run.json says finished; no record, another status, an
+    unreadable or non-object record are not finished (opening the run then reports what is wrong)."""
+    record = tmp_path / run_scaffold.RUN_FILE
+    assert not run_scaffold.is_finished(tmp_path) and not run_scaffold.is_finished(tmp_path / "missing")
+    for text, finished in ((json.dumps({"status": "finished"}), True), (json.dumps({"status": "running"}), False),
+                           ("{not json", False), ("[1, 2]", False)):
+        record.write_text(text)
+        assert run_scaffold.is_finished(tmp_path) is finished, text

@@ -238,6 +238,15 @@ def read_json(path, what: str) -> dict:
 NAME_WAIT_SECONDS = 2.0  # how long a refused run waits for the holder's name (a finished run's rerun never writes one)
 
 
+def is_finished(workdir: str | os.PathLike) -> bool:
+    """Whether the run in `workdir` finished (its record says so): a demo stage or sweep point to reuse. A missing
+    or unreadable record is not finished; opening the run then says what is wrong with it."""
+    try:
+        return json.loads((Path(workdir) / RUN_FILE).read_text(encoding="utf-8")).get("status") == "finished"
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 class WorkdirLock:
     """An exclusive `flock` on `folder/run.lock` that the holding process keeps until `release()` or its end.
 
