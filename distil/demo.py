@@ -190,13 +190,14 @@ def heldout_evaluation(config: ml_collections.ConfigDict, teacher_config: ml_col
     out = {"languages": list(lines), "lines": {lang: len(texts) for lang, texts in lines.items()},
            "targets": unigram["targets"], "unigram": unigram["accuracy"],
            "bigram": evaluation.bigram_accuracy(tokenizer, masks, train_lines, unigram_answers)["accuracy"]}
-    answers = {name: evaluation.masked_answers(folder, masks) for name, folder in folders.items()}
-    out["models"] = {name: evaluation.answers_accuracy(masks, model)["accuracy"] for name, model in answers.items()}
+    models = {name: hf.load_pretrained(folder) for name, folder in folders.items()}  # loaded once for both passes
+    answers = {name: evaluation.masked_answers(model, masks) for name, model in models.items()}
+    out["models"] = {name: evaluation.answers_accuracy(masks, answers[name])["accuracy"] for name in models}
     # The distilled student against each ablation on the same targets (the report's verdicts).
     out["paired"] = {name: evaluation.paired_comparison(masks, answers["student"], answers[name])
                      for name in answers if name not in ("teacher", "student")}
     # Whether the teacher (and what the student kept of it) reads its neighbours or only the line's words.
-    out["neighbour_attention"] = {name: evaluation.neighbour_attention(folders[name], masks)
+    out["neighbour_attention"] = {name: evaluation.neighbour_attention(models[name], masks)
                                   for name in ("teacher", "student")}
     teacher = out["models"]["teacher"]
     out["retention"] = {key: evaluation.retention(value, teacher[key])

@@ -36,7 +36,7 @@ import sys
 import time
 from pathlib import Path
 
-from distil import evaluation
+from distil import evaluation, hf
 from distil.atomic import write_text_atomically
 from distil.config import load_config
 from distil.demo import heldout_masks_and_baseline
@@ -115,9 +115,10 @@ def run_variant(name: str, out: Path) -> dict:
     if "stopped_at" in summary:
         sys.exit(f"variant {name} stopped at step {summary['stopped_at']}; rerun the same command to resume")
     _, _, masks, _, unigram_answers = heldout_masks_and_baseline(config, teacher)
-    accuracy = evaluation.masked_accuracy(workdir / "student", masks)["accuracy"]
+    model = hf.load_pretrained(workdir / "student")
+    accuracy = evaluation.masked_accuracy(model, masks)["accuracy"]
     unigram = evaluation.unigram_accuracy(masks, unigram_answers)["accuracy"]
-    heads = evaluation.reading_heads(evaluation.neighbour_attention(workdir / "student", masks))
+    heads = evaluation.reading_heads(evaluation.neighbour_attention(model, masks))
     tokens_per_update = teacher.batching.global_batch * teacher.data.max_length  # packed rows, ~1% padding
     result = {"variant": name, "change": VARIANTS[name][0], "overrides": overrides(name, out),
               "updates": summary["steps"], "tokens": summary["steps"] * tokens_per_update,
